@@ -1,0 +1,133 @@
+"""Forward hooks that stream activations into importance statistics (no gradients, no storage).
+
+Sites (METHOD.md §2): the input of ``down_proj`` (MLP neurons), the input of ``o_proj``
+(concatenated head outputs), the outputs of the two hidden norms of every layer (hidden
+channels), and the residual stream before/after every layer (Block Importance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import ArchAdapter
+from .aggregation import ChannelStatistics
+
+
+class ImportanceRecorder:
+    """Registers the hooks on a model and owns the running statistics.
+
+    Set :attr:`mask` to the current batch's (B, S) attention mask (or None) before each
+    forward; hooks read it to exclude padded tokens.
+    """
+
+    def __init__(self, model: nn.Module, adapter: ArchAdapter, *, layers_only: bool = False):
+        self.adapter = adapter
+        self.layers = adapter.decoder_layers(model)
+        arch = adapter.architecture(model.config)
+        device = next(model.parameters()).device
+        num_layers = arch.num_hidden_layers
+        self.layers_only = layers_only
+        self.neurons = ChannelStatistics(num_layers, arch.intermediate_size, device)
+        self.heads = ChannelStatistics(num_layers, arch.num_attention_heads * arch.head_dim, device)
+        self.channels = ChannelStatistics(2 * num_layers, arch.hidden_size, device)
+        self.cos = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
+        self.mask: torch.Tensor | None = None
+        self._states: list[torch.Tensor] = []   # unit-normalised residual states of this batch, fp16
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _record_input(self, stats: ChannelStatistics, site: int):
+        def hook(module, args):
+            stats.update(site, args[0], self.mask)
+        return hook
+
+    def _record_output(self, stats: ChannelStatistics, site: int):
+        def hook(module, args, output):
+            stats.update(site, output, self.mask)
+        return hook
+
+    def _record_residual(self, index: int, is_last: bool):
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                self._states.clear()
+            self._states.append(self._unit(hidden))
+
+        def post_hook(module, args, kwargs, output):
+            if is_last:
+                self._states.append(self._unit(output[0] if isinstance(output, tuple) else output))
+                self._accumulate_cosines()
+        return pre_hook, post_hook
+
+    def _unit(self, hidden: torch.Tensor) -> torch.Tensor:
+        # (B, S, E) -> (B*S, E) unit vectors; padded tokens become zero rows, so they add
+        # nothing to any dot product. fp16 keeps the L+1 stored states small; values are in [-1, 1].
+        h = F.normalize(hidden.float(), dim=-1)
+        if self.mask is not None:
+            h = h * self.mask.to(h.dtype).unsqueeze(-1)
+        return h.reshape(-1, h.shape[-1]).to(torch.float16)
+
+    def _accumulate_cosines(self) -> None:
+        # sum_t cos(h_i[t], h_j[t]) for all pairs (i, j) at once: the Gram matrix of the
+        # flattened unit states, built over token chunks so no fp32 copy of all states exists.
+        num_tokens = self._states[0].shape[0]
+        for start in range(0, num_tokens, 256):
+            chunk = torch.stack([s[start:start + 256] for s in self._states]).flatten(1).float()  # (L+1, t*E)
+            self.cos += (chunk @ chunk.T).double()
+        self.tokens += float(self.mask.sum()) if self.mask is not None else num_tokens
+        self._states.clear()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attached(self) -> Iterator["ImportanceRecorder"]:
+        a = self.adapter
+        last = len(self.layers) - 1
+        try:
+            for i, layer in enumerate(self.layers):
+                pre, post = self._record_residual(i, i == last)
+                self._handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+                self._handles.append(layer.register_forward_hook(post, with_kwargs=True))
+                if self.layers_only:
+                    continue
+                self._handles.append(layer.get_submodule(a.down_proj).register_forward_pre_hook(self._record_input(self.neurons, i)))
+                self._handles.append(layer.get_submodule(a.o_proj).register_forward_pre_hook(self._record_input(self.heads, i)))
+                for k, norm in enumerate(a.hidden_norms(layer)):
+                    self._handles.append(norm.register_forward_hook(self._record_output(self.channels, 2 * i + k)))
+            yield self
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            self._states.clear()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"layers.cos": self.cos, "layers.tokens": self.tokens}
+        if not self.layers_only:
+            out |= self.neurons.state("neurons") | self.heads.state("heads") | self.channels.state("channels")
+        return {k: v.cpu() for k, v in out.items()}
+
+
+class SkipLayer(nn.Module):
+    """Stands in for a removed decoder layer: returns its input hidden states unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def layers_removed(layers: nn.ModuleList, indices: list[int]) -> Iterator[None]:
+    """Temporarily replace ``layers[i]`` for ``i`` in ``indices`` by :class:`SkipLayer`."""
+    saved = {i: layers[i] for i in indices}
+    try:
+        for i in indices:
+            layers[i] = SkipLayer()
+        yield
+    finally:
+        for i, layer in saved.items():
+            layers[i] = layer

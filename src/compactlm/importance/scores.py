@@ -1,0 +1,140 @@
+"""Importance scores: the saved result of one calibration pass, reusable for any prune.
+
+Raw streaming moments are stored (not one finished score) so that every one of the nine
+batch x sequence aggregations can be chosen at prune time without recomputing anything.
+Files: ``importance.safetensors`` (tensors) + ``importance.json`` (metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..arch import Architecture, adapter_for
+from ..errors import CompactLMError
+from ..io import atomic_dir
+from .aggregation import DEFAULT_AGGREGATION, finalize, parse_aggregation
+
+TENSORS_FILE = "importance.safetensors"
+META_FILE = "importance.json"
+FORMAT = "compactlm.importance/1"
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the architecture and a few weights, robust to the load dtype.
+
+    Values are rounded to bfloat16 before hashing, so the same checkpoint loaded in fp32 or
+    bf16 gives the same fingerprint while a different checkpoint of the same shape does not.
+    """
+    adapter = adapter_for(model.config)
+    h = hashlib.sha256(json.dumps(adapter.architecture(model.config).to_dict(), sort_keys=True).encode())
+    layers = adapter.decoder_layers(model)
+    probes = [model.get_input_embeddings().weight, layers[0].get_submodule(adapter.down_proj).weight,
+              layers[-1].get_submodule(adapter.q_proj).weight]
+    for p in probes:
+        h.update(p.detach().flatten()[:4096].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class ImportanceScores:
+    """Activation statistics of one model on one calibration set.
+
+    tensors:
+        ``neurons.{sum,sumsq,rows}``  (L, 3, I): input of each ``down_proj``
+        ``heads.{sum,sumsq,rows}``    (L, 3, H*d): input of each ``o_proj``
+        ``channels.{sum,sumsq,rows}`` (2L, 3, E): outputs of each layer's two hidden norms
+        ``layers.cos``    (L+1, L+1): sum over real tokens of cos(h_i, h_j), h_i = input of layer i
+        ``layers.tokens`` (1,) real tokens behind ``layers.cos``
+        ``layers.loss``   (L+1,) LM loss with layer i removed; entry L is the unpruned loss
+                          (absent when the layer-loss pass was skipped)
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    # -- width ---------------------------------------------------------------------------
+    def _finalize(self, prefix: str, aggregation) -> torch.Tensor:
+        batch, seq = parse_aggregation(aggregation)
+        t = self.tensors
+        return finalize(t[f"{prefix}.sum"], t[f"{prefix}.sumsq"], t[f"{prefix}.rows"], batch, seq)
+
+    def neurons(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
+        """(L, I) importance of each MLP neuron in each layer."""
+        return self._finalize("neurons", aggregation)
+
+    def heads(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
+        """(L, H) importance of each query head: L2 over head_dim of per-channel scores."""
+        per_channel = self._finalize("heads", aggregation)            # (L, H*d)
+        num_layers = per_channel.shape[0]
+        return per_channel.view(num_layers, self.architecture.num_attention_heads, -1).norm(dim=-1)
+
+    def channels(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
+        """(E,) importance of each hidden channel, summed over every norm output in the network."""
+        return self._finalize("channels", aggregation).sum(0)
+
+    # -- depth ---------------------------------------------------------------------------
+    def block_importance(self, length: int = 1) -> torch.Tensor:
+        """(L - length + 1,) ShortGPT Block Importance of each contiguous block of ``length`` layers.
+
+        ``BI = 1 - mean_tokens cos(h_start, h_start+length)``; length 1 is per-layer BI.
+        """
+        cos, tokens = self.tensors["layers.cos"], self.tensors["layers.tokens"].clamp_min(1)
+        num_layers = cos.shape[0] - 1
+        starts = torch.arange(num_layers - length + 1)
+        return (1 - cos[starts, starts + length] / tokens).float()
+
+    def layer_loss(self) -> torch.Tensor:
+        """(L,) LM loss of the model with each single layer removed."""
+        if "layers.loss" not in self.tensors:
+            raise CompactLMError(
+                "These scores have no single-layer LM-loss metric (computed with --layer-loss-samples 0). "
+                "Recompute importance with --layer-loss-samples > 0, or prune depth by 'bi' or 'block'."
+            )
+        return self.tensors["layers.loss"][:-1].float()
+
+    @property
+    def base_loss(self) -> float | None:
+        loss = self.tensors.get("layers.loss")
+        return None if loss is None else float(loss[-1])
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(**self.meta["architecture"])
+
+    # -- checks & I/O --------------------------------------------------------------------
+    def check_matches(self, model) -> None:
+        """Raise if these scores were computed on a different model."""
+        expected = self.meta.get("fingerprint")
+        actual = model_fingerprint(model)
+        if expected != actual:
+            raise CompactLMError(
+                f"Scores were computed for model '{self.meta.get('model')}' (fingerprint {expected}), "
+                f"not for this model (fingerprint {actual}). Recompute them with `compactlm importance` "
+                f"on the model you are pruning."
+            )
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in self.tensors.items()}, str(tmp / TENSORS_FILE),
+                      metadata={"format": FORMAT})
+            (tmp / META_FILE).write_text(json.dumps({"format": FORMAT, **self.meta}, indent=2) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImportanceScores":
+        path = Path(path)
+        if not (path / TENSORS_FILE).is_file() or not (path / META_FILE).is_file():
+            raise CompactLMError(
+                f"'{path}' is not an importance-scores directory (expected {TENSORS_FILE} and {META_FILE}). "
+                f"Create one with `compactlm importance --out {path}`."
+            )
+        meta = json.loads((path / META_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise CompactLMError(f"'{path}' has scores format {meta.get('format')!r}; this compactlm reads {FORMAT!r}.")
+        return cls(tensors=load_file(str(path / TENSORS_FILE)), meta=meta)

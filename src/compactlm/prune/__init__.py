@@ -1,0 +1,8 @@
+"""Structured pruning along width (hidden, heads, KV groups, MLP) and depth (METHOD.md §3)."""
+
+from .apply import apply_plan, prune_state_dict
+from .plan import PLAN_FILE, PrunePlan
+from .select import DEPTH_METRICS, PruneTarget, make_plan, select_units
+
+__all__ = ["DEPTH_METRICS", "PLAN_FILE", "PrunePlan", "PruneTarget", "apply_plan", "make_plan",
+           "prune_state_dict", "select_units"]

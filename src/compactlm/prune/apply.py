@@ -1,0 +1,111 @@
+"""Apply a prune plan: slice weights, derive the new config, build a standard HF model.
+
+Pruning is a pure state-dict transformation followed by ``from_config`` +
+``load_state_dict(strict=True)``: the new model is an ordinary transformers model with
+renumbered ``layer_idx``, correct tying and no custom code. Which rows/columns each weight
+loses is decided here from the adapter's module names (METHOD.md §3):
+
+=================  =====================  ==========================
+weight             rows (dim 0)           columns (dim 1)
+=================  =====================  ==========================
+q_proj             kept heads x head_dim  hidden
+k_proj, v_proj     kept groups x head_dim hidden
+o_proj             hidden                 kept heads x head_dim
+gate/up_proj       kept neurons           hidden
+down_proj          hidden                 kept neurons
+norms, embeddings  hidden (norms)         hidden (embed_tokens, lm_head)
+=================  =====================  ==========================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..arch import ArchAdapter, adapter_for
+from ..errors import CompactLMError
+from .plan import PrunePlan
+
+
+def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    return torch.tensor([h * head_dim + t for h in heads for t in range(head_dim)], dtype=torch.long)
+
+
+def _take(t: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor:
+    return t if index is None else t.index_select(dim, index.to(t.device)).contiguous()
+
+
+def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tensor | None):
+    """Map a parameter name inside layer ``layer`` to a function slicing it."""
+    d = plan.source.head_dim
+    q_rows = _head_rows(plan.heads[layer], d)
+    kv_rows = _head_rows(plan.kv_groups[layer], d)
+    neurons = torch.tensor(plan.neurons[layer], dtype=torch.long)
+    rows_cols = {  # module name -> (row index, column index)
+        a.q_proj: (q_rows, hidden), a.k_proj: (kv_rows, hidden), a.v_proj: (kv_rows, hidden),
+        a.o_proj: (hidden, q_rows), a.gate_proj: (neurons, hidden), a.up_proj: (neurons, hidden),
+        a.down_proj: (hidden, neurons), a.input_norm: (hidden, None), a.post_attention_norm: (hidden, None),
+    }
+    for name in a.head_norms:
+        rows_cols[name] = (None, None)  # per-head norms act over head_dim, which is never pruned
+
+    def slice_param(name: str, t: torch.Tensor) -> torch.Tensor:
+        module, _, kind = name.rpartition(".")
+        if module not in rows_cols:
+            raise CompactLMError(f"Parameter '{name}' of layer {layer} is unknown to the '{a.model_type}' adapter; cannot prune it.")
+        rows, cols = rows_cols[module]
+        t = _take(t, 0, rows)
+        return _take(t, 1, cols) if kind == "weight" and t.dim() == 2 else t
+
+    return slice_param
+
+
+def prune_state_dict(state_dict: dict[str, torch.Tensor], plan: PrunePlan, adapter: ArchAdapter) -> dict[str, torch.Tensor]:
+    """Return the student's state dict; keys of dropped layers vanish and the rest are renumbered."""
+    hidden = None if plan.hidden is None else torch.tensor(plan.hidden, dtype=torch.long)
+    new_index = {old: new for new, old in enumerate(plan.layers)}
+    slicers = {i: _layer_slicer(adapter, plan, i, hidden) for i in plan.layers}
+    prefix = adapter.layers + "."
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.startswith(prefix):
+            index, _, name = key[len(prefix):].partition(".")
+            layer = int(index)
+            if layer in new_index:
+                out[f"{prefix}{new_index[layer]}.{name}"] = slicers[layer](name, tensor)
+        elif key in (f"{adapter.embed_tokens}.weight", f"{adapter.lm_head}.weight"):
+            out[key] = _take(tensor, 1, hidden)
+        elif key.startswith(adapter.final_norm + "."):
+            out[key] = _take(tensor, 0, hidden)
+        else:
+            out[key] = tensor  # e.g. lm_head.bias (vocab-sized): untouched
+    return out
+
+
+def _check_plan(model, plan: PrunePlan, adapter: ArchAdapter) -> None:
+    actual = adapter.architecture(model.config)
+    if actual != plan.source:
+        raise CompactLMError(
+            f"The prune plan was made for {plan.source.to_dict()}, but the model is {actual.to_dict()}. "
+            f"Use the model the plan (and its scores) came from."
+        )
+
+
+def apply_plan(model, plan: PrunePlan):
+    """Build the pruned student as a fresh transformers model with ``model``'s dtype and device."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = adapter_for(model.config)
+    _check_plan(model, plan, adapter)
+    config = adapter.pruned_config(model.config, plan.target, plan.layers)
+    state = prune_state_dict(model.state_dict(), plan, adapter)
+    param = next(model.parameters())
+    student = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    # Tied models may list lm_head.weight as missing: it shares embed_tokens' storage.
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == f"{adapter.lm_head}.weight")]
+    if missing or unexpected:
+        raise AssertionError(f"pruned state dict does not fit the pruned config: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        student.tie_weights()
+    student.generation_config = model.generation_config
+    return student.to(param.device).eval()

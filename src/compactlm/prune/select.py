@@ -1,0 +1,150 @@
+"""From scores to a prune plan: which units each axis keeps (METHOD.md §3).
+
+``select_units`` works on plain score tensors, so any criterion (activations, weight
+magnitude, random, gradients) can drive it; ``make_plan`` feeds it activation importance.
+Higher score = more important = kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..arch import Architecture
+from ..errors import CompactLMError, unknown_name
+from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation
+from .plan import PrunePlan
+
+
+@dataclass(frozen=True)
+class PruneTarget:
+    """Requested sizes; None keeps the source size on that axis."""
+
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    num_hidden_layers: int | None = None
+
+    def resolve(self, source: Architecture) -> Architecture:
+        """Validate against ``source`` and return the full target architecture."""
+        problems = []
+        flags = {"hidden_size": "--hidden-size", "intermediate_size": "--ffn-hidden-size",
+                 "num_attention_heads": "--num-attention-heads", "num_key_value_heads": "--num-kv-heads",
+                 "num_hidden_layers": "--num-layers"}
+        for name, flag in flags.items():
+            value, limit = getattr(self, name), getattr(source, name)
+            if value is None:
+                continue
+            if value <= 0:
+                problems.append(f"{flag}={value} must be > 0")
+            elif value > limit:
+                problems.append(f"{flag}={value} is larger than the source model's {name}={limit}; pruning only shrinks")
+        target = source.replace(**{k: getattr(self, k) for k in flags})
+        if not problems:
+            heads, groups = target.num_attention_heads, target.num_key_value_heads
+            per_group = source.num_attention_heads // source.num_key_value_heads
+            if heads % groups:
+                problems.append(
+                    f"--num-attention-heads={heads} is not a multiple of the {groups} KV groups "
+                    f"(num_key_value_heads); choose a multiple of {groups}"
+                )
+            elif heads // groups > per_group:
+                problems.append(
+                    f"--num-attention-heads={heads} over {groups} KV groups needs {heads // groups} heads per group, "
+                    f"but the source has {per_group}; use at most {per_group * groups}"
+                )
+        if problems:
+            raise CompactLMError("Invalid prune target: " + "; ".join(problems) + ".")
+        return target
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    """Indices of the k largest scores, sorted ascending (original order kept)."""
+    return sorted(torch.topk(scores.float(), k).indices.tolist())
+
+
+def _keep_by_lowest_drop(drop_cost: torch.Tensor, num_keep: int) -> list[int]:
+    """Keep the layers whose removal would cost most; drop the ``L - num_keep`` cheapest."""
+    num_drop = len(drop_cost) - num_keep
+    dropped = set(torch.topk(-drop_cost.float(), num_drop).indices.tolist()) if num_drop else set()
+    return [i for i in range(len(drop_cost)) if i not in dropped]
+
+
+def _depth_bi(scores: ImportanceScores, num_keep: int) -> list[int]:
+    return _keep_by_lowest_drop(scores.block_importance(1), num_keep)
+
+
+def _depth_loss(scores: ImportanceScores, num_keep: int) -> list[int]:
+    return _keep_by_lowest_drop(scores.layer_loss(), num_keep)
+
+
+def _depth_block(scores: ImportanceScores, num_keep: int) -> list[int]:
+    num_layers = scores.architecture.num_hidden_layers
+    length = num_layers - num_keep
+    if length == 0:
+        return list(range(num_layers))
+    start = int(torch.argmin(scores.block_importance(length)))
+    return [i for i in range(num_layers) if not start <= i < start + length]
+
+
+DEPTH_METRICS: dict[str, Callable[[ImportanceScores, int], list[int]]] = {
+    "bi": _depth_bi,        # drop the layers with the lowest Block Importance (non-contiguous)
+    "loss": _depth_loss,    # drop the layers whose single removal raises LM loss least
+    "block": _depth_block,  # drop the contiguous block with the lowest block BI
+}
+
+
+def select_units(
+    source: Architecture,
+    target: Architecture,
+    *,
+    layers: list[int],
+    neurons: torch.Tensor,
+    heads: torch.Tensor,
+    channels: torch.Tensor,
+) -> PrunePlan:
+    """Build a plan from per-unit scores.
+
+    Args:
+        layers: original indices of the layers to keep (len == target.num_hidden_layers).
+        neurons: (L, I) MLP neuron scores; heads: (L, H) query-head scores;
+            channels: (E,) hidden-channel scores. L, I, H, E are the source sizes.
+    """
+    assert len(layers) == target.num_hidden_layers
+    per_group = source.num_attention_heads // source.num_key_value_heads
+    keep_per_group = target.num_attention_heads // target.num_key_value_heads
+    plan_groups, plan_heads, plan_neurons = {}, {}, {}
+    for i in layers:
+        head_scores = heads[i].view(source.num_key_value_heads, per_group)      # (G, H/G)
+        groups = _top(head_scores.norm(dim=1), target.num_key_value_heads)      # rank groups by L2 of their heads
+        plan_groups[i] = groups
+        plan_heads[i] = sorted(g * per_group + h for g in groups for h in _top(head_scores[g], keep_per_group))
+        plan_neurons[i] = _top(neurons[i], target.intermediate_size)
+    hidden = None if target.hidden_size == source.hidden_size else _top(channels, target.hidden_size)
+    return PrunePlan(source=source, target=target, layers=list(layers), hidden=hidden,
+                     kv_groups=plan_groups, heads=plan_heads, neurons=plan_neurons)
+
+
+def make_plan(
+    scores: ImportanceScores,
+    target: PruneTarget,
+    *,
+    aggregation: str | tuple[str, str] = DEFAULT_AGGREGATION,
+    depth_metric: str = "bi",
+) -> PrunePlan:
+    """Plan a prune from activation importance: depth first, then width in the kept layers."""
+    if depth_metric not in DEPTH_METRICS:
+        raise unknown_name("depth metric", depth_metric, DEPTH_METRICS)
+    batch, seq = parse_aggregation(aggregation)
+    source = scores.architecture
+    arch = target.resolve(source)
+    layers = DEPTH_METRICS[depth_metric](scores, arch.num_hidden_layers)
+    plan = select_units(source, arch, layers=layers, neurons=scores.neurons((batch, seq)),
+                        heads=scores.heads((batch, seq)), channels=scores.channels((batch, seq)))
+    plan.source_model = scores.meta.get("model")
+    plan.criteria = {"importance": "activation", "aggregation": f"{batch},{seq}", "depth_metric": depth_metric,
+                     "scores_fingerprint": scores.meta.get("fingerprint")}
+    return plan
