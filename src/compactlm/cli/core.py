@@ -1,0 +1,108 @@
+"""Verbs ``importance``, ``prune`` and ``info``: the core of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data_args, add_model_args, add_output_args, load_blocks_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("importance", help="score heads, neurons, channels and layers from activations",
+                       description="Forward-only calibration pass; saves scores reusable for any number of prunes.")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--layer-loss-samples", type=int, default=16,
+                   help="sequences for the 'LM loss with layer i removed' metric; 0 skips it (default: %(default)s)")
+    add_output_args(p)
+    p.set_defaults(func=run_importance)
+
+    p = sub.add_parser("prune", help="prune a model to a target architecture using saved scores",
+                       description="Width (hidden, heads, KV groups, MLP) and depth pruning; writes a standard HF checkpoint.")
+    add_model_args(p)
+    p.add_argument("--scores", help="directory written by `compactlm importance`")
+    p.add_argument("--plan", help="replay an existing prune_plan.json instead of planning from --scores")
+    p.add_argument("--hidden-size", type=int, help="target hidden (embedding) size")
+    p.add_argument("--ffn-hidden-size", type=int, help="target MLP intermediate size")
+    p.add_argument("--num-attention-heads", type=int, help="target query heads (a multiple of the KV groups)")
+    p.add_argument("--num-kv-heads", type=int, help="target KV groups (drops whole groups; default keeps all)")
+    p.add_argument("--num-layers", type=int, help="target number of layers")
+    p.add_argument("--aggregation", default="l2,mean", help="batch,seq aggregation: mean|l2|var each (default: %(default)s)")
+    p.add_argument("--depth-metric", default="bi", help="bi | loss | block (default: %(default)s)")
+    add_output_args(p)
+    p.set_defaults(func=run_prune)
+
+    p = sub.add_parser("info", help="architecture and parameter breakdown of a model")
+    p.add_argument("model", help="built-in name, checkpoint dir, .gguf file or Hugging Face id")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_info)
+
+
+def run_importance(args: argparse.Namespace) -> int:
+    from ..errors import CompactLMError
+    from ..importance import estimate_importance
+    from ..io import check_output_dir
+    from ..models import load_model
+
+    check_output_dir(args.out, args.overwrite)  # refuse before any heavy work
+    if args.batch_size <= 0 or args.layer_loss_samples < 0:
+        raise CompactLMError(f"--batch-size must be > 0 and --layer-loss-samples >= 0 (got {args.batch_size}, {args.layer_loss_samples}).")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    blocks = load_blocks_from_args(args, tokenizer)
+    scores = estimate_importance(model, blocks.train, batch_size=args.batch_size,
+                                 layer_loss_samples=args.layer_loss_samples, meta={"data": blocks.describe()})
+    scores.save(args.out, overwrite=args.overwrite)
+    m = scores.meta
+    print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) -> {args.out}")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from ..errors import CompactLMError
+    from ..export import save_student
+    from ..importance import ImportanceScores
+    from ..io import check_output_dir
+    from ..models import load_model
+    from ..prune import PrunePlan, PruneTarget, apply_plan, make_plan
+    from ..summary import parameter_breakdown
+
+    check_output_dir(args.out, args.overwrite)
+    if bool(args.scores) == bool(args.plan):
+        raise CompactLMError("Give exactly one of --scores (plan from importance) or --plan (replay a prune_plan.json).")
+    target = PruneTarget(args.hidden_size, args.ffn_hidden_size, args.num_attention_heads, args.num_kv_heads, args.num_layers)
+    scores = ImportanceScores.load(args.scores) if args.scores else None
+    plan = PrunePlan.load(args.plan) if args.plan else None
+    if scores is not None:  # validate the target before loading the model
+        target.resolve(scores.architecture)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    if scores is not None:
+        scores.check_matches(model)
+        plan = make_plan(scores, target, aggregation=args.aggregation, depth_metric=args.depth_metric)
+    student = apply_plan(model, plan)
+    before, after = parameter_breakdown(model)["total"], parameter_breakdown(student)["total"]
+    save_student(student, tokenizer, args.out, plan=plan, overwrite=args.overwrite,
+                 provenance={"source_model": args.model, "scores": args.scores, "plan": args.plan,
+                             "parameters": {"source": before, "student": after}})
+    print(f"pruned {args.model}: {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters ({after / before:.1%}) -> {args.out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from ..summary import describe
+
+    info = describe(load_model(args.model, with_tokenizer=False))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    arch, params = info["architecture"], info["parameters"]
+    print(f"{args.model}  ({info['model_type']})")
+    for key, value in arch.items():
+        print(f"  {key:<22} {value}")
+    total = params["total"]
+    print(f"  {'parameters':<22} {'count':>14} {'share':>7}")
+    for key, value in params.items():
+        print(f"  {key:<22} {value:>14,} {value / total:>7.1%}")
+    return 0
