@@ -151,6 +151,17 @@ def test_folder_of_data_files_goes_through_load_dataset(tmp_path):
     assert read_documents(str(tmp_path)) == ["from", "load_dataset"]
 
 
+def test_data_files_go_through_their_datasets_builder(tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "rows.json").write_text(json.dumps([{"text": "a"}, {"text": "b"}]), encoding="utf-8")
+    assert read_documents(str(tmp_path / "rows.json")) == ["a", "b"]
+    Dataset.from_dict({"body": ["p", "q"]}).to_parquet(str(tmp_path / "rows.parquet"))
+    assert read_documents(str(tmp_path / "rows.parquet"), text_field="body") == ["p", "q"]
+    (tmp_path / "rows.csv").write_text("text,n\nc,1\nd,2\n", encoding="utf-8")
+    assert read_documents(str(tmp_path / "rows.csv")) == ["c", "d"]
+
+
 def test_hub_name_is_passed_to_load_dataset(monkeypatch):
     import datasets
 

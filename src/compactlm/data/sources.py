@@ -13,8 +13,9 @@ logger = logging.getLogger(__name__)
 
 # Marks of a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
 SAVED_DATASET_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
-# Data files that ``datasets.load_dataset(folder)`` reads when a folder has no text files.
-DATASET_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
+# Data files read by ``datasets``' packaged builders, e.g. ``load_dataset("json", data_files=f)``.
+DATASET_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json"}
+DATASET_FILE_SUFFIXES = tuple(DATASET_BUILDERS)
 
 
 def read_documents(
@@ -28,8 +29,9 @@ def read_documents(
 
     ``source`` is, in order of precedence:
 
-    - a file: ``.jsonl`` gives ``row[text_field]`` per line; any other file is UTF-8 text,
-      split into documents as described in :mod:`compactlm.data.files`;
+    - a file: ``.jsonl`` gives ``row[text_field]`` per line; ``.json``/``.csv``/``.parquet``/
+      ``.arrow`` go through ``datasets.load_dataset(<format>, data_files=...)``; any other file
+      is UTF-8 text, split into documents as described in :mod:`compactlm.data.files`;
     - a folder saved with ``save_to_disk`` (has ``state.json``/``dataset_info.json``/
       ``dataset_dict.json``): loaded with ``datasets.load_from_disk``;
     - a folder: every ``.txt``/``.utf8``/``.raw``/``.text``/``.jsonl`` file below it, sorted by
@@ -42,7 +44,11 @@ def read_documents(
     unreadable or non-UTF-8 files, a missing ``text_field`` and a source with no text.
     """
     path = Path(source).expanduser()
-    if path.is_file():
+    if path.is_file() and path.suffix.lower() in DATASET_BUILDERS:
+        builder = DATASET_BUILDERS[path.suffix.lower()]
+        documents = _dataset_texts(_load_hub_dataset(builder, None, "train", data_files=str(path)), source, text_field)
+        what = f"{builder} file '{source}'"
+    elif path.is_file():
         documents = read_file(path, text_field)
         what = f"file '{source}'"
     elif path.is_dir():
@@ -110,7 +116,7 @@ def _load_saved_dataset(folder: Path, source: str, split: str):
     return loaded
 
 
-def _load_hub_dataset(name: str, dataset_config: str | None, split: str):
+def _load_hub_dataset(name: str, dataset_config: str | None, split: str, **kwargs):
     """``datasets.load_dataset`` with its failures turned into one clear line.
 
     With no network the Hub client retries for ~20 s before giving up; we do not change its
@@ -120,7 +126,7 @@ def _load_hub_dataset(name: str, dataset_config: str | None, split: str):
 
     logger.info("Loading dataset '%s' (config %s, split %s) with datasets.load_dataset", name, dataset_config, split)
     try:
-        return datasets.load_dataset(name, dataset_config, split=split)
+        return datasets.load_dataset(name, dataset_config, split=split, **kwargs)
     except ConnectionError as err:
         raise CompactLMError(
             f"Text source '{name}' is not a local file or folder, and the Hugging Face Hub could not be "

@@ -49,7 +49,7 @@ def lm_loss(model, data, batch_size: int = 8) -> float:
         labels = ids[:, 1:].clone()
         if mask is not None:
             labels[mask[:, 1:] == 0] = -100
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
         total += float(loss)
         count += int((labels != -100).sum())
     return total / max(count, 1)

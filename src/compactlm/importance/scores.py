@@ -96,7 +96,7 @@ class ImportanceScores:
                 "These scores have no single-layer LM-loss metric (computed with --layer-loss-samples 0). "
                 "Recompute importance with --layer-loss-samples > 0, or prune depth by 'bi' or 'block'."
             )
-        return self.tensors["layers.loss"][:-1].float()
+        return self.tensors["layers.loss"][:-1].clone()
 
     @property
     def base_loss(self) -> float | None:

@@ -1,0 +1,137 @@
+"""Importance statistics equal brute-force computations; padding changes nothing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_tiny_model
+
+from compactlm.arch import adapter_for
+from compactlm.importance import AGGREGATIONS, ImportanceScores, estimate_importance, lm_loss
+from compactlm.importance.aggregation import ChannelStatistics, finalize
+from compactlm.prune import PrunePlan, apply_plan, select_units
+
+
+def brute_force(x: torch.Tensor, mask: torch.Tensor, batch: str, seq: str) -> torch.Tensor:
+    """Aggregate (B, S, C) activations row by row with plain formulas; (C,)."""
+    rows = []
+    for b in range(x.shape[0]):
+        real = x[b][mask[b].bool()].double()                   # (n, C)
+        if len(real) == 0:
+            continue
+        rows.append({"mean": real.abs().mean(0), "l2": real.norm(dim=0), "var": real.var(0, unbiased=False)}[seq])
+    r = torch.stack(rows)
+    return {"mean": r.mean(0), "l2": r.norm(dim=0), "var": r.var(0, unbiased=False)}[batch]
+
+
+@pytest.mark.parametrize("batch,seq", list(itertools.product(AGGREGATIONS, AGGREGATIONS)))
+def test_aggregations_equal_brute_force(batch, seq):
+    g = torch.Generator().manual_seed(0)
+    stats = ChannelStatistics(1, 7)
+    chunks = []
+    for _ in range(3):                                        # streaming across batches
+        x = torch.randn(4, 9, 7, generator=g) * 3 + 1
+        mask = (torch.rand(4, 9, generator=g) > 0.3).long()
+        mask[0] = 0                                           # a fully padded row is ignored
+        stats.update(0, x, mask)
+        chunks.append((x, mask))
+    expected = brute_force(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]), batch, seq)
+    got = finalize(stats.sum, stats.sumsq, stats.rows, batch, seq)[0]
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def hooked_activations(model, x):
+    """Store the activations the importance pass looks at, by brute force."""
+    a = adapter_for(model.config)
+    store = {"down_in": [], "o_in": [], "norm_out": []}
+    handles = []
+    for layer in a.decoder_layers(model):
+        handles.append(layer.get_submodule(a.down_proj).register_forward_pre_hook(lambda m, args: store["down_in"].append(args[0])))
+        handles.append(layer.get_submodule(a.o_proj).register_forward_pre_hook(lambda m, args: store["o_in"].append(args[0])))
+        for norm in a.hidden_norms(layer):
+            handles.append(norm.register_forward_hook(lambda m, args, out: store["norm_out"].append(out)))
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+    for h in handles:
+        h.remove()
+    return store, out.hidden_states
+
+
+def test_scores_equal_brute_force_on_a_model(family):
+    model = make_tiny_model(family)
+    x = torch.randint(3, 128, (3, 10), generator=torch.Generator().manual_seed(1))
+    scores = estimate_importance(model, x, batch_size=3, layer_loss_samples=0, show_progress=False)
+    store, hidden = hooked_activations(model, x)
+    mask = torch.ones(3, 10)
+    for batch, seq in [("l2", "mean"), ("mean", "var"), ("var", "l2")]:
+        neurons = torch.stack([brute_force(t, mask, batch, seq) for t in store["down_in"]])
+        torch.testing.assert_close(scores.neurons((batch, seq)).double(), neurons, rtol=1e-4, atol=1e-7)
+        heads = torch.stack([brute_force(t, mask, batch, seq).view(4, 16).norm(dim=1) for t in store["o_in"]])
+        torch.testing.assert_close(scores.heads((batch, seq)).double(), heads, rtol=1e-4, atol=1e-7)
+        channels = sum(brute_force(t, mask, batch, seq) for t in store["norm_out"])
+        torch.testing.assert_close(scores.channels((batch, seq)).double(), channels, rtol=1e-4, atol=1e-7)
+    # Block Importance from the residual stream (hidden_states[i] is the input of layer i;
+    # the last entry is after the final norm, so blocks reaching the end are checked separately).
+    L = model.config.num_hidden_layers
+    for length in (1, 2, 3):
+        bi = scores.block_importance(length)
+        for start in range(L - length):
+            cos = F.cosine_similarity(hidden[start].double(), hidden[start + length].double(), dim=-1).mean()
+            assert abs(float(bi[start]) - (1 - float(cos))) < 2e-3   # states are stored in fp16
+
+
+def test_padding_changes_nothing():
+    model = make_tiny_model("llama")
+    g = torch.Generator().manual_seed(2)
+    lengths = [10, 6, 3]
+    seqs = [torch.randint(3, 128, (n,), generator=g) for n in lengths]
+    unpadded = [s.unsqueeze(0) for s in seqs]                 # each sequence alone, no padding
+    ids = torch.zeros(3, 10, dtype=torch.long)
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        ids[i, len(s):] = 99                                  # garbage in the padding must not count
+        mask[i, : len(s)] = 1
+    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], layer_loss_samples=0, show_progress=False)
+    alone = estimate_importance(model, unpadded, layer_loss_samples=0, show_progress=False)
+    for key, value in alone.tensors.items():
+        torch.testing.assert_close(padded.tensors[key], value, rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_layer_loss_equals_loss_of_depth_pruned_model():
+    model = make_tiny_model("qwen2")
+    x = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(3))
+    scores = estimate_importance(model, x, batch_size=2, layer_loss_samples=4, show_progress=False)
+    a = adapter_for(model.config)
+    src = a.architecture(model.config)
+    assert scores.base_loss == pytest.approx(lm_loss(model, x), rel=1e-9)
+    for i in range(src.num_hidden_layers):
+        keep = [j for j in range(src.num_hidden_layers) if j != i]
+        L = src.num_hidden_layers
+        plan = select_units(src, src.replace(num_hidden_layers=L - 1), layers=keep,
+                            neurons=torch.ones(L, src.intermediate_size), heads=torch.ones(L, src.num_attention_heads),
+                            channels=torch.ones(src.hidden_size))
+        assert float(scores.layer_loss()[i]) == pytest.approx(lm_loss(apply_plan(model, plan), x), rel=1e-9)
+
+
+def test_scores_roundtrip_and_fingerprint(tmp_path):
+    from compactlm.errors import CompactLMError
+
+    model = make_tiny_model("llama")
+    x = torch.randint(3, 128, (2, 8))
+    scores = estimate_importance(model, x, layer_loss_samples=2, show_progress=False)
+    scores.save(tmp_path / "s")
+    loaded = ImportanceScores.load(tmp_path / "s")
+    assert loaded.meta["fingerprint"] == scores.meta["fingerprint"]
+    for k, v in scores.tensors.items():
+        assert torch.equal(loaded.tensors[k], v)
+    loaded.check_matches(model)
+    loaded.check_matches(model.to(torch.bfloat16))            # same weights in another dtype
+    with pytest.raises(CompactLMError, match="fingerprint"):
+        loaded.check_matches(make_tiny_model("llama", seed=7))
+    with pytest.raises(CompactLMError, match="not empty"):
+        scores.save(tmp_path / "s")
+    _ = PrunePlan  # plan I/O is covered in tests/prune
