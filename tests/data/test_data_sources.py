@@ -160,6 +160,9 @@ def test_data_files_go_through_their_datasets_builder(tmp_path):
     assert read_documents(str(tmp_path / "rows.parquet"), text_field="body") == ["p", "q"]
     (tmp_path / "rows.csv").write_text("text,n\nc,1\nd,2\n", encoding="utf-8")
     assert read_documents(str(tmp_path / "rows.csv")) == ["c", "d"]
+    (tmp_path / "broken.json").write_text('[{"text": "a"},', encoding="utf-8")
+    with pytest.raises(CompactLMError, match=r"Cannot read '.*broken\.json' as json data"):
+        read_documents(str(tmp_path / "broken.json"))
 
 
 def test_hub_name_is_passed_to_load_dataset(monkeypatch):

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
-    p.add_argument("--layer-loss-samples", type=int, default=16,
+    p.add_argument("--layer-loss-samples", type=int, default=8,
                    help="sequences for the 'LM loss with layer i removed' metric; 0 skips it (default: %(default)s)")
     add_output_args(p)
     p.set_defaults(func=run_importance)

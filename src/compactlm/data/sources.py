@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import CompactLMError
+from .packaged import is_packaged, packaged_path
 from .files import JSONL_SUFFIXES, TEXT_SUFFIXES, list_text_files, read_file
 
 logger = logging.getLogger(__name__)
@@ -37,16 +38,17 @@ def read_documents(
     - a folder: every ``.txt``/``.utf8``/``.raw``/``.text``/``.jsonl`` file below it, sorted by
       path; a folder with none of those but parquet/arrow/csv/json files goes to
       ``datasets.load_dataset(folder)``;
+    - ``exllamav2:<name>``: a calibration corpus shipped in a PyPI package (:mod:`.packaged`);
     - otherwise a Hugging Face dataset name: ``datasets.load_dataset(source, dataset_config,
       split=split)``.
 
     Blank documents are dropped. Raises :class:`CompactLMError` for a missing source,
     unreadable or non-UTF-8 files, a missing ``text_field`` and a source with no text.
     """
-    path = Path(source).expanduser()
+    path = packaged_path(source) if is_packaged(source) else Path(source).expanduser()
     if path.is_file() and path.suffix.lower() in DATASET_BUILDERS:
         builder = DATASET_BUILDERS[path.suffix.lower()]
-        documents = _dataset_texts(_load_hub_dataset(builder, None, "train", data_files=str(path)), source, text_field)
+        documents = _dataset_texts(_load_data_file(path, builder, source), source, text_field)
         what = f"{builder} file '{source}'"
     elif path.is_file():
         documents = read_file(path, text_field)
@@ -110,13 +112,26 @@ def _load_saved_dataset(folder: Path, source: str, split: str):
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise CompactLMError(
-                f"Saved dataset '{source}' has no split '{split}'; available: {', '.join(loaded)}. Choose one with split (--split)."
+                f"Saved dataset '{source}' has no split '{split}'; available: {', '.join(loaded)}. Choose one with split (--data-split)."
             )
         loaded = loaded[split]
     return loaded
 
 
-def _load_hub_dataset(name: str, dataset_config: str | None, split: str, **kwargs):
+def _load_data_file(path: Path, builder: str, source: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        cause = err.__cause__ or err  # DatasetGenerationError hides the parser's message
+        raise CompactLMError(
+            f"Cannot read '{source}' as {builder} data: {cause}. Expected a {builder} file of records "
+            f"with a text column; fix the file or convert it to .jsonl."
+        ) from err
+
+
+def _load_hub_dataset(name: str, dataset_config: str | None, split: str):
     """``datasets.load_dataset`` with its failures turned into one clear line.
 
     With no network the Hub client retries for ~20 s before giving up; we do not change its
@@ -126,7 +141,7 @@ def _load_hub_dataset(name: str, dataset_config: str | None, split: str, **kwarg
 
     logger.info("Loading dataset '%s' (config %s, split %s) with datasets.load_dataset", name, dataset_config, split)
     try:
-        return datasets.load_dataset(name, dataset_config, split=split, **kwargs)
+        return datasets.load_dataset(name, dataset_config, split=split)
     except ConnectionError as err:
         raise CompactLMError(
             f"Text source '{name}' is not a local file or folder, and the Hugging Face Hub could not be "
@@ -137,10 +152,10 @@ def _load_hub_dataset(name: str, dataset_config: str | None, split: str, **kwarg
             f"Text source '{name}' is neither a local file or folder nor a dataset on the Hugging Face "
             f"Hub ({err}). Check the path or the dataset name."
         ) from err
-    except (OSError, ValueError) as err:  # unknown split or config, unreadable data files
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:  # unknown split/config, bad files
         raise CompactLMError(
             f"Cannot load dataset '{name}' (config {dataset_config!r}, split {split!r}): {err}. "
-            f"Check --dataset-config and --split."
+            f"Check --data-config and --data-split."
         ) from err
 
 

@@ -73,12 +73,19 @@ def save_checkpoint(run_dir: str | Path, step: int, *, modules: dict[str, nn.Mod
     return path
 
 
+def read_state(path: str | Path) -> dict:
+    """``trainer_state.json`` of a checkpoint (step, tokens, settings)."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise CompactLMError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}). Pick another or start afresh.")
+    return json.loads((path / STATE_FILE).read_text())
+
+
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
                     optimizer: torch.optim.Optimizer | None) -> tuple[dict, list[dict]]:
     """Restore modules and optimizer in place; returns ``(trainer_state, per-rank rng states)``."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise CompactLMError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}). Pick another or start afresh.")
+    state = read_state(path)
     for name, module in modules.items():
         file = path / f"{name}.safetensors"
         if not file.is_file():
@@ -90,5 +97,5 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: python/numpy RNG tuples
-    return json.loads((path / STATE_FILE).read_text()), rng
+    return state, rng
 

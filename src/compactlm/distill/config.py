@@ -44,7 +44,7 @@ class TrainArgs:
     min_lr: float = 1e-5
     """learning rate at the end of the cosine decay"""
     warmup_steps: int | None = None
-    """linear warm-up steps (default: min(40, 10%% of the steps))"""
+    """linear warm-up steps (default: min(40, 10% of the steps))"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     batch_size: int = 8

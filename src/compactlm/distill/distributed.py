@@ -109,8 +109,8 @@ class StepSampler:
         if epoch not in self._perms:
             gen = torch.Generator().manual_seed(self.seed + epoch)
             self._perms[epoch] = torch.randperm(self.num_blocks, generator=gen)
-            if len(self._perms) > 2:  # a batch spans at most two epochs
-                del self._perms[min(self._perms)]
+            if len(self._perms) > 3:  # a batch spans at most two epochs; drop the oldest other one
+                del self._perms[next(e for e in self._perms if e != epoch)]
         return self._perms[epoch]
 
     def indices(self, step: int, micro: int) -> torch.Tensor:

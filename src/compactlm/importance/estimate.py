@@ -61,7 +61,7 @@ def estimate_importance(
     data: torch.Tensor | Iterable[Batch],
     *,
     batch_size: int = 8,
-    layer_loss_samples: int = 16,
+    layer_loss_samples: int = 8,
     layers_only: bool = False,
     show_progress: bool = True,
     meta: dict | None = None,

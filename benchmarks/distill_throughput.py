@@ -1,0 +1,161 @@
+"""Distillation step cost vs. its parts, and memory of the chunked loss vs. full-vocabulary fp32 KL.
+
+On the embedded teacher (SmolLM2-135M) and a student pruned from it (MLP 1536 -> 768 through
+compactlm.importance + compactlm.prune), time interleaved repetitions of
+  (1) teacher forward alone (no grad),
+  (2) student forward + backward + AdamW step alone (plain LM loss),
+  (3) the full distillation step (teacher forward + student + chunked forward KL + backward + step),
+and report tokens/s of each and the ratio (3) / ((1) + (2)); the goal is <= 1.1.
+Then, in fresh subprocesses, the peak memory added by the logit loss (forward + backward) for
+chunked vs. unchunked evaluation at the same batch (peak RSS on CPU, max_memory_allocated on CUDA).
+
+    python benchmarks/distill_throughput.py [--batch 4 --seq-len 256 --reps 3 --precision bf16]
+
+Prints a table and writes benchmarks/results/distill_throughput.json. Never asserts timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from compactlm.distill.losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
+from compactlm.distill.student import DistillModule
+from compactlm.models import load_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_student(teacher, blocks: torch.Tensor, intermediate_size: int):
+    from compactlm.importance import estimate_importance
+    from compactlm.prune import prune
+
+    scores = estimate_importance(teacher, blocks, batch_size=4, layer_loss_samples=0, show_progress=False)
+    student, _plan = prune(copy.deepcopy(teacher), scores, intermediate_size=intermediate_size)
+    return student.float().train()
+
+
+def loss_memory(chunk: int, tokens: int, device: str) -> float:
+    """Peak extra memory (MiB) of the logit loss's forward + backward on random hidden states (run in a subprocess)."""
+    torch.manual_seed(0)
+    vocab, hidden = 49152, 576
+    head = torch.nn.Linear(hidden, vocab, bias=False, device=device)
+    t_head = torch.nn.Linear(hidden, vocab, bias=False, device=device)
+    h = torch.randn(tokens, hidden, device=device, requires_grad=True)
+    th = torch.randn(tokens, hidden, device=device)
+    labels = torch.full((tokens,), IGNORE_INDEX, device=device)
+    mask = torch.ones(tokens, device=device)
+    loss = ChunkedLogitLoss(make_loss("forward_kl"), chunk or None)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    loss(h, head, th, t_head, labels, mask, 1.0 / tokens, 0.0).total.backward()
+    if device == "cuda":
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--intermediate-size", type=int, default=768)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # subprocess mode: chunk size
+    a = p.parse_args()
+    if a.memory_only is not None:
+        print(json.dumps(loss_memory(a.memory_only, a.batch * a.seq_len, a.device)))
+        return
+
+    device, bf16 = torch.device(a.device), a.precision == "bf16"
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    teacher, _tok = load_model("smollm2-135m")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, teacher.config.vocab_size, (a.batch, a.seq_len), generator=gen).to(device)
+    student = make_student(teacher, torch.randint(0, teacher.config.vocab_size, (8, 128), generator=gen),
+                           a.intermediate_size).to(device)
+    teacher = teacher.to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, :-1] = ids[:, 1:]
+    mask = torch.ones(ids.shape, device=device)
+    n = ids.numel()
+    kd = DistillModule(student, ChunkedLogitLoss(make_loss("forward_kl"), a.chunk_size))
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def teacher_fwd():
+        with torch.no_grad(), amp:
+            return teacher.model(input_ids=ids, use_cache=False).last_hidden_state
+
+    def student_step():
+        with amp:
+            out = kd(ids, None, None, None, labels, mask, 0.0, 1.0 / n)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def distill_step():
+        t_hidden = teacher_fwd()
+        with amp:
+            out = kd(ids, t_hidden, teacher.lm_head, None, labels, mask, 1.0 / n, 0.0)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    parts = {"teacher_forward": teacher_fwd, "student_step": student_step, "distill_step": distill_step}
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for rep in range(a.reps + 1):  # the first round warms up and is dropped
+        for name, fn in parts.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if rep:
+                times[name].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    ratio = best["distill_step"] / (best["teacher_forward"] + best["student_step"])
+
+    memory = {}
+    for label, chunk in (("chunked", a.chunk_size), ("unchunked_fp32", 0)):
+        out = subprocess.run([sys.executable, __file__, "--memory-only", str(chunk), "--batch", str(a.batch),
+                              "--seq-len", str(a.seq_len), "--device", a.device], capture_output=True, text=True, check=True)
+        memory[label] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    print(f"\nSmolLM2-135M teacher, student MLP {a.intermediate_size} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M), "
+          f"batch {a.batch} x {a.seq_len} tokens, {a.precision}, {device}, best of {a.reps}")
+    print(f"{'part':<22}{'seconds':>10}{'tokens/s':>12}")
+    for name in parts:
+        print(f"{name:<22}{best[name]:>10.3f}{n / best[name]:>12,.0f}")
+    print(f"distill / (teacher + student) = {ratio:.3f}   (goal <= 1.1)")
+    print(f"logit-loss peak memory, fwd+bwd over {n} tokens x 49,152 vocab: chunked({a.chunk_size}) "
+          f"{memory['chunked']:.0f} MiB vs unchunked fp32 {memory['unchunked_fp32']:.0f} MiB")
+    RESULTS.mkdir(exist_ok=True)
+    record = {"batch": a.batch, "seq_len": a.seq_len, "tokens_per_step": n, "precision": a.precision,
+              "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps, "seconds": best,
+              "tokens_per_s": {k: n / v for k, v in best.items()}, "ratio_distill_vs_sum": ratio,
+              "loss_peak_memory_mib": memory, "all_seconds": times, "threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    (RESULTS / "distill_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

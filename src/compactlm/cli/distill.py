@@ -1,0 +1,168 @@
+"""Verbs ``distill`` (retrain a student against its teacher) and ``finetune`` (plain LM loss, "teacher correction").
+
+Both run under ``torchrun --nproc_per_node N -m compactlm ...`` or ``accelerate launch``: every
+process loads the models and the same token blocks, the trainer splits each global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import re
+
+from ..distill.config import LossArgs, TrainArgs, field_help
+from ..errors import CompactLMError
+from ..models import DEFAULT_MODEL
+
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int}
+
+
+def parse_tokens(text: str) -> int:
+    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
+    if not match:
+        raise CompactLMError(f"--tokens '{text}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field; the field's docstring is the help (litgpt style)."""
+    group = parser.add_argument_group(title)
+    docs = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, help_text = "--" + f.name.replace("_", "-"), docs.get(f.name, "").replace("%", "%%")
+        if f.type == "bool":
+            group.add_argument(flag, action="store_true", help=help_text)
+        elif f.type == "list[int] | None":
+            group.add_argument(flag, type=_int_list, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=_TYPES[f.type], default=f.default, help=f"{help_text} (default: %(default)s)")
+
+
+def _from_args(cls: type, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("data")
+    group.add_argument("--data", required=True, help=".txt/.jsonl file, folder of them, saved dataset dir or datasets name")
+    group.add_argument("--data-config", default=None, help="datasets config name (e.g. wikitext-103-raw-v1)")
+    group.add_argument("--data-split", default="train", help="datasets split (default: %(default)s)")
+    group.add_argument("--text-field", default="text", help="text field of .jsonl rows / dataset columns (default: %(default)s)")
+    group.add_argument("--tokens", type=parse_tokens, default=parse_tokens("400K"),
+                       help="training token budget, e.g. 400K, 2M; more than the text holds means several passes (default: 400K)")
+    group.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
+    group.add_argument("--heldout-samples", type=int, default=16,
+                       help="held-out sequences for validation loss/perplexity, disjoint from training (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, and the final HF export")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (same settings)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="retrain a pruned student against its teacher (knowledge distillation)",
+                       description="Logit distillation (forward KL by default), plus intermediate states for "
+                                   "depth-pruned students; exports a standard Hugging Face checkpoint to --out.")
+    p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher model (default: %(default)s)")
+    p.add_argument("--student", required=True, help="student checkpoint dir (e.g. `compactlm prune` output)")
+    _add_common(p)
+    add_dataclass_args(p, LossArgs, "loss")
+    add_dataclass_args(p, TrainArgs, "training")
+    p.set_defaults(func=run_distill)
+
+    p = sub.add_parser("finetune", help="fine-tune a model with the plain LM loss (teacher correction)",
+                       description="Next-token cross-entropy with the distillation trainer; METHOD.md §4 uses it to "
+                                   "adapt the teacher to the distillation data before pruning.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model to fine-tune (default: %(default)s)")
+    _add_common(p)
+    add_dataclass_args(p, LossArgs, "loss", skip=("loss", "temperature", "top_k", "js_beta", "clm_weight",
+                                                  "intermediate", "layer_map"))
+    add_dataclass_args(p, TrainArgs, "training")
+    p.set_defaults(func=run_finetune)
+
+
+def _quiet_other_ranks() -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("compactlm").setLevel(logging.WARNING)
+
+
+def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs):
+    """Token budget → training blocks and step count; a budget above the text's size means several passes."""
+    from ..data import load_blocks
+
+    if args.tokens < args.seq_len * train_args.batch_size:
+        raise CompactLMError(f"--tokens {args.tokens:,} is less than one batch ({train_args.batch_size} x {args.seq_len} "
+                             f"tokens). Raise --tokens or lower --batch-size/--seq-len.")
+    blocks = load_blocks(args.data, tokenizer, seq_len=args.seq_len, heldout_samples=args.heldout_samples, seed=0,
+                         text_field=args.text_field, dataset_config=args.data_config, split=args.data_split)
+    wanted = math.ceil(args.tokens / args.seq_len)
+    train = blocks.train[:wanted]  # the selection is a seeded permutation: a prefix is a smaller random sample
+    steps = train_args.max_steps or max(1, args.tokens // (args.seq_len * train_args.batch_size))
+    if wanted > train.shape[0]:
+        logging.getLogger(__name__).info("%s holds %d blocks of %d tokens; %s tokens means %.1f passes",
+                                         args.data, train.shape[0], args.seq_len, f"{args.tokens:,}", wanted / train.shape[0])
+    meta = {**blocks.describe(), "train_samples": int(train.shape[0]), "token_budget": args.tokens}
+    return train, blocks.heldout, dataclasses.replace(train_args, max_steps=steps), meta
+
+
+def _summary(verb: str, result, args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 130 if result.interrupted else 0
+    m = result.metrics
+    if result.interrupted:
+        print(f"{verb}: interrupted at step {result.step}/{result.total_steps}; checkpoint saved in "
+              f"{result.run_dir}/checkpoints. Continue with the same command plus --resume.")
+        return 130
+    ppl = f", held-out ppl {m['val_ppl']:.2f}" if "val_ppl" in m else ""
+    print(f"{verb}: {result.tokens:,} tokens in {result.step} steps{ppl} -> {result.run_dir}")
+    return 0
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from ..distill import train
+    from ..models import load_model
+
+    from ..distill import make_loss
+    from ..io import check_output_dir
+
+    _quiet_other_ranks()
+    loss_args, train_args = _from_args(LossArgs, args), _from_args(TrainArgs, args)
+    make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
+    if not args.resume:
+        check_output_dir(args.out, args.overwrite)
+    teacher, tokenizer = load_model(args.teacher)
+    student, student_tok = load_model(args.student)
+    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
+    result = train(student, train_blocks, args.out, teacher=teacher, tokenizer=student_tok or tokenizer,
+                   heldout=heldout, loss=loss_args, args=train_args, student_dir=args.student, resume=args.resume,
+                   overwrite=args.overwrite, provenance={"teacher": args.teacher, "student": args.student, "data": data_meta})
+    return _summary("distill", result, args)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ..distill import train
+    from ..models import load_model
+
+    _quiet_other_ranks()
+    loss_args = dataclasses.replace(_from_args(LossArgs, args), clm_weight=1.0, intermediate="off")
+    train_args = _from_args(TrainArgs, args)
+    model, tokenizer = load_model(args.model)
+    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
+    student_dir = args.model if os.path.isdir(args.model) else None
+    result = train(model, train_blocks, args.out, tokenizer=tokenizer, heldout=heldout, loss=loss_args, args=train_args,
+                   student_dir=student_dir, resume=args.resume, overwrite=args.overwrite,
+                   provenance={"model": args.model, "data": data_meta, "verb": "finetune"})
+    return _summary("finetune", result, args)

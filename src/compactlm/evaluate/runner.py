@@ -1,0 +1,183 @@
+"""``evaluate``: run named tasks on one model and return metrics plus per-example records."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CompactLMError
+from .loglikelihood import score_requests
+from .perplexity import perplexity
+from .registry import ChoiceTask, PerplexityTask, TargetTask, Task, get_task
+from .sources import load_hf_rows, load_rows
+
+logger = logging.getLogger(__name__)
+
+
+def select(docs: list[dict], limit: int | None, seed: int = 1234, first_n: bool = False,
+           by: str | None = None) -> list[int]:
+    """Indices of the docs to evaluate: all, the first ``limit``, or a seeded random ``limit``.
+
+    With ``by`` the limit applies within each value of that field (MMLU subjects). Indices
+    are returned in dataset order.
+    """
+    if limit is None:
+        return list(range(len(docs)))
+    if limit <= 0:
+        raise CompactLMError(f"--limit must be a positive number of examples (got {limit}).")
+    pools: dict[object, list[int]] = {}
+    for i, d in enumerate(docs):
+        pools.setdefault(d[by] if by else None, []).append(i)
+    chosen = []
+    for key, pool in pools.items():
+        if len(pool) <= limit:
+            chosen += pool
+        elif first_n:
+            chosen += pool[:limit]
+        else:
+            chosen += random.Random(f"{seed}:{key}").sample(pool, limit)
+    return sorted(chosen)
+
+
+def _stderr(values: list[float]) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)), as the harness reports."""
+    n = len(values)
+    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def _run_choice(task: ChoiceTask, docs, model, tokenizer, opts) -> tuple[dict, list[dict]]:
+    requests, groups, spans = [], [], []
+    for i, doc in enumerate(docs):
+        reqs = task.requests(doc)
+        spans.append((len(requests), len(requests) + len(reqs)))
+        requests += reqs
+        groups += [i] * len(reqs)
+    scores = score_requests(model, tokenizer, requests, groups, desc=task.name, **opts)
+    samples, acc, acc_norm = [], [], []
+    for doc, (a, b) in zip(docs, spans):
+        lls = np.array([s.logprob for s in scores[a:b]])
+        lengths = np.array([float(len(c)) for c in task.choices(doc)])   # characters, without the delimiter
+        gold = task.gold(doc)
+        pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
+        acc.append(float(pred == gold))
+        acc_norm.append(float(pred_norm == gold))
+        samples.append({"gold": gold, "pred": pred, "pred_norm": pred_norm, "logprobs": lls.tolist(),
+                        **({task.limit_by: doc[task.limit_by]} if task.limit_by else {})})
+    metrics = {"acc": float(np.mean(acc)), "acc_stderr": _stderr(acc)}
+    if "acc_norm" in task.metrics:
+        metrics |= {"acc_norm": float(np.mean(acc_norm)), "acc_norm_stderr": _stderr(acc_norm)}
+    if task.limit_by:
+        groups_acc: dict[str, list[float]] = {}
+        for s, a in zip(samples, acc):
+            groups_acc.setdefault(s[task.limit_by], []).append(a)
+        metrics[f"acc_by_{task.limit_by}"] = {k: float(np.mean(v)) for k, v in groups_acc.items()}
+    return metrics, samples
+
+
+def _run_target(task: TargetTask, docs, model, tokenizer, opts) -> tuple[dict, list[dict]]:
+    requests = [r for doc in docs for r in task.requests(doc)]
+    scores = score_requests(model, tokenizer, requests, desc=task.name, **opts)
+    lls = [s.logprob for s in scores]
+    acc = [float(s.greedy) for s in scores]
+    metrics = {"acc": float(np.mean(acc)), "acc_stderr": _stderr(acc), "perplexity": math.exp(-float(np.mean(lls)))}
+    return metrics, [{"logprob": s.logprob, "greedy": s.greedy} for s in scores]
+
+
+def _ppl_text(spec: str, data_dir) -> tuple[str, str]:
+    """``ppl:FILE`` (.txt/.raw read whole, .jsonl rows' "text" joined) or ``ppl:DATASET:CONFIG:SPLIT``."""
+    target = spec.split(":", 1)[1]
+    path = Path(target).expanduser()
+    if path.is_file():
+        from .sources import read_jsonl
+
+        text = "\n\n".join(r["text"] for r in read_jsonl(path)) if path.suffix == ".jsonl" else path.read_text(encoding="utf-8")
+        return text, str(path)
+    parts = target.split(":")
+    if len(parts) != 3:
+        raise CompactLMError(f"Perplexity source '{target}' is not a file, nor DATASET:CONFIG:SPLIT (e.g. "
+                             f"ppl:Salesforce/wikitext:wikitext-103-raw-v1:test).")
+    rows = load_hf_rows(parts[0], parts[1] or None, parts[2])
+    return "\n\n".join(r["text"] for r in rows), target
+
+
+def run_task(name: str, model, tokenizer, *, limit: int | None = None, seed: int = 1234, first_n: bool = False,
+             batch_size: int = 16, bf16: bool = False, data_dir: str | os.PathLike | None = None,
+             window: int = 2048, stride: int | None = None, share_prefix: bool = True,
+             max_length: int | None = None, rows: tuple[list[dict], str] | None = None) -> dict:
+    """One task's result: ``{"metrics", "n", "source", "seconds"[, "samples"]}``.
+
+    ``rows`` (rows, where from), as :func:`~compactlm.evaluate.sources.load_rows` returns,
+    skips loading the data again (two models, one dataset).
+    """
+    start = time.perf_counter()
+    if name.startswith("ppl:"):
+        text, where = _ppl_text(name, data_dir)
+        metrics = perplexity(model, tokenizer, text, window=window, stride=stride, batch_size=batch_size,
+                             limit=limit, bf16=bf16, desc=name)
+        return {"metrics": metrics, "n": metrics["windows"], "source": where, "seconds": time.perf_counter() - start}
+    task: Task = get_task(name)
+    rows, where = rows if rows is not None else load_rows(task.name, task.source, data_dir)
+    if isinstance(task, PerplexityTask):
+        metrics = perplexity(model, tokenizer, task.text(rows), window=window, stride=stride,
+                             batch_size=batch_size, limit=limit, bf16=bf16, desc=task.name)
+        return {"metrics": metrics, "n": metrics["windows"], "source": where, "seconds": time.perf_counter() - start}
+    try:
+        all_docs = [task.process(r) for r in rows]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CompactLMError(f"Task '{task.name}': rows from {where} do not have the expected fields "
+                             f"({type(err).__name__}: {err}).") from err
+    indices = select(all_docs, limit, seed, first_n, task.limit_by)
+    chosen = [all_docs[i] for i in indices]
+    opts = dict(batch_size=batch_size, bf16=bf16, share_prefix=share_prefix, max_length=max_length)
+    runner = _run_choice if isinstance(task, ChoiceTask) else _run_target
+    metrics, samples = runner(task, chosen, model, tokenizer, opts)
+    for i, s in zip(indices, samples):
+        s["index"] = i
+    return {"metrics": metrics, "n": len(chosen), "source": where, "seconds": time.perf_counter() - start,
+            "samples": samples}
+
+
+def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, *, seed: int = 1234,
+             first_n: bool = False, batch_size: int = 16, bf16: bool = False,
+             data_dir: str | os.PathLike | None = None, window: int = 2048, stride: int | None = None,
+             share_prefix: bool = True, max_length: int | None = None, samples: bool = False) -> dict:
+    """Evaluate ``model`` on each named task.
+
+    Args:
+        tasks: registered names (``compactlm.evaluate.available_tasks()``) or ``ppl:FILE`` /
+            ``ppl:DATASET:CONFIG:SPLIT`` for the perplexity of any text.
+        limit: examples per task (per subject for MMLU; windows for perplexity); a seeded
+            random subset unless ``first_n``, which takes the first ones like lm-eval's ``--limit``.
+        batch_size: rows per forward pass.
+        bf16: bfloat16 autocast.
+        data_dir: folder of local task files (default ``$COMPACTLM_DATA_DIR``).
+        window, stride: perplexity window length and step (tokens).
+        share_prefix: run a question's shared context once for all its options.
+        samples: keep per-example records (``pred``, ``gold``, log-likelihoods) in the result.
+
+    Returns:
+        ``{"results": {task: {"metrics", "n", "source", "seconds"[, "samples"]}}, "config": {...}}``.
+    """
+    for name in tasks:  # fail on a typo before any heavy work
+        if not name.startswith("ppl:"):
+            get_task(name)
+    if batch_size <= 0:
+        raise CompactLMError(f"batch_size must be > 0 (got {batch_size}).")
+    results = {}
+    for name in tasks:
+        logger.info("evaluating %s", name)
+        out = run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
+                       bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
+                       max_length=max_length)
+        if not samples:
+            out.pop("samples", None)
+        results[name] = out
+    config = {"limit": limit, "seed": seed, "first_n": first_n, "batch_size": batch_size, "bf16": bf16,
+              "window": window, "stride": stride or window, "share_prefix": share_prefix}
+    return {"results": results, "config": config}

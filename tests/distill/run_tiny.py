@@ -1,0 +1,56 @@
+"""Subprocess entry for the resume and multi-process tests: a tiny teacher/student run from the command line.
+
+Usage: python run_tiny.py OUT [--steps N] [--kill-at STEP] [--resume] [--micro M] [--batch B] [--intermediate on|off]
+``--term-at`` sends SIGTERM after that step (the run checkpoints and exits 130);
+``--kill-at`` sends SIGKILL to this process right after that optimizer step: no clean-up at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest
+from conftest import make_tiny_model  # noqa: E402
+
+from compactlm.distill import LossArgs, TrainArgs, distill  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--kill-at", type=int, default=None)
+    p.add_argument("--term-at", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--micro", type=int, default=2)
+    p.add_argument("--intermediate", default="on")
+    p.add_argument("--precision", default="fp32")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    teacher = make_tiny_model("llama", dtype=torch.float32, seed=0)
+    student = make_tiny_model("llama", dtype=torch.float32, seed=1, num_hidden_layers=2, hidden_size=48, head_dim=12)
+    blocks = torch.randint(3, 128, (40, 12), generator=torch.Generator().manual_seed(0))
+    heldout = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(1))
+
+    def on_step(step: int) -> None:
+        if step == a.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == a.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # polite: the trainer checkpoints after the next step
+
+    result = distill(student, teacher, blocks, a.out, heldout=heldout, resume=a.resume, overwrite=not a.resume, on_step=on_step,
+            loss=LossArgs(intermediate=a.intermediate, layer_map=[1, 3], chunk_size=16, clm_weight=0.1),
+            args=TrainArgs(lr=3e-3, batch_size=a.batch, micro_batch_size=a.micro, max_steps=a.steps,
+                           checkpoint_every=2, val_every=3, precision=a.precision, keep_checkpoints=2, device="cpu"))
+    sys.exit(130 if result.interrupted else 0)
+
+
+if __name__ == "__main__":
+    main()
