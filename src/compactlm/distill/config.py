@@ -27,7 +27,7 @@ class LossArgs:
     """β of the Jensen–Shannon loss"""
     clm_weight: float = 0.0
     """weight of the student's next-token cross-entropy added to the logit loss (paper: 0)"""
-    chunk_size: int = 1024
+    chunk_size: int = 512
     """tokens per chunk of LM head + loss, bounding the fp32 (tokens x vocab) memory; 0 = no chunking"""
     intermediate: str = "auto"
     """intermediate-state loss: auto (on when the student has fewer layers than the teacher), on, off"""

@@ -136,6 +136,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     fine-tuning. ``student_dir`` is where the student came from: its ``prune_plan.json`` gives
     the layer matching and is copied into the export. ``resume`` continues from the newest
     checkpoint in ``out_dir/checkpoints`` bit-identically. ``on_step(step)`` runs after each step.
+    The student is trained in place; the teacher is moved to the device (and bf16) in place.
     """
     loss, args = loss or LossArgs(), args or TrainArgs()
     info = setup_distributed(args.device)
@@ -156,6 +157,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     warmup = args.warmup(total_steps)
     tokens_per_step = args.batch_size * seq_len
     distilling = teacher is not None
+    say = logger.info if info.is_main else (lambda *_a, **_k: None)  # rank 0 speaks for all
     device = info.device
 
     # ---- models: fp32 master weights for the student; frozen teacher, optionally bf16 ---------------
@@ -165,7 +167,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     if distilling:
         t_dtype = torch.bfloat16 if args.teacher_dtype == "bf16" or (
             args.teacher_dtype == "auto" and args.precision == "bf16") else torch.float32
-        teacher.to(device=device, dtype=t_dtype).eval().requires_grad_(False)
+        teacher.to(device=device, dtype=t_dtype)  # in place: the caller's teacher is moved/cast.eval().requires_grad_(False)
         t_adapter = adapter_for(teacher.config)
         t_body, t_head = t_adapter.decoder_body(teacher), teacher.get_submodule(t_adapter.lm_head)
 
@@ -183,7 +185,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
         torch.manual_seed(args.seed)
         intermediate = IntermediateStateLoss(student.config.hidden_size, teacher.config.hidden_size, hidden_kept).to(device)
         t_recorder = StateRecorder(teacher, layer_map)
-        logger.info("intermediate-state loss on %d matched layers (+ embeddings): student j <- teacher %s",
+        say("intermediate-state loss on %d matched layers (+ embeddings): student j <- teacher %s",
                     len(layer_map), layer_map)
     chunk = loss.chunk_size or None
     logit_loss = ChunkedLogitLoss(make_loss(loss.loss, loss.temperature, loss.top_k, loss.js_beta) if distilling else None, chunk)
@@ -208,7 +210,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
         state, rngs = load_checkpoint(ckpt, modules=trainable, optimizer=optimizer)
         set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
         start_step, elapsed = state["step"], state.get("elapsed_s", 0.0)
-        logger.info("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
+        say("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
     model: nn.Module = module
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -246,7 +248,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
             if step == 0:
                 metrics["teacher_val_ppl"] = math.exp(min(t_clm / n_clm, 50.0))
         log(metrics, step)
-        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        say("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return metrics
 
     def export(dest: Path) -> None:
@@ -259,7 +261,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
             state = {"settings": settings, "tokens": step * tokens_per_step, "elapsed_s": elapsed + time.time() - t0}
             path = save_checkpoint(run_dir, step, modules=trainable, optimizer=optimizer, state=state, rng=rngs,
                                    keep=args.keep_checkpoints, export=export if args.export_checkpoints else None)
-            logger.info("checkpoint %s", path)
+            say("checkpoint %s", path)
         barrier(info)
 
     # ---- the loop -------------------------------------------------------------------------------------
@@ -329,7 +331,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
             checkpoint(total_steps)
     if info.is_main:
         publish_export(run_dir, export)
-        logger.info("exported the student to %s", run_dir)
+        say("exported the student to %s", run_dir)
     barrier(info)
     for lg in loggers:
         lg.close()

@@ -25,7 +25,7 @@ class ImportanceRecorder:
     forward; hooks read it to exclude padded tokens.
     """
 
-    def __init__(self, model: nn.Module, adapter: ArchAdapter, *, layers_only: bool = False):
+    def __init__(self, model: nn.Module, adapter: ArchAdapter, *, layers_only: bool = False, block_stride: int = 8):
         self.adapter = adapter
         self.layers = adapter.decoder_layers(model)
         arch = adapter.architecture(model.config)
@@ -35,10 +35,17 @@ class ImportanceRecorder:
         self.neurons = ChannelStatistics(num_layers, arch.intermediate_size, device)
         self.heads = ChannelStatistics(num_layers, arch.num_attention_heads * arch.head_dim, device)
         self.channels = ChannelStatistics(2 * num_layers, arch.hidden_size, device)
-        self.cos = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64, device=device)
+        # Per-layer BI streams over every token; contiguous-block BI needs the states of all
+        # layers at once, so it is estimated on every block_stride-th token (an unbiased
+        # subsample that keeps the stored states ~1/block_stride of one batch's activations).
+        self.block_stride = block_stride
+        self.cos_next = torch.zeros(num_layers, dtype=torch.float64, device=device)
         self.tokens = torch.zeros(1, dtype=torch.float64, device=device)
+        self.block_cos = torch.zeros(num_layers + 1, num_layers + 1, dtype=torch.float64, device=device)
+        self.block_tokens = torch.zeros(1, dtype=torch.float64, device=device)
         self.mask: torch.Tensor | None = None
-        self._states: list[torch.Tensor] = []   # unit-normalised residual states of this batch, fp16
+        self._layer_input: torch.Tensor | None = None
+        self._block_states: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- hooks ---------------------------------------------------------------------------
@@ -56,32 +63,43 @@ class ImportanceRecorder:
         def pre_hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if index == 0:
-                self._states.clear()
-            self._states.append(self._unit(hidden))
+                self._block_states.clear()
+            self._layer_input = hidden              # a reference, not a copy
+            self._block_states.append(self._unit_sample(hidden))
 
         def post_hook(module, args, kwargs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            cos = F.cosine_similarity(self._layer_input.float(), out.float(), dim=-1)   # (B, S)
+            if self.mask is not None:
+                cos = cos * self.mask
+            self.cos_next[index] += cos.sum().double()
+            self._layer_input = None
             if is_last:
-                self._states.append(self._unit(output[0] if isinstance(output, tuple) else output))
-                self._accumulate_cosines()
+                self._block_states.append(self._unit_sample(out))
+                self._accumulate_block_cosines()
+                self.tokens += float(self.mask.sum()) if self.mask is not None else out.shape[0] * out.shape[1]
         return pre_hook, post_hook
 
-    def _unit(self, hidden: torch.Tensor) -> torch.Tensor:
-        # (B, S, E) -> (B*S, E) unit vectors; padded tokens become zero rows, so they add
-        # nothing to any dot product. fp16 keeps the L+1 stored states small; values are in [-1, 1].
-        h = F.normalize(hidden.float(), dim=-1)
-        if self.mask is not None:
-            h = h * self.mask.to(h.dtype).unsqueeze(-1)
-        return h.reshape(-1, h.shape[-1]).to(torch.float16)
+    def _sampled_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        return None if self.mask is None else self.mask[:, :: self.block_stride]
 
-    def _accumulate_cosines(self) -> None:
+    def _unit_sample(self, hidden: torch.Tensor) -> torch.Tensor:
+        # Every block_stride-th token of (B, S, E) as (T', E) unit vectors; padded tokens
+        # become zero rows and so add nothing to any dot product.
+        h = F.normalize(hidden[:, :: self.block_stride].float(), dim=-1)
+        mask = self._sampled_mask(hidden)
+        if mask is not None:
+            h = h * mask.to(h.dtype).unsqueeze(-1)
+        return h.reshape(-1, h.shape[-1])
+
+    def _accumulate_block_cosines(self) -> None:
         # sum_t cos(h_i[t], h_j[t]) for all pairs (i, j) at once: the Gram matrix of the
-        # flattened unit states, built over token chunks so no fp32 copy of all states exists.
-        num_tokens = self._states[0].shape[0]
-        for start in range(0, num_tokens, 256):
-            chunk = torch.stack([s[start:start + 256] for s in self._states]).flatten(1).float()  # (L+1, t*E)
-            self.cos += (chunk @ chunk.T).double()
-        self.tokens += float(self.mask.sum()) if self.mask is not None else num_tokens
-        self._states.clear()
+        # flattened unit states of the sampled tokens.
+        states = torch.stack(self._block_states).flatten(1)             # (L+1, T'*E)
+        self.block_cos += (states @ states.T).double()
+        sampled = states.shape[1] // self._block_states[0].shape[1]
+        self.block_tokens += float(self._sampled_mask(None).sum()) if self.mask is not None else sampled
+        self._block_states.clear()
 
     # -- lifecycle -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -104,10 +122,12 @@ class ImportanceRecorder:
             for h in self._handles:
                 h.remove()
             self._handles.clear()
-            self._states.clear()
+            self._block_states.clear()
+            self._layer_input = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"layers.cos": self.cos, "layers.tokens": self.tokens}
+        out = {"layers.cos_next": self.cos_next, "layers.tokens": self.tokens,
+               "layers.block_cos": self.block_cos, "layers.block_tokens": self.block_tokens}
         if not self.layers_only:
             out |= self.neurons.state("neurons") | self.heads.state("heads") | self.channels.state("channels")
         return {k: v.cpu() for k, v in out.items()}

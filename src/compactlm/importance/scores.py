@@ -49,8 +49,10 @@ class ImportanceScores:
         ``neurons.{sum,sumsq,rows}``  (L, 3, I): input of each ``down_proj``
         ``heads.{sum,sumsq,rows}``    (L, 3, H*d): input of each ``o_proj``
         ``channels.{sum,sumsq,rows}`` (2L, 3, E): outputs of each layer's two hidden norms
-        ``layers.cos``    (L+1, L+1): sum over real tokens of cos(h_i, h_j), h_i = input of layer i
-        ``layers.tokens`` (1,) real tokens behind ``layers.cos``
+        ``layers.cos_next`` (L,): sum over real tokens of cos(h_i, h_i+1), h_i = input of layer i
+        ``layers.tokens`` (1,) real tokens behind ``layers.cos_next``
+        ``layers.block_cos`` (L+1, L+1): sum of cos(h_i, h_j) over every 8th real token
+        ``layers.block_tokens`` (1,) tokens behind ``layers.block_cos``
         ``layers.loss``   (L+1,) LM loss with layer i removed; entry L is the unpruned loss
                           (absent when the layer-loss pass was skipped)
     """
@@ -82,9 +84,12 @@ class ImportanceScores:
     def block_importance(self, length: int = 1) -> torch.Tensor:
         """(L - length + 1,) ShortGPT Block Importance of each contiguous block of ``length`` layers.
 
-        ``BI = 1 - mean_tokens cos(h_start, h_start+length)``; length 1 is per-layer BI.
+        ``BI = 1 - mean_tokens cos(h_start, h_start+length)``; length 1 is per-layer BI, over
+        every token; longer blocks use the token subsample of ``layers.block_cos``.
         """
-        cos, tokens = self.tensors["layers.cos"], self.tensors["layers.tokens"].clamp_min(1)
+        if length == 1:
+            return (1 - self.tensors["layers.cos_next"] / self.tensors["layers.tokens"].clamp_min(1)).float()
+        cos, tokens = self.tensors["layers.block_cos"], self.tensors["layers.block_tokens"].clamp_min(1)
         num_layers = cos.shape[0] - 1
         starts = torch.arange(num_layers - length + 1)
         return (1 - cos[starts, starts + length] / tokens).float()

@@ -1,0 +1,119 @@
+"""Cost of the importance pass against a plain forward pass over the same tokens.
+
+Arms, interleaved round-robin in one process so machine noise hits all of them alike:
+  plain-lm    full model forward (decoder + LM head logits), what a user's eval pass costs
+  plain-body  decoder forward without the LM head (the importance pass skips logits too)
+  importance  decoder forward with every hook (neurons, heads, channels, residual/BI)
+Peak memory of each arm is measured in a fresh subprocess (peak RSS on CPU, peak allocated on
+CUDA), so one arm's allocations cannot hide another's.
+
+    python benchmarks/importance_overhead.py [--model smollm2-135m] [--data exllamav2:wiki]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ARMS = ("plain-lm", "plain-body", "importance")
+
+
+def setup(args):
+    from compactlm import load_model
+    from compactlm.data import load_blocks
+
+    model, tok = load_model(args.model, device=args.device)
+    blocks = load_blocks(args.data, tok, seq_len=args.seq_len, num_samples=args.batches * args.batch_size, seed=0).train
+    return model, blocks
+
+
+def run_arm(arm: str, model, blocks, batch_size: int) -> float:
+    from compactlm.arch import adapter_for
+    from compactlm.importance import estimate_importance
+
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if arm == "importance":
+            estimate_importance(model, blocks, batch_size=batch_size, layer_loss_samples=0, show_progress=False)
+        else:
+            net = model if arm == "plain-lm" else adapter_for(model.config).decoder_body(model)
+            for i in range(0, len(blocks), batch_size):
+                net(input_ids=blocks[i:i + batch_size].to(device), use_cache=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_memory_child(args) -> None:
+    """Subprocess entry: load, record baseline, run one arm, print peak memory in MiB."""
+    model, blocks = setup(args)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    run_arm(args.memory_arm, model, blocks, args.batch_size)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"baseline_mib": base / 2**20, "peak_mib": peak / 2**20}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default="exllamav2:wiki")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batches", type=int, default=4, help="batches per timed repetition")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/importance_overhead.json")
+    p.add_argument("--memory-arm", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_arm:
+        return peak_memory_child(args)
+
+    torch.set_num_threads(torch.get_num_threads())
+    model, blocks = setup(args)
+    run_arm("plain-lm", model, blocks[: args.batch_size], args.batch_size)  # warm-up
+    times = {arm: [] for arm in ARMS}
+    for _ in range(args.repeats):
+        for arm in ARMS:
+            times[arm].append(run_arm(arm, model, blocks, args.batch_size))
+    tokens = blocks.numel()
+    memory = {}
+    for arm in ARMS:
+        cmd = [sys.executable, __file__, "--memory-arm", arm, "--model", args.model, "--data", args.data, "--device",
+               args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--batches", str(args.batches)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        memory[arm] = json.loads(out)
+
+    best = {arm: min(t) for arm, t in times.items()}
+    rows = []
+    print(f"{args.model}: {tokens:,} tokens per repetition (batch {args.batch_size} x {args.seq_len}), {args.repeats} repetitions, device {args.device}")
+    print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'vs plain-lm':>12} {'vs plain-body':>14} {'peak MiB':>9} {'above load MiB':>15}")
+    for arm in ARMS:
+        m = memory[arm]
+        row = {"arm": arm, "seconds": times[arm], "best_seconds": best[arm], "tokens_per_second": tokens / best[arm],
+               "time_ratio_vs_plain_lm": best[arm] / best["plain-lm"], "time_ratio_vs_plain_body": best[arm] / best["plain-body"],
+               "peak_mib": m["peak_mib"], "above_load_mib": m["peak_mib"] - m["baseline_mib"]}
+        rows.append(row)
+        print(f"{arm:<12} {best[arm]:>8.2f} {row['tokens_per_second']:>9.0f} {row['time_ratio_vs_plain_lm']:>12.3f} "
+              f"{row['time_ratio_vs_plain_body']:>14.3f} {m['peak_mib']:>9.0f} {row['above_load_mib']:>15.0f}")
+    extra = (memory["importance"]["peak_mib"] - memory["plain-lm"]["peak_mib"]) / memory["plain-lm"]["peak_mib"]
+    print(f"importance vs plain-lm: time x{best['importance'] / best['plain-lm']:.3f}, peak memory {extra:+.1%}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"settings": vars(args), "tokens": tokens, "arms": rows,
+                                          "peak_memory_change_vs_plain_lm": extra}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

