@@ -19,7 +19,7 @@ $(BIN)/compactlm: pyproject.toml
 setup: $(BIN)/compactlm
 
 demo: setup
-	$(BIN)/python scripts/demo.py
+	BIN=$(BIN) scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
 
 from compactlm.distill.distributed import DistInfo, StepSampler

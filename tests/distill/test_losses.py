@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
 from torch import nn
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("run_tiny.py")

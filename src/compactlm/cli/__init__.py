@@ -40,14 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
+    logging.basicConfig(force=True, stream=sys.stderr,
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
     )
     if args.quiet:
         import os
 
+        from transformers.utils import logging as hf_logging
+
         os.environ["COMPACTLM_NO_PROGRESS"] = "1"
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -17,6 +17,7 @@ full, in the harness's own order and batching.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,6 +93,11 @@ def head_and_body(model):
     return body, head
 
 
+def _cache_kwarg(body) -> str:
+    """transformers >= 5.24 names the KV cache argument ``cache``; earlier, ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on ``device`` when asked, else a no-op context."""
     if not bf16:
@@ -162,7 +168,7 @@ def _continuation_logprobs(body, head, batch: list[_Unit], pad_id: int, device, 
     suffix_rows = [(u_idx, row) for u_idx, u in enumerate(batch) for row in u.rows if row[1]]
     h_suffix = None
     if suffix_rows:
-        cache = out.past_key_values
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         owner = torch.tensor([u_idx for u_idx, _ in suffix_rows], device=device)
         cache.reorder_cache(owner)                                # one copy of its prefix per row
         suffix_ids, suffix_mask = _pad([row[1] for _, row in suffix_rows], pad_id, device)  # (R, S)
@@ -170,7 +176,7 @@ def _continuation_logprobs(body, head, batch: list[_Unit], pad_id: int, device, 
         mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)                        # (R, P + S)
         with autocast(device, bf16):
             h_suffix = body(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=False).last_hidden_state   # (R, S, C)
+                            use_cache=False, **{_cache_kwarg(body): cache}).last_hidden_state  # (R, S, C)
     del out
     suffix_of = {row[0]: k for k, (_, row) in enumerate(suffix_rows)}
     hidden = []

