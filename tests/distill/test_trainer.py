@@ -50,6 +50,7 @@ def test_distillation_lowers_heldout_kd_and_exports_a_plain_checkpoint(tmp_path)
     torch.testing.assert_close(reloaded(ids).logits, student.eval()(ids).logits)
     assert json.loads((tmp_path / "run" / "prune_plan.json").read_text())["kept"]["layers"] == [1, 3]
     assert not result.interrupted and result.tokens == 24 * 4 * 16
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())  # frozen teacher
 
 
 def test_finetune_lowers_lm_loss_on_repeated_text(tmp_path):

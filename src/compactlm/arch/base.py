@@ -94,6 +94,29 @@ class ArchAdapter:
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         )
 
+    def check_target(self, target: Architecture) -> None:
+        """Raise if transformers would refuse to save/load this family at ``target``'s sizes.
+
+        Config classes carry their own validators (transformers 5's ``LlamaConfig`` demands
+        ``hidden_size % num_attention_heads == 0`` even with an explicit ``head_dim``); asking
+        the real config class keeps us in step with whatever version is installed.
+        """
+        from transformers import AutoConfig
+
+        from ..errors import CompactLMError
+
+        fields = {k: v for k, v in target.to_dict().items() if k != "tie_word_embeddings"}
+        try:
+            config = AutoConfig.for_model(self.model_type, **fields)
+            if hasattr(config, "validate"):
+                config.validate()
+        except Exception as err:  # validators raise ValueError or hub's StrictDataclass errors
+            cause = err.__cause__ or err
+            raise CompactLMError(
+                f"transformers ({self.model_type} config) rejects the target {fields}: {str(cause).strip().splitlines()[-1]} "
+                f"Choose sizes that satisfy it, e.g. a --hidden-size that is a multiple of --num-attention-heads."
+            ) from err
+
     def pruned_config(self, config, target: Architecture, kept_layers: list[int]):
         """A copy of ``config`` describing ``target``; per-layer lists follow ``kept_layers``."""
         new = copy.deepcopy(config)

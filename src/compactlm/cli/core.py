@@ -75,7 +75,11 @@ def run_prune(args: argparse.Namespace) -> int:
     scores = ImportanceScores.load(args.scores) if args.scores else None
     plan = PrunePlan.load(args.plan) if args.plan else None
     if scores is not None:  # validate the target before loading the model
-        target.resolve(scores.architecture)
+        from types import SimpleNamespace
+
+        from ..arch import adapter_for
+
+        adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(target.resolve(scores.architecture))
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     if scores is not None:
         scores.check_matches(model)

@@ -65,12 +65,17 @@ class ForwardKL(LogitLoss):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         tau = self.temperature
-        log_q = F.log_softmax(student / tau, dim=-1)                      # (N, V)
+        s, t = (student / tau, teacher / tau) if tau != 1 else (student, teacher)
+        lse_s = torch.logsumexp(s, dim=-1)                                # (N,)
         if self.top_k:
-            teacher, ids = teacher.topk(self.top_k, dim=-1)               # (N, K)
-            log_q = log_q.gather(-1, ids)                                 # (N, K)
-        log_p = F.log_softmax(teacher / tau, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1) * tau**2
+            t, ids = t.topk(self.top_k, dim=-1)                           # (N, K)
+            s = s.gather(-1, ids)                                         # (N, K)
+        # KL = Σ p·(log p − log q) = Σ p·(t − s) − lse(t) + lse(s), with p = softmax(t): fewer
+        # (N, V) temporaries than two log-softmaxes; the gradient w.r.t. s is softmax(s) − p.
+        with torch.no_grad():
+            p = torch.softmax(t, dim=-1)
+            teacher_part = (p * t).sum(-1) - torch.logsumexp(t, dim=-1)   # Σ p log p  (N,)
+        return (teacher_part - (p * s).sum(-1) + lse_s) * tau**2
 
 
 @register_loss("reverse_kl")

@@ -167,7 +167,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     if distilling:
         t_dtype = torch.bfloat16 if args.teacher_dtype == "bf16" or (
             args.teacher_dtype == "auto" and args.precision == "bf16") else torch.float32
-        teacher.to(device=device, dtype=t_dtype)  # in place: the caller's teacher is moved/cast.eval().requires_grad_(False)
+        teacher.to(device=device, dtype=t_dtype).eval().requires_grad_(False)  # in place: the caller's teacher
         t_adapter = adapter_for(teacher.config)
         t_body, t_head = t_adapter.decoder_body(teacher), teacher.get_submodule(t_adapter.lm_head)
 
@@ -186,7 +186,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
         intermediate = IntermediateStateLoss(student.config.hidden_size, teacher.config.hidden_size, hidden_kept).to(device)
         t_recorder = StateRecorder(teacher, layer_map)
         say("intermediate-state loss on %d matched layers (+ embeddings): student j <- teacher %s",
-                    len(layer_map), layer_map)
+            len(layer_map), layer_map)
     chunk = loss.chunk_size or None
     logit_loss = ChunkedLogitLoss(make_loss(loss.loss, loss.temperature, loss.top_k, loss.js_beta) if distilling else None, chunk)
     module = DistillModule(student, logit_loss, intermediate, list(range(s_layers)) if use_is else None)
@@ -289,8 +289,9 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
                         out = model(ids, t_hidden, t_head, t_states, labels, mask, kd_scale, clm_scale)
                     # DDP averages gradients over processes; the loss is already a share of the global mean.
                     (out["loss"] * info.world_size).backward()
-                sums += torch.stack([out["loss"].detach().double(), out["kd_sum"].double(), out["clm_sum"].double(),
-                                     out.get("is_sum", torch.zeros(())).double(), out.get("alpha", torch.zeros(())).double()])
+                zero = out["loss"].new_zeros(())
+                sums += torch.stack([out["loss"].detach(), out["kd_sum"], out["clm_sum"], out.get("is_sum", zero),
+                                     out.get("alpha", zero)]).double()
             sums = all_reduce_sum(sums, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else math.inf)
             if not (math.isfinite(sums[0].item()) and math.isfinite(grad_norm.item())):

@@ -160,12 +160,12 @@ def _pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def _continuation_logprobs(body, head, batch: list[_Unit], pad_id: int, device, bf16: bool) -> torch.Tensor:
     """Log-softmax rows, one per continuation token of every request in ``batch``, in order."""
+    suffix_rows = [(u_idx, row) for u_idx, u in enumerate(batch) for row in u.rows if row[1]]
     prefix_ids, prefix_mask = _pad([u.prefix for u in batch], pad_id, device)          # (U, P)
     with autocast(device, bf16):
         # right padding needs no mask here: causal attention never looks ahead to the pads
-        out = body(input_ids=prefix_ids, use_cache=True)
+        out = body(input_ids=prefix_ids, use_cache=bool(suffix_rows))
     h_prefix = out.last_hidden_state                                                     # (U, P, C)
-    suffix_rows = [(u_idx, row) for u_idx, u in enumerate(batch) for row in u.rows if row[1]]
     h_suffix = None
     if suffix_rows:
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values

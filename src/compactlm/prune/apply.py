@@ -96,6 +96,7 @@ def apply_plan(model, plan: PrunePlan):
 
     adapter = adapter_for(model.config)
     _check_plan(model, plan, adapter)
+    adapter.check_target(plan.target)
     config = adapter.pruned_config(model.config, plan.target, plan.layers)
     state = prune_state_dict(model.state_dict(), plan, adapter)
     param = next(model.parameters())

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
-from ..arch import Architecture
+from types import SimpleNamespace
+
+from ..arch import Architecture, adapter_for
 from ..errors import CompactLMError, unknown_name
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation
 from .plan import PrunePlan
@@ -141,6 +144,7 @@ def make_plan(
     batch, seq = parse_aggregation(aggregation)
     source = scores.architecture
     arch = target.resolve(source)
+    adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(arch)
     layers = DEPTH_METRICS[depth_metric](scores, arch.num_hidden_layers)
     plan = select_units(source, arch, layers=layers, neurons=scores.neurons((batch, seq)),
                         heads=scores.heads((batch, seq)), channels=scores.channels((batch, seq)))
