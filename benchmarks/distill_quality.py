@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import math
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=None, help="score only the first N windows (default: all)")
     p.add_argument("--out", default=str(RESULTS / "distill_quality.json"))
     a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     r = run_quality(tokens=a.tokens, seq_len=a.seq_len, lr=a.lr, batch_size=a.batch_size, window=a.window,
                     eval_windows=a.eval_windows)
     print(f"\nWikiText-2 test perplexity (window {a.window}, {a.eval_windows or 'all'} windows); "

@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_model
 from transformers import AutoModelForCausalLM
 
-from compactlm.distill import LossArgs, TrainArgs, TrainingDiverged, distill, finetune
+from compactlm.distill import TrainArgs, TrainingDiverged, distill, finetune
 from compactlm.distill.config import lr_at
 from compactlm.distill.intermediate import IntermediateStateLoss, layer_map_from_plan
 from compactlm.errors import CompactLMError
@@ -102,3 +102,15 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert lr_at(9, 100, args) == pytest.approx(1e-3)
     assert lr_at(100, 100, args) == pytest.approx(1e-4)
     assert TrainArgs().warmup(30) == 3 and TrainArgs().warmup(10_000) == 40
+
+
+def test_metric_loggers_registry(tmp_path):
+    import importlib.util
+
+    from compactlm.distill.metrics import build_loggers
+
+    with pytest.raises(CompactLMError, match="Unknown metric logger 'tensorbord'. Did you mean 'tensorboard'"):
+        build_loggers("tensorbord", tmp_path, {}, None)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(CompactLMError, match="pip install tensorboard"):
+            build_loggers("tensorboard", tmp_path, {}, None)

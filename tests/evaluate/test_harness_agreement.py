@@ -29,7 +29,7 @@ def test_identical_choices_on_the_embedded_teacher(shared_data):
 
     tasks = ["hellaswag", "arc_easy", "winogrande", "lambada_openai"]
     model, tokenizer = load_model("smollm2-135m")
-    ours = ha.run_compactlm(model, tokenizer, tasks, limit=4, seed=0, batch_size=8, data_dir=str(shared_data))
+    ours = ha.run_compactlm(model, tokenizer, tasks, limit=3, seed=0, batch_size=8, data_dir=str(shared_data))
     indices = {t: [s["index"] for s in ours[t]["samples"]] for t in tasks}
     results, samples, _ = ha.run_harness(model, tokenizer, tasks, indices, batch_size=8, data_dir=str(shared_data))
     report = ha.compare(ours, results, samples)
