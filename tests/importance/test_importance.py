@@ -63,7 +63,8 @@ def hooked_activations(model, x):
 def test_scores_equal_brute_force_on_a_model(family):
     model = make_tiny_model(family)
     x = torch.randint(3, 128, (3, 10), generator=torch.Generator().manual_seed(1))
-    scores = estimate_importance(model, x, batch_size=3, layer_loss_samples=0, show_progress=False)
+    scores = estimate_importance(model, x, batch_size=3, layer_loss_samples=0, seq_aggregations="mean,l2,var",
+                                 show_progress=False)
     store, hidden = hooked_activations(model, x)
     mask = torch.ones(3, 10)
     for batch, seq in [("l2", "mean"), ("mean", "var"), ("var", "l2")]:
@@ -86,6 +87,19 @@ def test_scores_equal_brute_force_on_a_model(family):
             assert float(bi[start]) == pytest.approx(1 - float(cos), abs=1e-6)
 
 
+def test_default_records_seq_mean_only():
+    from compactlm.errors import CompactLMError
+
+    model = make_tiny_model("llama")
+    x = torch.randint(3, 128, (2, 8))
+    default = estimate_importance(model, x, layer_loss_samples=0, show_progress=False)
+    full = estimate_importance(model, x, layer_loss_samples=0, seq_aggregations="mean,l2,var", show_progress=False)
+    for batch in AGGREGATIONS:
+        torch.testing.assert_close(default.neurons((batch, "mean")), full.neurons((batch, "mean")))
+    with pytest.raises(CompactLMError, match="--seq-aggregations mean,var"):
+        default.heads(("l2", "var"))
+
+
 def test_padding_changes_nothing():
     model = make_tiny_model("llama")
     g = torch.Generator().manual_seed(2)
@@ -98,8 +112,9 @@ def test_padding_changes_nothing():
         ids[i, : len(s)] = s
         ids[i, len(s):] = 99                                  # garbage in the padding must not count
         mask[i, : len(s)] = 1
-    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], layer_loss_samples=0, show_progress=False)
-    alone = estimate_importance(model, unpadded, layer_loss_samples=0, show_progress=False)
+    kw = dict(layer_loss_samples=0, seq_aggregations="mean,l2,var", show_progress=False)
+    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], **kw)
+    alone = estimate_importance(model, unpadded, **kw)
     for key, value in alone.tensors.items():
         torch.testing.assert_close(padded.tensors[key], value, rtol=1e-6, atol=1e-6, msg=key)
 

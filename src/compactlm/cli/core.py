@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
     p.add_argument("--layer-loss-samples", type=int, default=8,
                    help="sequences for the 'LM loss with layer i removed' metric; 0 skips it (default: %(default)s)")
+    p.add_argument("--seq-aggregations", default="mean",
+                   help="sequence aggregations to record: mean serves every BATCH,mean choice at prune time; "
+                        "mean,l2,var serves all nine (default: %(default)s)")
     add_output_args(p)
     p.set_defaults(func=run_importance)
 
@@ -52,7 +55,8 @@ def run_importance(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     blocks = load_blocks_from_args(args, tokenizer)
     scores = estimate_importance(model, blocks.train, batch_size=args.batch_size,
-                                 layer_loss_samples=args.layer_loss_samples, meta={"data": blocks.describe()})
+                                 layer_loss_samples=args.layer_loss_samples, seq_aggregations=args.seq_aggregations,
+                                 meta={"data": blocks.describe()})
     scores.save(args.out, overwrite=args.overwrite)
     m = scores.meta
     print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) -> {args.out}")

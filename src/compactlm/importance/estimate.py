@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ..arch import adapter_for
 from ..errors import CompactLMError
 from ..progress import progress
+from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .hooks import ImportanceRecorder, layers_removed
 from .scores import ImportanceScores, model_fingerprint
 
@@ -63,6 +64,7 @@ def estimate_importance(
     batch_size: int = 8,
     layer_loss_samples: int = 8,
     layers_only: bool = False,
+    seq_aggregations: str | tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS,
     show_progress: bool = True,
     meta: dict | None = None,
 ) -> ImportanceScores:
@@ -76,6 +78,8 @@ def estimate_importance(
         layer_loss_samples: blocks used for the "LM loss with layer i removed" metric
             (L + 1 extra forward passes over them); 0 skips it.
         layers_only: record only the residual stream (depth metrics), not width statistics.
+        seq_aggregations: sequence aggregations to record (``"mean"`` by default, serving
+            every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
 
     Returns:
         :class:`ImportanceScores` holding raw moments for all nine aggregations, Block
@@ -84,7 +88,8 @@ def estimate_importance(
     adapter = adapter_for(model.config)
     body = adapter.decoder_body(model)  # no LM head: importance needs no logits
     device = next(model.parameters()).device
-    recorder = ImportanceRecorder(model, adapter, layers_only=layers_only)
+    seq_aggregations = parse_seq_aggregations(seq_aggregations)
+    recorder = ImportanceRecorder(model, adapter, layers_only=layers_only, seq_aggregations=seq_aggregations)
     total = _num_tokens(data)
     seen = 0
     start = time.perf_counter()
@@ -123,6 +128,7 @@ def estimate_importance(
         "tokens_per_second": round(seen / max(seconds, 1e-9), 1),
         "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
         "layers_only": layers_only,
+        "seq_aggregations": list(seq_aggregations),
         **(meta or {}),
     }
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchAdapter
-from .aggregation import ChannelStatistics
+from .aggregation import DEFAULT_SEQ_AGGREGATIONS, ChannelStatistics
 
 
 class ImportanceRecorder:
@@ -25,16 +25,18 @@ class ImportanceRecorder:
     forward; hooks read it to exclude padded tokens.
     """
 
-    def __init__(self, model: nn.Module, adapter: ArchAdapter, *, layers_only: bool = False, block_stride: int = 8):
+    def __init__(self, model: nn.Module, adapter: ArchAdapter, *, layers_only: bool = False, block_stride: int = 8,
+                 seq_aggregations: tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS):
         self.adapter = adapter
         self.layers = adapter.decoder_layers(model)
         arch = adapter.architecture(model.config)
         device = next(model.parameters()).device
         num_layers = arch.num_hidden_layers
         self.layers_only = layers_only
-        self.neurons = ChannelStatistics(num_layers, arch.intermediate_size, device)
-        self.heads = ChannelStatistics(num_layers, arch.num_attention_heads * arch.head_dim, device)
-        self.channels = ChannelStatistics(2 * num_layers, arch.hidden_size, device)
+        seq = seq_aggregations
+        self.neurons = ChannelStatistics(num_layers, arch.intermediate_size, device, seq)
+        self.heads = ChannelStatistics(num_layers, arch.num_attention_heads * arch.head_dim, device, seq)
+        self.channels = ChannelStatistics(2 * num_layers, arch.hidden_size, device, seq)
         # Per-layer BI streams over every token; contiguous-block BI needs the states of all
         # layers at once, so it is estimated on every block_stride-th token (an unbiased
         # subsample that keeps the stored states ~1/block_stride of one batch's activations).

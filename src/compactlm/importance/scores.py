@@ -46,9 +46,10 @@ class ImportanceScores:
     """Activation statistics of one model on one calibration set.
 
     tensors:
-        ``neurons.{sum,sumsq,rows}``  (L, 3, I): input of each ``down_proj``
-        ``heads.{sum,sumsq,rows}``    (L, 3, H*d): input of each ``o_proj``
-        ``channels.{sum,sumsq,rows}`` (2L, 3, E): outputs of each layer's two hidden norms
+        ``neurons.{sum,sumsq,rows}``  (L, k, I): input of each ``down_proj``
+        ``heads.{sum,sumsq,rows}``    (L, k, H*d): input of each ``o_proj``
+        ``channels.{sum,sumsq,rows}`` (2L, k, E): outputs of each layer's two hidden norms
+        (k = the sequence aggregations recorded, ``meta["seq_aggregations"]``)
         ``layers.cos_next`` (L,): sum over real tokens of cos(h_i, h_i+1), h_i = input of layer i
         ``layers.tokens`` (1,) real tokens behind ``layers.cos_next``
         ``layers.block_cos`` (L+1, L+1): sum of cos(h_i, h_j) over every 8th real token
@@ -64,7 +65,8 @@ class ImportanceScores:
     def _finalize(self, prefix: str, aggregation) -> torch.Tensor:
         batch, seq = parse_aggregation(aggregation)
         t = self.tensors
-        return finalize(t[f"{prefix}.sum"], t[f"{prefix}.sumsq"], t[f"{prefix}.rows"], batch, seq)
+        recorded = tuple(self.meta.get("seq_aggregations", ("mean", "l2", "var")))
+        return finalize(t[f"{prefix}.sum"], t[f"{prefix}.sumsq"], t[f"{prefix}.rows"], batch, seq, recorded)
 
     def neurons(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
         """(L, I) importance of each MLP neuron in each layer."""
