@@ -37,7 +37,7 @@ def test_importance_pruning_beats_random_selection(teacher, shared_data):
 
     ppl = {name: float(torch.exp(torch.tensor(lm_loss(m, blocks.heldout, batch_size=8))))
            for name, m in [("teacher", model), ("importance", student), ("random", random_student)]}
-    # Measured here: teacher ~17, importance ~60, random in the thousands (see README).
+    print("held-out perplexity (wiki.utf8, 8 x 256 tokens):", {k: round(v, 1) for k, v in ppl.items()})
     assert ppl["teacher"] < 40
     assert ppl["importance"] < 150
     assert ppl["random"] > 5 * ppl["importance"]

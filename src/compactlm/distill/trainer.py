@@ -146,6 +146,9 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
         raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh.")
     if not resume:
         check_output_dir(run_dir, overwrite)
+        if overwrite and run_dir.exists() and Path.cwd().resolve().is_relative_to(run_dir.resolve()):
+            raise CompactLMError(f"--overwrite would delete '{run_dir}', which contains the current directory. "
+                                 f"Choose a dedicated --out directory.")
     barrier(info)
     if info.is_main:
         if not resume and run_dir.exists():
