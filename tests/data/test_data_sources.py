@@ -182,7 +182,7 @@ def test_hub_name_is_passed_to_load_dataset(monkeypatch):
 @pytest.mark.parametrize("error, expected", [
     (ConnectionError("Couldn't reach 'org/corpus' on the Hub"), r"could not be reached.*Check the path"),
     (FileNotFoundError("Dataset 'org/corpus' doesn't exist on the Hub"), r"neither a local file.*nor a dataset"),
-    (ValueError('Unknown split "dev"'), r"Cannot load dataset 'org/corpus'.*--split"),
+    (ValueError('Unknown split "dev"'), r"Cannot load dataset 'org/corpus'.*--data-split"),
 ])
 def test_hub_failures_become_one_clear_error(error, expected, monkeypatch):
     import datasets

@@ -93,8 +93,10 @@ def _run_target(task: TargetTask, docs, model, tokenizer, opts) -> tuple[dict, l
 
 def _ppl_text(spec: str, data_dir) -> tuple[str, str]:
     """``ppl:FILE`` (.txt/.raw read whole, .jsonl rows' "text" joined) or ``ppl:DATASET:CONFIG:SPLIT``."""
+    from ..data.packaged import is_packaged, packaged_path
+
     target = spec.split(":", 1)[1]
-    path = Path(target).expanduser()
+    path = packaged_path(target) if is_packaged(target) else Path(target).expanduser()
     if path.is_file():
         from .sources import read_jsonl
 
