@@ -10,5 +10,5 @@ RUN=${RUN:-runs/demo}
 "$BIN/compactlm" prune --model smollm2-135m --scores "$RUN/scores" --ffn-hidden-size 1024 \
   --out "$RUN/student" --overwrite
 "$BIN/compactlm" info "$RUN/student"
-"$BIN/compactlm" eval --model "$RUN/student" --baseline smollm2-135m --tasks ppl:exllamav2:c4 --window 512 \
+"$BIN/compactlm" eval --model "$RUN/student" --baseline smollm2-135m --tasks ppl:exllamav2:c4 --window 512 --limit 48 \
   --json "$RUN/eval.json"
