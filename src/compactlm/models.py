@@ -153,9 +153,8 @@ def load_model(
     if source.gguf_file:
         # The weights are de-quantised now; a leftover GGUF quantization_config would make
         # save_pretrained write a checkpoint that plain from_pretrained refuses.
-        for attr in ("quantization_config",):
-            if hasattr(model.config, attr):
-                delattr(model.config, attr)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.hf_quantizer = None
         model.is_quantized = False
     model.config._name_or_path = name

@@ -133,7 +133,6 @@ class ArchAdapter:
         if hasattr(new, "max_window_layers") and getattr(config, "max_window_layers", None) is not None:
             # Qwen2/3: layers at index >= max_window_layers use sliding windows; keep that split.
             new.max_window_layers = sum(1 for i in kept_layers if i < config.max_window_layers)
-        for attr in ("quantization_config",):
-            if hasattr(new, attr):
-                delattr(new, attr)
+        if hasattr(new, "quantization_config"):  # a GGUF source; the student is plain weights
+            del new.quantization_config
         return new

@@ -82,14 +82,14 @@ class ImportanceRecorder:
                 self.tokens += float(self.mask.sum()) if self.mask is not None else out.shape[0] * out.shape[1]
         return pre_hook, post_hook
 
-    def _sampled_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def _sampled_mask(self) -> torch.Tensor | None:
         return None if self.mask is None else self.mask[:, :: self.block_stride]
 
     def _unit_sample(self, hidden: torch.Tensor) -> torch.Tensor:
         # Every block_stride-th token of (B, S, E) as (T', E) unit vectors; padded tokens
         # become zero rows and so add nothing to any dot product.
         h = F.normalize(hidden[:, :: self.block_stride].float(), dim=-1)
-        mask = self._sampled_mask(hidden)
+        mask = self._sampled_mask()
         if mask is not None:
             h = h * mask.to(h.dtype).unsqueeze(-1)
         return h.reshape(-1, h.shape[-1])
@@ -99,8 +99,8 @@ class ImportanceRecorder:
         # flattened unit states of the sampled tokens.
         states = torch.stack(self._block_states).flatten(1)             # (L+1, T'*E)
         self.block_cos += (states @ states.T).double()
-        sampled = states.shape[1] // self._block_states[0].shape[1]
-        self.block_tokens += float(self._sampled_mask(None).sum()) if self.mask is not None else sampled
+        mask = self._sampled_mask()
+        self.block_tokens += float(mask.sum()) if mask is not None else self._block_states[0].shape[0]
         self._block_states.clear()
 
     # -- lifecycle -----------------------------------------------------------------------
