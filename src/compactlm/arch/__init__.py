@@ -7,9 +7,9 @@ from .base import ArchAdapter, Architecture
 
 ADAPTERS: dict[str, ArchAdapter] = {
     "llama": ArchAdapter("llama"),
-    "mistral": ArchAdapter("mistral"),
-    "qwen2": ArchAdapter("qwen2"),
-    "qwen3": ArchAdapter("qwen3", head_norms=("self_attn.q_norm", "self_attn.k_norm")),
+    "mistral": ArchAdapter("mistral", qkv_bias=False, o_bias=False, mlp_bias=False),
+    "qwen2": ArchAdapter("qwen2", qkv_bias=True, o_bias=False, mlp_bias=False),
+    "qwen3": ArchAdapter("qwen3", head_norms=("self_attn.q_norm", "self_attn.k_norm"), mlp_bias=False),
 }
 
 

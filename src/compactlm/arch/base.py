@@ -59,6 +59,10 @@ class ArchAdapter:
     post_attention_norm: str = "post_attention_layernorm"
     head_norms: tuple[str, ...] = ()     # per-head q/k RMSNorms over head_dim (Qwen3)
     per_layer_config_lists: tuple[str, ...] = field(default=("layer_types",))
+    # Biases: True/False when the family hard-codes them, else the config field that switches them.
+    qkv_bias: bool | str = "attention_bias"
+    o_bias: bool | str = "attention_bias"
+    mlp_bias: bool | str = "mlp_bias"
 
     # -- modules -----------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
@@ -93,6 +97,12 @@ class ArchAdapter:
             vocab_size=config.vocab_size,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         )
+
+    def biases(self, config) -> tuple[bool, bool, bool]:
+        """Whether q/k/v, o and the MLP projections carry biases in this config."""
+        def flag(rule: bool | str) -> bool:
+            return rule if isinstance(rule, bool) else bool(getattr(config, rule, False))
+        return flag(self.qkv_bias), flag(self.o_bias), flag(self.mlp_bias)
 
     def check_target(self, target: Architecture) -> None:
         """Raise if transformers would refuse to save/load this family at ``target``'s sizes.

@@ -15,7 +15,7 @@ import sys
 from ..errors import CompactLMError
 
 # Pipeline order; a module missing here simply contributes no verb.
-VERB_MODULES = ("core", "distill", "eval")
+VERB_MODULES = ("core", "distill", "search", "eval", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:

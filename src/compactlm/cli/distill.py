@@ -13,20 +13,11 @@ import math
 import os
 import re
 
-from ..distill.config import LossArgs, TrainArgs, field_help
+from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
-
-
-def parse_tokens(text: str) -> int:
-    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
-    if not match:
-        raise CompactLMError(f"--tokens '{text}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
-    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
 
 
 def _int_list(text: str) -> list[int]:

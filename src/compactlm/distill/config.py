@@ -10,7 +10,10 @@ import ast
 import dataclasses
 import inspect
 import math
+import re
 from dataclasses import dataclass
+
+from ..errors import CompactLMError
 
 
 @dataclass
@@ -103,3 +106,12 @@ def field_help(cls: type) -> dict[str, str]:
 
 def as_dict(*groups) -> dict:
     return {k: v for g in groups for k, v in dataclasses.asdict(g).items()}
+
+
+def parse_tokens(text: str) -> int:
+    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
+    if not match:
+        raise CompactLMError(f"--tokens '{text}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)

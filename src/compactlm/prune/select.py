@@ -13,8 +13,6 @@ from types import SimpleNamespace
 
 import torch
 
-from types import SimpleNamespace
-
 from ..arch import Architecture, adapter_for
 from ..errors import CompactLMError, unknown_name
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation

@@ -1,0 +1,56 @@
+"""Verbs ``run`` (a YAML recipe end to end) and ``report`` (re-render a run's HTML report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a recipe end to end: importance, search, prune, distill, eval, report",
+                       description="Without RECIPE: the embedded default (smollm2-135m -> ~2/3 of its parameters on "
+                                   "packaged text, offline, CPU). RECIPE is a YAML file or a shipped recipe name.")
+    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe path or shipped name (default, iterative, tiny)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run: finished stages are skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set steps.0.distill.tokens=65536 (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.set_defaults(func=run_recipe)
+
+    p = sub.add_parser("report", help="(re)render the HTML report of a finished run")
+    p.add_argument("run_dir", help="a run directory written by `compactlm run`")
+    p.set_defaults(func=run_report)
+
+
+def _print_eval(evaluation: dict) -> None:
+    rows = evaluation["rows"]
+    metrics = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+    width = max(len(r["model"]) for r in rows) + 2
+    print(f"{'model':<{width}}{'params':>10}" + "".join(f"{m:>{max(12, len(m) + 2)}}" for m in metrics))
+    for r in rows:
+        values = "".join(f"{r['metrics'][m]:>{max(12, len(m) + 2)}.4g}" if m in r["metrics"] else f"{'-':>{max(12, len(m) + 2)}}"
+                         for m in metrics)
+        print(f"{r['model']:<{width}}{r['parameters'] / 1e6:>9.2f}M{values}")
+
+
+def run_recipe(args: argparse.Namespace) -> int:
+    from ..recipes import load_recipe, resolve_path, run
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / resolve_path(args.recipe).stem
+    result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
+    print()
+    _print_eval(result.eval)
+    print(f"\nstudent: {result.student}  (loads with AutoModelForCausalLM.from_pretrained)")
+    if result.report is not None:
+        print(f"report:  {result.report}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..report import render_report
+
+    print(render_report(args.run_dir))
+    return 0

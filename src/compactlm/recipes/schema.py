@@ -1,0 +1,245 @@
+"""The YAML recipe of ``compactlm run``: dataclasses, validated on load with errors that name the key.
+
+A recipe is teacher + data + (teacher correction) + one or more compression steps + evaluation.
+Each step prunes the previous model (the teacher, then the previous step's student) to a
+parameter budget, found by search or given as a fixed architecture, and distills it. Several
+steps make iterative compression (teacher → medium → small, METHOD.md best practice #1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..distill import LossArgs, TrainArgs
+from ..errors import CompactLMError
+from ..models import DEFAULT_MODEL
+from ..search import AXES, SearchArgs
+
+SHIPPED = Path(__file__).resolve().parent
+
+
+@dataclass
+class DataSection:
+    source: str = "exllamav2:wiki"
+    """text: .txt/.jsonl file or folder, saved dataset, Hugging Face datasets name, exllamav2:<corpus>"""
+    config: str | None = None
+    """datasets config name (e.g. wikitext-2-raw-v1)"""
+    split: str = "train"
+    """datasets split"""
+    text_field: str = "text"
+    """text column / jsonl field"""
+    seq_len: int = 512
+    """tokens per block"""
+    heldout_samples: int = 16
+    """blocks kept out of training: search proxy, validation and held-out perplexity"""
+    seed: int = 0
+    """seed of the train/held-out split"""
+
+
+@dataclass
+class CorrectionSection:
+    tokens: int = 0
+    """teacher correction: fine-tune the teacher on the data for this many tokens first (0 = off)"""
+    lr: float = 2e-5
+    """peak learning rate of the correction (the follow-up paper: 1/5 of the original)"""
+    batch_size: int = 8
+    micro_batch_size: int = 4
+
+
+@dataclass
+class ImportanceSection:
+    samples: int = 64
+    """training blocks for the activation statistics"""
+    batch_size: int = 8
+    layer_loss_samples: int = 8
+    """blocks for the 'LM loss with layer i removed' metric (0 skips it)"""
+    seq_aggregations: str = "mean"
+    """sequence statistics to record (mean serves every BATCH,mean aggregation)"""
+
+
+@dataclass
+class DistillSection:
+    tokens: int = 262144
+    """distillation tokens of the chosen student"""
+    init: str = "search"
+    """start from the search's short distillation of the winner (search) or from the plain prune (pruned)"""
+    loss: LossArgs = field(default_factory=LossArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+
+@dataclass
+class StepSection:
+    name: str = "student"
+    """folder of this step in the run directory"""
+    target_params: str | None = "0.667"
+    """parameter budget of the search: a count (90M) or a fraction of this step's teacher (0.667)"""
+    architecture: dict | None = None
+    """a fixed architecture instead of a search ({hidden_size: 512, num_hidden_layers: 24, ...})"""
+    search: SearchArgs = field(default_factory=SearchArgs)
+    distill: DistillSection = field(default_factory=DistillSection)
+
+
+@dataclass
+class EvalSection:
+    tasks: list[str] = field(default_factory=lambda: ["ppl:exllamav2:c4"])
+    """compactlm eval task names (ppl:<text> for perplexity of other text)"""
+    limit: int | None = 32
+    """examples (or perplexity windows) per task"""
+    window: int = 512
+    """perplexity window in tokens"""
+    batch_size: int = 8
+
+
+@dataclass
+class Recipe:
+    teacher: str = DEFAULT_MODEL
+    """built-in name, local checkpoint dir, .gguf file or Hugging Face id"""
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    data: DataSection = field(default_factory=DataSection)
+    correction: CorrectionSection = field(default_factory=CorrectionSection)
+    importance: ImportanceSection = field(default_factory=ImportanceSection)
+    steps: list[StepSection] = field(default_factory=lambda: [StepSection()])
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+def _check_scalar(value, kind, where: str):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, str):   # 262144, 256K, 1M
+        from ..distill.config import parse_tokens
+
+        return parse_tokens(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)                     # YAML reads 1e-4 as a string
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CompactLMError(f"recipe key '{where}': expected {kind.__name__}, got {value!r}.")
+    return value
+
+
+def _convert(value, hint, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _convert(value, hint, where)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise CompactLMError(f"recipe key '{where}': expected a mapping, got {value!r}.")
+        return value
+    return _check_scalar(value, hint, where)
+
+
+def build(cls: type, values: dict | None, where: str = ""):
+    """An instance of dataclass ``cls`` from a mapping; unknown keys and wrong types name the key."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise CompactLMError(f"recipe key '{where or 'top level'}': expected a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        from ..errors import unknown_name
+
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise CompactLMError(f"recipe key '{key}': " + str(unknown_name("key", unknown[0], names)))
+    return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()})
+
+
+def _check(recipe: Recipe) -> None:
+    problems = []
+    if not recipe.steps:
+        problems.append("'steps' is empty: give at least one compression step")
+    names = [s.name for s in recipe.steps]
+    if len(set(names)) != len(names):
+        problems.append(f"step names {names} repeat: give each step its own 'name'")
+    for i, step in enumerate(recipe.steps):
+        if step.architecture is None and step.target_params is None:
+            problems.append(f"steps[{i}]: give 'target_params' (search) or 'architecture' (fixed)")
+        if step.architecture is not None:
+            bad = sorted(set(step.architecture) - set(AXES))
+            if bad:
+                problems.append(f"steps[{i}].architecture has unknown axis {bad}; axes: {', '.join(AXES)}")
+        if step.distill.init not in ("search", "pruned"):
+            problems.append(f"steps[{i}].distill.init={step.distill.init!r}: expected 'search' or 'pruned'")
+        if step.distill.tokens < 0:
+            problems.append(f"steps[{i}].distill.tokens={step.distill.tokens}: expected 0 or more")
+    if recipe.data.heldout_samples < 1:
+        problems.append(f"data.heldout_samples={recipe.data.heldout_samples}: the search and validation need at least 1")
+    if problems:
+        raise CompactLMError("Invalid recipe: " + "; ".join(problems) + ".")
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    """Apply one ``--set a.b.0.c=value`` override to a raw recipe mapping."""
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {} if not keys[keys.index(key) + 1].isdigit() else [{}])
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def resolve_path(name: str | None) -> Path | None:
+    """A recipe path, or the name of a shipped recipe (``default``, ``iterative``, ``tiny``...)."""
+    if name is None:
+        return SHIPPED / "default.yaml"
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+    raise CompactLMError(f"Recipe '{name}' is neither a file nor a shipped recipe ({available}). "
+                         f"Pass the path of a YAML recipe.")
+
+
+def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override (``key.path=value``) and validate a recipe."""
+    path = resolve_path(str(name) if name is not None else None)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CompactLMError(f"Recipe '{path}' is not valid YAML: {err}") from err
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise CompactLMError(f"--set '{item}': expected KEY=VALUE, e.g. steps.0.distill.tokens=65536.")
+        try:
+            _set(raw, key.strip(), yaml.safe_load(text))
+        except (IndexError, ValueError, TypeError, AttributeError) as err:
+            raise CompactLMError(f"--set '{item}': no such place in the recipe ({err}).") from err
+    recipe = build(Recipe, raw)
+    _check(recipe)
+    return recipe

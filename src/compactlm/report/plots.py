@@ -1,0 +1,112 @@
+"""Figures of a run (matplotlib, Agg backend): importance, search, training curves.
+
+Each function takes plain data and returns a ``Figure``; :mod:`.html` embeds them as PNG.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+KEPT, DROPPED = "#1f77b4", "#d62728"
+
+
+def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers: list[int]) -> Figure:
+    """(L, I) neuron and (L, H) head scores per layer; each row normalised by its max, layers dropped marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.18 * neurons.shape[0] + 2), width_ratios=[3, 1])
+    for ax, scores, title, unit in ((axes[0], neurons, "MLP neuron importance", "neuron"),
+                                    (axes[1], heads, "query head importance", "head")):
+        rows = scores.float() / scores.float().amax(dim=1, keepdim=True).clamp_min(1e-12)
+        image = ax.imshow(rows.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{title} (row / row max)")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("layer")
+        for i in range(scores.shape[0]):
+            if i not in kept_layers:
+                ax.axhline(i, color=DROPPED, linewidth=1.2)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig
+
+
+def channel_importance(channels: torch.Tensor, kept: list[int] | None) -> Figure:
+    """(E,) hidden-channel scores sorted, kept channels in blue, pruned in red."""
+    fig, ax = plt.subplots(figsize=(8, 3))
+    order = torch.argsort(channels, descending=True)
+    kept_set = set(kept) if kept is not None else set(range(channels.numel()))
+    colors = [KEPT if int(i) in kept_set else DROPPED for i in order]
+    ax.bar(range(channels.numel()), channels[order].float().numpy(), color=colors, width=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden channel (sorted by importance)")
+    ax.set_ylabel("importance")
+    ax.set_title(f"embedding-channel importance: {len(kept_set)} of {channels.numel()} kept (blue)")
+    fig.tight_layout()
+    return fig
+
+
+def layer_importance(bi: torch.Tensor, loss: torch.Tensor | None, base_loss: float | None,
+                     kept_layers: list[int]) -> Figure:
+    """Block Importance and LM-loss increase when each layer alone is removed; dropped layers in red."""
+    panels = 2 if loss is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3), squeeze=False)
+    colors = [KEPT if i in kept_layers else DROPPED for i in range(bi.numel())]
+    axes[0][0].bar(range(bi.numel()), bi.numpy(), color=colors)
+    axes[0][0].set_title("Block Importance 1 − cos(h_i, h_i+1)")
+    axes[0][0].set_xlabel("layer")
+    if loss is not None:
+        delta = loss - (base_loss or 0.0)
+        axes[0][1].bar(range(loss.numel()), delta.numpy(), color=colors)
+        axes[0][1].set_yscale("symlog", linthresh=1e-2)
+        axes[0][1].set_title("LM-loss increase with layer i removed")
+        axes[0][1].set_xlabel("layer")
+    fig.suptitle("layer importance (red: removed)")
+    fig.tight_layout()
+    return fig
+
+
+def search_scatter(rows: list[dict]) -> Figure:
+    """Proxy loss against parameters for every candidate; retrained ones and the winner marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    params = [r["params"] / 1e6 for r in rows]
+    ax.scatter(params, [r["proxy_loss"] for r in rows], color="#999999", label="proxy (pruned, no retraining)")
+    retrained = [r for r in rows if r.get("retrained_loss") is not None]
+    if retrained:
+        ax.scatter([r["params"] / 1e6 for r in retrained], [r["retrained_loss"] for r in retrained],
+                   color=KEPT, label="after the short distillation")
+    for r in rows:
+        if r.get("selected"):
+            y = r["retrained_loss"] if r.get("retrained_loss") is not None else r["proxy_loss"]
+            ax.scatter([r["params"] / 1e6], [y], s=160, facecolors="none", edgecolors=DROPPED, linewidths=2,
+                       label=f"selected: {r['name']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("held-out LM loss (nats)")
+    ax.set_title("architecture search")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs: dict[str, list[dict]]) -> Figure:
+    """Training loss and held-out LM loss against tokens for each named run (metrics.jsonl records)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+    for label, records in runs.items():
+        train = [(r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r]
+        tokens_per_step = train[0][0] / max(1, next(r["step"] for r in records if "loss" in r)) if train else 0
+        val = [(r["step"] * tokens_per_step, r["val_lm_loss"]) for r in records if "val_lm_loss" in r]
+        if train:
+            axes[0].plot(*zip(*train), label=label)
+        if val:
+            axes[1].plot(*zip(*val), marker="o", label=label)
+    axes[0].set_title("training loss (distillation objective)")
+    axes[1].set_title("held-out LM loss")
+    for ax in axes:
+        ax.set_xlabel("tokens")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

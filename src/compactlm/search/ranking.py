@@ -1,0 +1,232 @@
+"""Rank candidates: zero-shot proxy for all, the same short distillation for the best few (METHOD.md §5).
+
+Every candidate is pruned from the saved scores and scored by its held-out LM loss without
+retraining (the proxy). The ``top_k`` best by proxy each get the same short distillation; the
+winner has the lowest held-out LM loss after it. Progress is kept in ``search_state.json``
+(rewritten atomically after every unit of work), so a killed search resumes where it stopped:
+scored candidates are not rescored and a half-done distillation continues from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..distill import LossArgs, TrainArgs, distill
+from ..distill.checkpoint import latest_checkpoint
+from ..errors import CompactLMError
+from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
+from ..io import write_json_atomic
+from ..progress import progress
+from ..prune import PruneTarget, apply_plan, make_plan
+from .params import count_parameters, parameter_layout
+from .space import AXES, Candidate, SearchSpace, enumerate_candidates, parse_param_target
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "search_state.json"
+TABLE_COLUMNS = ("name", *AXES, "params", "params_fraction", "proxy_loss", "proxy_rank", "retrained_loss",
+                 "retrained_rank", "selected")
+
+
+@dataclass
+class SearchArgs:
+    """What to search and how to rank."""
+
+    target_params: str = "0.667"
+    """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
+    tolerance: float = 0.05
+    """candidates lie within target x (1 ± tolerance) (paper: 5%)"""
+    space: dict | None = None
+    """explicit sizes per axis ({hidden_size: [...], ...}); axes left out keep the teacher's size; None derives one"""
+    max_depth_cut: float = 0.2
+    """derived space: remove at most this fraction of the layers"""
+    prune_kv_heads: bool = False
+    """derived space: also try fewer KV groups"""
+    max_candidates: int | None = 24
+    """keep at most this many candidates, those nearest the target (bounds the proxy's cost)"""
+    top_k: int = 3
+    """candidates, best by proxy, that get the short distillation; 0 picks the best proxy"""
+    distill_tokens: int = 65536
+    """tokens of the short distillation each of the top_k candidates gets (the same for all)"""
+    aggregation: str = ",".join(DEFAULT_AGGREGATION)
+    """batch,seq aggregation of the activation scores used to prune each candidate"""
+    depth_metric: str = "bi"
+    """layers to drop: bi, loss or block"""
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict]
+    winner: dict
+    out_dir: Path
+    rank_correlation: float | None = None   # Spearman, proxy vs retrained ranks of the retrained candidates
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> PruneTarget:
+        return PruneTarget(**{a: self.winner[a] for a in AXES})
+
+
+def candidates_for(scores: ImportanceScores, teacher_config, args: SearchArgs) -> tuple[list[Candidate], int]:
+    """The candidates of ``args`` for the scored teacher, and the target parameter count."""
+    source = scores.architecture
+    layout = parameter_layout(teacher_config)
+    target = parse_param_target(args.target_params, count_parameters(source, layout))
+    space = (SearchSpace.from_dict(args.space, source) if args.space else
+             SearchSpace.derive(source, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
+    return enumerate_candidates(space, source, layout, teacher_config.model_type, target, args.tolerance,
+                                args.max_candidates), target
+
+
+def prune_candidate(teacher, scores: ImportanceScores, candidate: Candidate, args: SearchArgs):
+    """(student, plan) for one candidate architecture."""
+    plan = make_plan(scores, PruneTarget(**candidate.sizes()), aggregation=args.aggregation,
+                     depth_metric=args.depth_metric)
+    return apply_plan(teacher, plan), plan
+
+
+def _ranks(values: list[float | None]) -> list[int | None]:
+    order = sorted((v, i) for i, v in enumerate(values) if v is not None)
+    ranks: list[int | None] = [None] * len(values)
+    for rank, (_, i) in enumerate(order, 1):
+        ranks[i] = rank
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation of two equally long lists (None for fewer than 2 items)."""
+    if len(a) < 2:
+        return None
+    ra, rb = (torch.tensor(_ranks(x), dtype=torch.float64) for x in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = (ra.norm() * rb.norm()).item()
+    return float((ra @ rb).item() / denominator) if denominator else None
+
+
+def table_text(rows: list[dict]) -> str:
+    """The search table as aligned text (what the CLI prints)."""
+    head = f"{'candidate':<28} {'params':>8} {'proxy':>8} {'rank':>4} {'retrained':>9} {'rank':>4}"
+    lines = [head]
+    for r in rows:
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        lines.append(f"{r['name']:<28} {r['params'] / 1e6:>7.2f}M {fmt(r['proxy_loss'], '8.4f'):>8} "
+                     f"{fmt(r['proxy_rank'], 'd'):>4} {fmt(r['retrained_loss'], '9.4f'):>9} "
+                     f"{fmt(r['retrained_rank'], 'd'):>4}{'  <- selected' if r['selected'] else ''}")
+    return "\n".join(lines)
+
+
+def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = out_dir / ".candidates.csv.tmp"
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(out_dir / "candidates.csv")
+    write_json_atomic(out_dir / "candidates.json", {**summary, "candidates": rows})
+
+
+def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: str | Path, *,
+           args: SearchArgs | None = None, train_blocks: torch.Tensor | None = None, tokenizer=None,
+           train_args: TrainArgs | None = None, loss: LossArgs | None = None, batch_size: int = 8,
+           resume: bool = False) -> SearchResult:
+    """Search the best architecture within the budget of ``args`` (see the module docstring).
+
+    Args:
+        teacher: the scored model (``scores.check_matches(teacher)`` must hold); left unchanged.
+        heldout: (N, T) held-out token blocks for the proxy and the post-distillation loss.
+        train_blocks: (M, T) training blocks for the short distillations (needed when top_k > 0).
+        out_dir: receives ``candidates.csv``, ``candidates.json``, ``search_state.json`` and one
+            distillation run per retrained candidate.
+        resume: continue the search in ``out_dir`` (its settings must match).
+    """
+    args, train_args, loss = args or SearchArgs(), train_args or TrainArgs(), loss or LossArgs()
+    scores.check_matches(teacher)
+    if args.top_k < 0:
+        raise CompactLMError(f"top_k={args.top_k}: expected 0 or more candidates to retrain.")
+    if args.top_k and train_blocks is None:
+        raise CompactLMError("The short distillation of the top candidates needs training blocks; pass train_blocks "
+                             "or set top_k to 0.")
+    candidates, target = candidates_for(scores, teacher.config, args)
+    out_dir = Path(out_dir)
+    seq_len = heldout.shape[1]
+    steps = max(1, args.distill_tokens // (train_args.batch_size * seq_len))
+    settings = {"search": asdict(args), "target_params": target, "distill_steps": steps, "seq_len": seq_len,
+                "heldout_blocks": heldout.shape[0], "train": asdict(train_args), "loss": asdict(loss),
+                "scores": scores.meta.get("fingerprint")}
+    state_path = out_dir / STATE_FILE
+    state = {"settings": settings, "proxy": {}, "retrained": {}}
+    if resume and state_path.is_file():
+        import json
+
+        saved = json.loads(state_path.read_text())
+        if saved["settings"] != json.loads(json.dumps(settings)):
+            raise CompactLMError(f"Cannot resume the search in '{out_dir}': its settings differ from these. "
+                                 f"Use the original settings, or start afresh in a new directory.")
+        state = saved
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source_params = count_parameters(scores.architecture, parameter_layout(teacher.config))
+    logger.info("search: %d candidates within %.2fM ±%.0f%%", len(candidates), target / 1e6, args.tolerance * 100)
+
+    # ---- proxy: held-out LM loss of every candidate, pruned but not retrained -------------------------
+    with progress(total=len(candidates), initial=sum(c.name in state["proxy"] for c in candidates),
+                  desc="search: proxy", unit="arch") as bar:
+        for candidate in candidates:
+            if candidate.name in state["proxy"]:
+                continue
+            student, _ = prune_candidate(teacher, scores, candidate, args)
+            state["proxy"][candidate.name] = lm_loss(student, heldout, batch_size)
+            del student
+            gc.collect()
+            write_json_atomic(state_path, state)
+            bar.update(1)
+    by_proxy = sorted(candidates, key=lambda c: state["proxy"][c.name])
+
+    # ---- the same short distillation for the top_k ------------------------------------------------------
+    # The trainer casts the teacher to bf16 in place, so every student is pruned before the first run:
+    # all candidates then start from the same full-precision weights.
+    pending = [c for c in by_proxy[:args.top_k] if c.name not in state["retrained"]]
+    students = {c.name: prune_candidate(teacher, scores, c, args) for c in pending}
+    for candidate in pending:
+        logger.info("search: distilling %s for %d steps", candidate.name, steps)
+        student, plan = students.pop(candidate.name)
+        run_dir = out_dir / candidate.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
+        again = resume and latest_checkpoint(run_dir / "retrained") is not None
+        distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
+                loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
+                student_dir=run_dir, resume=again, overwrite=not again)
+        state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size)
+        del student
+        gc.collect()
+        write_json_atomic(state_path, state)
+
+    # ---- the table -----------------------------------------------------------------------------------
+    proxy = [state["proxy"][c.name] for c in candidates]
+    retrained = [state["retrained"].get(c.name) for c in candidates]
+    proxy_rank, retrained_rank = _ranks(proxy), _ranks(retrained)
+    pick = min(range(len(candidates)), key=lambda i: (math.inf if args.top_k and retrained[i] is None
+                                                      else retrained[i] if args.top_k else proxy[i], proxy[i]))
+    rows = [{"name": c.name, **c.sizes(), "params": c.params, "params_fraction": c.params / source_params,
+             "proxy_loss": proxy[i], "proxy_rank": proxy_rank[i], "retrained_loss": retrained[i],
+             "retrained_rank": retrained_rank[i], "selected": i == pick} for i, c in enumerate(candidates)]
+    rows.sort(key=lambda r: r["proxy_rank"])
+    both = [(r["proxy_loss"], r["retrained_loss"]) for r in rows if r["retrained_loss"] is not None]
+    rho = spearman([p for p, _ in both], [q for _, q in both])
+    summary = {"target_params": target, "teacher_params": source_params, "tolerance": args.tolerance,
+               "distill_steps": steps if args.top_k else 0, "distill_tokens": steps * train_args.batch_size * seq_len
+               if args.top_k else 0, "rank_correlation": rho, "winner": rows[[r["selected"] for r in rows].index(True)]}
+    _write_tables(out_dir, rows, summary)
+    return SearchResult(rows=rows, winner=summary["winner"], out_dir=out_dir, rank_correlation=rho)
+
+
+__all__ = ["SearchArgs", "SearchResult", "candidates_for", "prune_candidate", "search", "spearman", "table_text"]

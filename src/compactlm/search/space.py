@@ -1,0 +1,165 @@
+"""The search space: candidate architectures within a parameter budget (METHOD.md §5).
+
+A space is a list of sizes per axis, written in a recipe or derived from the teacher; the
+candidates are every combination that transformers accepts and whose exact parameter count
+(:mod:`.params`) lies within ±tolerance of the target.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from ..arch import Architecture, adapter_for
+from ..errors import CompactLMError
+from .params import ParamLayout, count_parameters
+
+logger = logging.getLogger(__name__)
+
+AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
+         "num_hidden_layers": "l"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture of the space with its exact parameter count."""
+
+    arch: Architecture
+    params: int
+
+    @property
+    def name(self) -> str:
+        """Short id such as ``h576-f1024-a9-kv3-l26``."""
+        return "-".join(f"{SHORT[a]}{getattr(self.arch, a)}" for a in AXES)
+
+    def sizes(self) -> dict[str, int]:
+        return {a: getattr(self.arch, a) for a in AXES}
+
+
+@dataclass
+class SearchSpace:
+    """Sizes to try on each axis (every combination is a candidate before the budget filter)."""
+
+    hidden_size: list[int]
+    intermediate_size: list[int]
+    num_attention_heads: list[int]
+    num_key_value_heads: list[int]
+    num_hidden_layers: list[int]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: Architecture) -> "SearchSpace":
+        """Lists from a recipe; an axis left out keeps the source size."""
+        unknown = sorted(set(values) - set(AXES))
+        if unknown:
+            raise CompactLMError(f"Unknown search-space axis {unknown}; the axes are {', '.join(AXES)}.")
+        lists = {}
+        for axis in AXES:
+            value = values.get(axis, [getattr(source, axis)])
+            value = value if isinstance(value, list) else [value]
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= getattr(source, axis)
+                                    for v in value):
+                raise CompactLMError(f"search space {axis}={value!r}: expected a list of integers in "
+                                     f"1..{getattr(source, axis)} (the source size).")
+            lists[axis] = sorted(set(value), reverse=True)
+        return cls(**lists)
+
+    @classmethod
+    def derive(cls, source: Architecture, *, min_hidden: float = 0.5, min_intermediate: float = 0.25,
+               max_depth_cut: float = 0.2, prune_kv_heads: bool = False) -> "SearchSpace":
+        """A space around ``source``: widths in hardware-friendly steps, heads in multiples of the KV groups.
+
+        Hidden and MLP sizes go down from the source in steps of the largest of 128/64/32/16/8
+        that divides the size and is at most 1/8 of it, to ``min_hidden``/``min_intermediate``
+        of the source; query heads are every multiple of the KV groups; layers go down to
+        ``ceil(L * (1 - max_depth_cut))``. KV groups stay unless ``prune_kv_heads``.
+        """
+        def widths(size: int, low: float) -> list[int]:
+            step = next((s for s in (128, 64, 32, 16, 8) if size % s == 0 and s <= size / 8), 1)
+            return [w for w in range(size, 0, -step) if w >= low * size]
+
+        groups = source.num_key_value_heads
+        kv = [g for g in range(groups, 0, -1) if groups % g == 0] if prune_kv_heads else [groups]
+        heads = sorted({h for g in kv for h in range(g, source.num_attention_heads + 1, g)}, reverse=True)
+        layers = source.num_hidden_layers
+        return cls(hidden_size=widths(source.hidden_size, min_hidden),
+                   intermediate_size=widths(source.intermediate_size, min_intermediate),
+                   num_attention_heads=heads, num_key_value_heads=kv,
+                   num_hidden_layers=list(range(layers, max(1, math.ceil(layers * (1 - max_depth_cut))) - 1, -1)))
+
+
+def parse_param_target(value: int | float | str, source_params: int) -> int:
+    """``90M``, ``1.5B``, ``90000000`` (absolute) or ``0.667`` (fraction of the teacher) → a count."""
+    text = str(value).strip().replace("_", "")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMbB]?)", text)
+    if not match:
+        raise CompactLMError(f"target_params={value!r}: expected a count (90M, 1.5B, 90000000) or a fraction "
+                             f"of the teacher's parameters (0.667).")
+    number, unit = float(match[1]), match[2].upper()
+    if unit:
+        count = int(number * {"K": 1e3, "M": 1e6, "B": 1e9}[unit])
+    elif number <= 1:
+        count = int(round(number * source_params))
+    else:
+        count = int(number)
+    if not 0 < count < source_params:
+        raise CompactLMError(f"target_params={value!r} is {count:,} parameters; it must be between 0 and the "
+                             f"teacher's {source_params:,}.")
+    return count
+
+
+def _is_valid(arch: Architecture, source: Architecture, model_type: str) -> bool:
+    heads, groups = arch.num_attention_heads, arch.num_key_value_heads
+    if heads % groups or heads // groups > source.num_attention_heads // source.num_key_value_heads:
+        return False
+    if source.num_key_value_heads % groups and groups != source.num_key_value_heads:
+        return False
+    try:
+        adapter_for(type("Config", (), {"model_type": model_type})).check_target(arch)
+    except CompactLMError:
+        return False
+    return True
+
+
+def enumerate_candidates(space: SearchSpace, source: Architecture, layout: ParamLayout, model_type: str,
+                         target_params: int, tolerance: float = 0.05,
+                         max_candidates: int | None = None) -> list[Candidate]:
+    """Every valid architecture of ``space`` within ``target_params * (1 ± tolerance)``.
+
+    Sorted by distance to the target. With ``max_candidates`` only the nearest are kept.
+    Raises with the nearest misses when nothing fits.
+    """
+    if not 0 <= tolerance < 1:
+        raise CompactLMError(f"tolerance={tolerance!r}: expected a fraction in [0, 1), e.g. 0.05 for ±5%.")
+    low, high = target_params * (1 - tolerance), target_params * (1 + tolerance)
+    inside, outside = [], []
+    for values in itertools.product(*(getattr(space, a) for a in AXES)):
+        arch = source.replace(**dict(zip(AXES, values)))
+        if not _is_valid(arch, source, model_type):
+            continue
+        params = count_parameters(arch, layout)
+        (inside if low <= params <= high else outside).append(Candidate(arch, params))
+    distance = lambda c: abs(c.params - target_params)  # noqa: E731
+    if not inside:
+        nearest = sorted(outside, key=distance)[:3]
+        described = "; ".join(f"{c.name} with {c.params / 1e6:.2f}M ({(c.params / target_params - 1) * 100:+.1f}%)"
+                              for c in nearest) or "none (no valid combination)"
+        raise CompactLMError(
+            f"No architecture in the search space has {target_params / 1e6:.2f}M parameters ±{tolerance:.0%} "
+            f"({low / 1e6:.2f}M–{high / 1e6:.2f}M). Nearest: {described}. Widen the tolerance, move the target, "
+            f"or add sizes to the search space.")
+    inside.sort(key=distance)
+    if max_candidates and len(inside) > max_candidates:
+        logger.info("%d candidates within ±%.0f%%; keeping the %d nearest the target", len(inside), tolerance * 100,
+                    max_candidates)
+        inside = inside[:max_candidates]
+    return inside
+
+
+__all__ = ["AXES", "Candidate", "SearchSpace", "enumerate_candidates", "parse_param_target"]
