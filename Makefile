@@ -1,11 +1,11 @@
-# Two commands on a fresh machine: `make demo` (main job on the embedded default) and `make test`.
+# Two commands on a fresh machine: `make run` (main job on the embedded default) and `make test`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch (lies on disk here); GPU users: see README "Installing with CUDA".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup run test test-fast clean
 
 $(BIN)/compactlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,8 @@ $(BIN)/compactlm: pyproject.toml
 
 setup: $(BIN)/compactlm
 
-demo: setup
-	BIN=$(BIN) scripts/demo.sh
+run: setup
+	$(BIN)/compactlm run --out runs/default --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,7 +41,13 @@ def run_recipe(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / resolve_path(args.recipe).stem
-    result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
+    try:
+        result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
+    except KeyboardInterrupt:
+        again = " ".join(["compactlm run", *([args.recipe] if args.recipe else []), "--out", str(out), "--resume",
+                          *(f"--set {o}" for o in args.overrides)])
+        print(f"compactlm run: interrupted; continue with: {again}", file=sys.stderr)
+        return 130
     print()
     _print_eval(result.eval)
     print(f"\nstudent: {result.student}  (loads with AutoModelForCausalLM.from_pretrained)")

@@ -202,9 +202,11 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         run_dir.mkdir(parents=True, exist_ok=True)
         plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
         again = resume and latest_checkpoint(run_dir / "retrained") is not None
-        distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
-                loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
-                student_dir=run_dir, resume=again, overwrite=not again)
+        result = distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
+                         loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
+                         student_dir=run_dir, resume=again, overwrite=not again)
+        if result.interrupted:   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
+            raise KeyboardInterrupt
         state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size)
         del student
         gc.collect()

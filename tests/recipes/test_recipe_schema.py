@@ -1,0 +1,63 @@
+"""Recipes: every shipped one parses; mistakes name the key; --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compactlm.cli import main
+from compactlm.errors import CompactLMError
+from compactlm.recipes import load_recipe
+from compactlm.recipes.schema import SHIPPED
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_parses(path):
+    recipe = load_recipe(path)
+    assert recipe.steps and recipe.teacher
+    assert load_recipe(path.stem).to_dict() == recipe.to_dict()
+
+
+def test_default_recipe_targets_two_thirds_of_the_embedded_teacher():
+    recipe = load_recipe(None)
+    assert recipe.teacher == "smollm2-135m" and recipe.data.source.startswith("exllamav2:")
+    assert float(recipe.steps[0].target_params) == pytest.approx(2 / 3, abs=0.01)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("teacher: x\nstepz: []\n", "recipe key 'stepz'.*Did you mean 'steps'"),
+    ("steps:\n  - distill: {tokenz: 5}\n", r"recipe key 'steps\[0\].distill.tokenz'"),
+    ("steps:\n  - distill: {train: {lr: fast}}\n", r"recipe key 'steps\[0\].distill.train.lr': expected float"),
+    ("data: {seq_len: [1]}\n", "recipe key 'data.seq_len': expected int"),
+    ("steps: []\n", "'steps' is empty"),
+    ("steps:\n  - {name: a}\n  - {name: a}\n", "repeat"),
+    ("steps:\n  - {target_params: null}\n", "give 'target_params'"),
+    ("steps:\n  - {architecture: {hidden: 3}}\n", "unknown axis"),
+    ("data: [\n", "not valid YAML"),
+])
+def test_mistakes_name_the_key(tmp_path, text, message):
+    with pytest.raises(CompactLMError, match=message):
+        load_recipe(_write(tmp_path, text))
+
+
+def test_values_and_overrides(tmp_path):
+    recipe = load_recipe(_write(tmp_path, "steps:\n  - distill: {tokens: 256K, train: {lr: 3e-4}}\n"),
+                         ["steps.0.search.top_k=1", "eval.tasks=[arc_easy]", "data.seq_len=128"])
+    assert recipe.steps[0].distill.tokens == 256_000 and recipe.steps[0].distill.train.lr == 3e-4
+    assert recipe.steps[0].search.top_k == 1 and recipe.eval.tasks == ["arc_easy"] and recipe.data.seq_len == 128
+    with pytest.raises(CompactLMError, match="--set 'nonsense'"):
+        load_recipe(None, ["nonsense"])
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones(tmp_path, capsys):
+    assert main(["run", "no-such-recipe", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-recipe" in err and "default" in err and "iterative" in err
+    assert not (tmp_path / "x").exists()
