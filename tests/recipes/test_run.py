@@ -106,3 +106,30 @@ def test_resume_refuses_a_changed_recipe(tmp_path, tiny_recipe):
                  "--no-report"]) == 0
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out), "--resume", "--set", "steps.0.distill.tokens=128"]) == 2
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out)]) == 2     # exists: needs --resume or --overwrite
+
+
+def test_iterative_recipe_with_correction_and_fixed_architecture(tmp_path, tiny_checkpoint, text_file):
+    """Teacher correction, then a fixed-architecture step, then a searched step pruned from its student."""
+    train = {"batch_size": 2, "micro_batch_size": 2, "precision": "fp32", "val_every": 0, "checkpoint_every": 0}
+    steps = [
+        {"name": "medium", "architecture": {"intermediate_size": 64},
+         "distill": {"tokens": 128, "init": "pruned", "train": train}},
+        {"name": "small", "target_params": 0.85,
+         "search": {"tolerance": 0.1, "max_candidates": 3, "top_k": 0}, "distill": {"tokens": 0}},
+    ]
+    recipe = write_tiny_recipe(tmp_path, tiny_checkpoint("qwen2"), text_file, steps=steps,
+                               correction={"tokens": 128, "lr": 1e-4, "batch_size": 2, "micro_batch_size": 2})
+    result = run(load_recipe(recipe), tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "run_state.json").read_text())
+    assert list(state["stages"]) == ["correction", "medium/importance", "medium/prune", "medium/distill",
+                                     "small/importance", "small/search", "small/prune", "small/distill", "eval"]
+    assert state["stages"]["medium/importance"]["teacher"] == str(tmp_path / "run" / "correction")
+    assert state["stages"]["small/importance"]["teacher"] == str(tmp_path / "run" / "medium" / "distilled")
+    medium = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "medium" / "distilled")
+    small = AutoModelForCausalLM.from_pretrained(result.student)
+    assert medium.config.intermediate_size == 64
+    assert result.student == tmp_path / "run" / "small" / "pruned"          # tokens 0: the prune is the student
+    assert small.num_parameters() < medium.num_parameters()
+    models = [r["model"] for r in result.eval["rows"]]
+    assert models == ["teacher", "teacher (corrected)", "medium: pruned", "medium: distilled", "small: pruned"]
+    assert result.report is not None and result.report.is_file()

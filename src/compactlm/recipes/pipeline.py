@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "run_state.json"
 RECIPE_FILE = "recipe.yaml"
+# Per-task numbers that describe the protocol rather than score the model.
+NOT_SCORES = ("windows", "tokens", "window", "stride", "nll")
 
 
 @dataclass
@@ -267,7 +269,9 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
 def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tokenizer, heldout) -> dict:
     """Teacher, then every step's prune (not retrained) and student: held-out perplexity and the recipe's tasks."""
     stages = state.data["stages"]
-    entries = [("teacher", stages.get("correction", {}).get("model", recipe.teacher))]
+    entries = [("teacher", recipe.teacher)]
+    if "correction" in stages:
+        entries.append(("teacher (corrected)", stages["correction"]["model"]))
     for step in recipe.steps:
         entries += [(f"{step.name}: pruned", stages[f"{step.name}/prune"]["model"]),
                     (f"{step.name}: distilled", stages[f"{step.name}/distill"]["model"])]
@@ -284,7 +288,7 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
             else {"results": {}}
         for task, out in tasks["results"].items():
             for metric, value in out["metrics"].items():
-                if isinstance(value, (int, float)) and not metric.endswith("_stderr") and metric not in ("windows", "tokens"):
+                if isinstance(value, (int, float)) and metric not in NOT_SCORES and not metric.endswith("_stderr"):
                     metrics[f"{task} {metric}"] = value
         rows.append({"model": label, "path": path, "parameters": info["parameters"]["total"],
                      "breakdown": info["parameters"], "architecture": info["architecture"], "metrics": metrics})

@@ -93,24 +93,33 @@ def _step_section(run_dir: Path, name: str, stages: dict) -> str:
     if candidates.is_file():
         search = json.loads(candidates.read_text())
         rows = search["candidates"]
+        retrained = sum(r["retrained_loss"] is not None for r in rows)
         out.append(f"<h3>Search</h3><p>{len(rows)} candidates within {search['tolerance']:.0%} of "
                    f"{search['target_params'] / 1e6:.2f}M parameters (teacher {search['teacher_params'] / 1e6:.2f}M); "
                    f"proxy = held-out LM loss after pruning, no retraining; the best "
-                   f"{sum(r['retrained_loss'] is not None for r in rows)} by proxy got the same short distillation "
+                   f"{retrained} by proxy got the same short distillation "
                    f"({search['distill_tokens']:,} tokens). Spearman rank correlation proxy vs retrained: "
-                   f"{search['rank_correlation'] if search['rank_correlation'] is not None else 'n/a'}.</p>")
+                   f"{format(search['rank_correlation'], '.3f') if search['rank_correlation'] is not None else 'n/a'}"
+                   f"{' (±1 by definition with two retrained candidates)' if retrained == 2 else ''}.</p>")
         columns = ["name", "params", "proxy_loss", "proxy_rank", "retrained_loss", "retrained_rank"]
         out.append(_table(columns, [[r[c] for c in columns] for r in rows], [r["selected"] for r in rows]))
         out.append(_png(plots.search_scatter(rows)))
         for r in rows:
             records = _records(step_dir / "search" / r["name"] / "retrained" / METRICS_FILE)
             if records:
-                runs[f"search: {r['name']}"] = records
+                runs[f"search: {r['name']}"] = (records, 0)
+    distilled = stages.get(f"{name}/distill", {})
+    if distilled.get("tokens"):
+        out.append(f"<p>Distillation: {distilled['tokens']:,} tokens, starting from "
+                   f"<code>{html.escape(distilled['initialised_from'])}</code>.</p>")
     records = _records(step_dir / "distilled" / METRICS_FILE)
     if records:
-        runs["student"] = records
+        started = stages.get(f"{name}/distill", {}).get("initialised_from", "")
+        offset = search["distill_tokens"] if candidates.is_file() and "/search/" in started else 0
+        runs["student" + (" (continues its search run)" if offset else "")] = (records, offset)
     if runs:
-        out.append("<h3>Training</h3>" + _png(plots.training_curves(runs)))
+        out.insert(-1 if distilled.get("tokens") else len(out), "<h3>Training</h3>")
+        out.append(_png(plots.training_curves(runs)))
     return "".join(out)
 
 

@@ -91,18 +91,23 @@ def search_scatter(rows: list[dict]) -> Figure:
     return fig
 
 
-def training_curves(runs: dict[str, list[dict]]) -> Figure:
-    """Training loss and held-out LM loss against tokens for each named run (metrics.jsonl records)."""
+def training_curves(runs: dict[str, tuple[list[dict], int]]) -> Figure:
+    """Training loss and held-out LM loss against tokens seen, per named run.
+
+    ``runs`` maps a label to (metrics.jsonl records, tokens the model had already seen when the
+    run started): a student that continues a search candidate's distillation starts further right.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
-    for label, records in runs.items():
-        train = [(r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r]
-        tokens_per_step = train[0][0] / max(1, next(r["step"] for r in records if "loss" in r)) if train else 0
-        val = [(r["step"] * tokens_per_step, r["val_lm_loss"]) for r in records if "val_lm_loss" in r]
+    for label, (records, offset) in runs.items():
+        train = [(offset + r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r]
+        tokens_per_step = (train[0][0] - offset) / max(1, next(r["step"] for r in records if "loss" in r)) if train else 0
+        val = [(offset + r["step"] * tokens_per_step, r["val_lm_loss"]) for r in records if "val_lm_loss" in r]
         if train:
             axes[0].plot(*zip(*train), label=label)
         if val:
             axes[1].plot(*zip(*val), marker="o", label=label)
     axes[0].set_title("training loss (distillation objective)")
+    axes[1].set_ylabel("nats")
     axes[1].set_title("held-out LM loss")
     for ax in axes:
         ax.set_xlabel("tokens")
