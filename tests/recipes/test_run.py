@@ -100,12 +100,17 @@ def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, mon
         json.loads((tmp_path / "reference" / "student" / "search" / "candidates.json").read_text())["candidates"]
 
 
-def test_resume_refuses_a_changed_recipe(tmp_path, tiny_recipe):
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_recipe, capsys):
     out = tmp_path / "run"
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out), "--set", "steps.0.distill.tokens=0",
                  "--no-report"]) == 0
+    capsys.readouterr()
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out), "--resume", "--set", "steps.0.distill.tokens=128"]) == 2
+    assert "steps.0.distill.tokens: 0 -> 128" in capsys.readouterr().err
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out)]) == 2     # exists: needs --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(["-q", "run", str(tiny_recipe), "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "Run without --resume" in capsys.readouterr().err
 
 
 def test_iterative_recipe_with_correction_and_fixed_architecture(tmp_path, tiny_checkpoint, text_file):

@@ -123,9 +123,10 @@ def _differences(old: dict, new: dict, prefix: str = "") -> str:
     diffs = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            a, b = dict(enumerate(a)), dict(enumerate(b))
         if isinstance(a, dict) and isinstance(b, dict):
-            inner = _differences(a, b, f"{prefix}{key}.")
-            diffs.append(inner) if inner else None
+            diffs.append(_differences(a, b, f"{prefix}{key}."))
         elif a != b:
             diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return "; ".join(d for d in diffs if d)
@@ -137,7 +138,13 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) 
         if not (run_dir / STATE_FILE).is_file():
             raise CompactLMError(f"--resume: '{run_dir}' holds no {STATE_FILE}. Run without --resume to start it.")
         return _State(run_dir, recipe_dict, resume=True)
-    check_output_dir(run_dir, overwrite)
+    if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
+        raise CompactLMError(f"Run directory '{run_dir}' already exists. Continue it with --resume, replace it with "
+                             f"--overwrite, or choose another --out.")
+    check_output_dir(run_dir, overwrite=True)
+    if run_dir.exists() and Path.cwd().resolve().is_relative_to(run_dir.resolve()):
+        raise CompactLMError(f"--overwrite would delete '{run_dir}', which contains the current directory. "
+                             f"Choose a dedicated --out directory.")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
