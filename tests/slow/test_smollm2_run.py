@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not smollm2_available(), reas
 
 TINY_BUDGETS = [
     "data.seq_len=256", "data.heldout_samples=4", "importance.samples=8", "importance.layer_loss_samples=1",
-    "steps.0.search.max_candidates=3", "steps.0.search.top_k=2", "steps.0.search.distill_tokens=2048",
-    "steps.0.distill.tokens=12288", "steps.0.distill.train.val_every=6", "steps.0.distill.train.checkpoint_every=6",
+    "steps.0.search.max_candidates=3", "steps.0.search.top_k=2", "steps.0.search.distill_tokens=1024",
+    "steps.0.distill.tokens=12288", "steps.0.distill.train.val_every=0", "steps.0.distill.train.checkpoint_every=0",
     "eval.tasks=[ppl:exllamav2:c4]", "eval.limit=4",
 ]
 
