@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 
 from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens
 from ..errors import CompactLMError
