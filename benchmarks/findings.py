@@ -49,12 +49,12 @@ from compactlm.arch import Architecture, adapter_for
 from compactlm.data import load_blocks
 from compactlm.data.packaged import is_packaged, packaged_path
 from compactlm.distill import LossArgs, TrainArgs, distill, finetune
-from compactlm.distill.config import parse_tokens
+from compactlm.distill.config import parse_tokens, steps_for_tokens
 from compactlm.errors import CompactLMError, unknown_name
 from compactlm.evaluate import MissingData, get_task, windows
 from compactlm.evaluate.sources import load_rows
 from compactlm.importance import AGGREGATIONS, estimate_importance, lm_loss
-from compactlm.io import write_json_atomic
+from compactlm.io import write_json_atomic, write_text_atomic
 from compactlm.prune import PrunePlan, PruneTarget, apply_plan, make_plan, select_units
 from compactlm.search import SearchArgs, SearchSpace, count_parameters, enumerate_candidates, parameter_layout, spearman
 from compactlm.search.ranking import candidates_for, prune_candidate
@@ -177,7 +177,7 @@ class Context:
         q = args.quick
         self.args = args
         batch = args.batch_size or (2 if q else 8)
-        steps = 2 if q and args.tokens is None else max(1, parse_tokens(args.tokens or "32768") // (batch * args.seq_len))
+        steps = 2 if q and args.tokens is None else steps_for_tokens(parse_tokens(args.tokens or "32768"), batch, args.seq_len)
         self.budget = Budget(steps=steps, batch_size=batch, micro_batch_size=min(batch, 2 if q else 4),
                              eval_windows=args.eval_windows or (2 if q else 32), calibration_blocks=4 if q else 32,
                              layer_loss_samples=2 if q else 8, taylor_batches=1 if q else 4,
@@ -554,10 +554,7 @@ def save(entries: dict, json_path: Path, md_path: Path) -> None:
     data["experiments"].update(entries)
     data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(json_path, data)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = md_path.with_name(f".{md_path.name}.tmp")
-    tmp.write_text(markdown(data, json_path))
-    tmp.replace(md_path)
+    write_text_atomic(md_path, markdown(data, json_path))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 
-from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens
+from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
 
@@ -100,7 +100,7 @@ def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs):
                          text_field=args.text_field, dataset_config=args.data_config, split=args.data_split)
     wanted = math.ceil(args.tokens / args.seq_len)
     train = blocks.train[:wanted]  # the selection is a seeded permutation: a prefix is a smaller random sample
-    steps = train_args.max_steps or max(1, args.tokens // (args.seq_len * train_args.batch_size))
+    steps = train_args.max_steps or steps_for_tokens(args.tokens, train_args.batch_size, args.seq_len)
     if wanted > train.shape[0]:
         logging.getLogger(__name__).info("%s holds %d blocks of %d tokens; %s tokens means %.1f passes",
                                          args.data, train.shape[0], args.seq_len, f"{args.tokens:,}", wanted / train.shape[0])

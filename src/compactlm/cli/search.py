@@ -68,7 +68,6 @@ def run_search(args: argparse.Namespace) -> int:
                           aggregation=args.aggregation, depth_metric=args.depth_metric)
     scores = ImportanceScores.load(args.scores)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    scores.check_matches(model)
     blocks = load_blocks_from_args(args, tokenizer, heldout_samples=args.heldout_samples)
     train = TrainArgs(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, precision=args.precision,
                       device=args.device)

@@ -83,6 +83,11 @@ class TrainArgs:
         return max(1, min(40, total_steps // 10))
 
 
+def steps_for_tokens(tokens: int, batch_size: int, seq_len: int) -> int:
+    """Optimizer steps that consume ``tokens`` at ``batch_size`` sequences of ``seq_len`` (at least one)."""
+    return max(1, tokens // (batch_size * seq_len))
+
+
 def lr_at(step: int, total_steps: int, args: TrainArgs) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``total_steps``."""
     warmup = args.warmup(total_steps)

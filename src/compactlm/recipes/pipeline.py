@@ -34,6 +34,7 @@ import yaml
 from ..data import load_blocks
 from ..distill import TrainArgs, distill, finetune
 from ..distill.checkpoint import latest_checkpoint
+from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
 from ..evaluate import evaluate
 from ..export import save_student
@@ -78,16 +79,13 @@ class _Models:
             return self._cache[1]
         self._cache = None
         gc.collect()
-        model = load_model(key, dtype=self.recipe.dtype, device=self.recipe.device,
-                              trust_remote_code=self.recipe.trust_remote_code, with_tokenizer=False)
-        self._cache = (key, model)
-        return model
+        self._cache = (key, self.fresh(key))
+        return self._cache[1]
 
     def fresh(self, path: str | Path):
         """A model nobody else holds (it will be trained in place)."""
-        model = load_model(str(path), dtype=self.recipe.dtype, device=self.recipe.device,
-                              trust_remote_code=self.recipe.trust_remote_code, with_tokenizer=False)
-        return model
+        return load_model(str(path), dtype=self.recipe.dtype, device=self.recipe.device,
+                          trust_remote_code=self.recipe.trust_remote_code, with_tokenizer=False)
 
 
 class _State:
@@ -154,9 +152,10 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) 
     return state
 
 
-def _train_args(train: TrainArgs, tokens: int, batch_size: int, seq_len: int, device: str) -> TrainArgs:
-    steps = max(1, tokens // (batch_size * seq_len))
-    return dataclasses.replace(train, max_steps=steps, device=train.device if train.device != "auto" else device)
+def _train_args(train: TrainArgs, tokens: int, seq_len: int, device: str) -> TrainArgs:
+    """``train`` with the steps for ``tokens`` and the recipe's device unless ``train`` names one."""
+    return dataclasses.replace(train, max_steps=steps_for_tokens(tokens, train.batch_size, seq_len),
+                               device=train.device if train.device != "auto" else device)
 
 
 def _resuming(run_dir: Path, resume: bool) -> dict:
@@ -185,8 +184,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
         def correct() -> dict:
             out = run_dir / "correction"
             args = _train_args(TrainArgs(lr=c.lr, min_lr=c.lr / 10, batch_size=c.batch_size,
-                                         micro_batch_size=c.micro_batch_size), c.tokens, c.batch_size, d.seq_len,
-                               recipe.device)
+                                         micro_batch_size=c.micro_batch_size), c.tokens, d.seq_len, recipe.device)
             finetune(models.fresh(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout, args=args,
                      **_resuming(out, resume))
             return {"model": str(out)}
@@ -260,7 +258,7 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
             return {"model": str(step_dir / "pruned"), "tokens": 0}
         start = init_dir if step.distill.init == "search" and init_dir else step_dir / "pruned"
         out = step_dir / "distilled"
-        args = _train_args(train, tokens, train.batch_size, recipe.data.seq_len, recipe.device)
+        args = _train_args(train, tokens, recipe.data.seq_len, recipe.device)
         student = models.fresh(start).float()
         result = distill(student, models.get(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout,
                          loss=step.distill.loss, args=args, student_dir=step_dir / "pruned",
@@ -300,7 +298,8 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
         rows.append({"model": label, "path": path, "parameters": info["parameters"]["total"],
                      "breakdown": info["parameters"], "architecture": info["architecture"], "metrics": metrics})
         logger.info("eval %s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     result = {"rows": rows, "heldout_blocks": heldout.shape[0], "tasks": e.tasks, "limit": e.limit, "window": e.window}
     write_json_atomic(run_dir / "eval.json", result)
     return result

@@ -18,6 +18,7 @@ from ..distill.metrics import METRICS_FILE
 from ..errors import CompactLMError
 from ..export.save import software_versions
 from ..importance import ImportanceScores
+from ..io import write_text_atomic
 from . import plots
 
 REPORT_FILE = "report.html"
@@ -146,7 +147,5 @@ def render_report(run_dir: str | Path) -> Path:
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>compactlm report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
     path = run_dir / REPORT_FILE
-    tmp = run_dir / f".{REPORT_FILE}.tmp"
-    tmp.write_text(page)
-    tmp.replace(path)
+    write_text_atomic(path, page)
     return path

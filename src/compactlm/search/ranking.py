@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -21,9 +22,10 @@ import torch
 
 from ..distill import LossArgs, TrainArgs, distill
 from ..distill.checkpoint import latest_checkpoint
+from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
-from ..io import write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, make_plan
 from .params import count_parameters, parameter_layout
@@ -128,9 +130,7 @@ def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = out_dir / ".candidates.csv.tmp"
-    tmp.write_text(buffer.getvalue())
-    tmp.replace(out_dir / "candidates.csv")
+    write_text_atomic(out_dir / "candidates.csv", buffer.getvalue())
     write_json_atomic(out_dir / "candidates.json", {**summary, "candidates": rows})
 
 
@@ -158,15 +158,13 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     candidates, target = candidates_for(scores, teacher.config, args)
     out_dir = Path(out_dir)
     seq_len = heldout.shape[1]
-    steps = max(1, args.distill_tokens // (train_args.batch_size * seq_len))
+    steps = steps_for_tokens(args.distill_tokens, train_args.batch_size, seq_len)
     settings = {"search": asdict(args), "target_params": target, "distill_steps": steps, "seq_len": seq_len,
                 "heldout_blocks": heldout.shape[0], "train": asdict(train_args), "loss": asdict(loss),
                 "scores": scores.meta.get("fingerprint")}
     state_path = out_dir / STATE_FILE
     state = {"settings": settings, "proxy": {}, "retrained": {}}
     if resume and state_path.is_file():
-        import json
-
         saved = json.loads(state_path.read_text())
         if saved["settings"] != json.loads(json.dumps(settings)):
             raise CompactLMError(f"Cannot resume the search in '{out_dir}': its settings differ from these. "
