@@ -21,3 +21,16 @@ def unknown_name(kind: str, name: str, available: Iterable[str]) -> CompactLMErr
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return CompactLMError(f"Unknown {kind} '{name}'.{hint} Available: {', '.join(choices)}.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and atomic writer cleans up; the CLI exits 143."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def interrupt_exit_code(err: BaseException) -> int:
+    """128 + the signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + err.signum if isinstance(err, Terminated) else 130

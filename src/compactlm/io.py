@@ -7,22 +7,87 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import CompactLMError
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output directory unless ``overwrite`` is set."""
-    out = Path(path)
+# Files and folders that only compactlm writes: a directory holding one of them is ours to replace.
+OUTPUT_MARKERS = ("run_state.json", "metrics.jsonl", "prune_plan.json", "importance.json", "search_state.json",
+                  "candidates.json", "compactlm_provenance.json", "trainer_state.json", "checkpoints")
+
+
+def _writable_ancestor(path: Path) -> None:
+    """Refuse a path whose nearest existing ancestor is a file or cannot be written, before any work."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompactLMError(f"Cannot write '{path}': '{ancestor}' is a file, not a directory. Choose another path.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CompactLMError(f"Cannot write '{path}': no write permission in '{ancestor}'. Choose a writable path.")
+
+
+def check_inputs_outside(out: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output that is, or contains, one of the local ``inputs`` (replacing it would delete them)."""
+    target = out.resolve()
+    for item in inputs:
+        if item is None or not Path(item).expanduser().exists():
+            continue   # a hub id, a built-in name or a data set name: nothing on disk to protect
+        source = Path(item).expanduser().resolve()
+        if source == target or source.is_relative_to(target):
+            raise CompactLMError(f"Output '{out}' {'is' if source == target else 'contains'} the input '{item}'; "
+                                 f"writing there would replace it. Choose another --out.")
+
+
+def is_ours(path: Path) -> bool:
+    """True when ``path`` is a directory compactlm wrote (it holds one of :data:`OUTPUT_MARKERS`)."""
+    return any((path / marker).exists() for marker in OUTPUT_MARKERS)
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Validate an output directory before any work; nothing is deleted here.
+
+    Refused: the filesystem root, the current directory or one above it, an existing file, a
+    path under a file or in a directory we cannot write, an output that is or contains one of the
+    ``inputs``, and an existing non-empty directory unless ``overwrite`` — and even then only
+    a directory compactlm wrote (one of :data:`OUTPUT_MARKERS`), never someone else's files.
+    """
+    if not str(path).strip():
+        raise CompactLMError("--out is empty; give the path of a new directory, e.g. --out runs/mine.")
+    out = Path(path).expanduser()
+    full = out.resolve()
+    if full == Path(full.anchor):
+        raise CompactLMError(f"Output '{path}' is the filesystem root; give a new directory, e.g. --out runs/mine.")
+    if Path.cwd().resolve().is_relative_to(full):
+        raise CompactLMError(f"Output '{path}' is the current directory or one above it; compactlm replaces its "
+                             f"output directory as a whole. Give a new directory, e.g. --out runs/mine.")
     if out.exists() and not out.is_dir():
         raise CompactLMError(f"Output path '{out}' exists and is a file; expected a directory path. Choose another --out.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CompactLMError(
-            f"Output directory '{out}' already exists and is not empty. Pass --overwrite to replace it, or choose another --out."
-        )
+    _writable_ancestor(out)
+    check_inputs_outside(out, inputs)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CompactLMError(f"Output directory '{out}' already exists and is not empty. Pass --overwrite to "
+                                 f"replace it, or choose another --out.")
+        if not is_ours(out):
+            raise CompactLMError(f"Output directory '{out}' is not empty and was not written by compactlm (none of "
+                                 f"{', '.join(OUTPUT_MARKERS[:4])} ...); --overwrite only replaces compactlm's own "
+                                 f"outputs. Choose another --out, or empty it yourself.")
+    return out
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Validate a file to be written (``--json``): not a directory, in a writable place; checked before any work."""
+    out = Path(path).expanduser()
+    if not str(path).strip() or out.is_dir():
+        raise CompactLMError(f"'{path}' is a directory or empty; expected the path of a file to write.")
+    _writable_ancestor(out.parent if str(out.parent) else Path("."))
+    if out.exists() and not os.access(out, os.W_OK):
+        raise CompactLMError(f"Cannot write '{path}': the file is read-only. Choose another path.")
     return out
 
 

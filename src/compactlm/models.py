@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import CompactLMError
+from .readers import clip, describe_error, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +90,53 @@ def resolve_model(name: str) -> ModelSource:
 def _hub_error(source: ModelSource, err: Exception) -> CompactLMError:
     return CompactLMError(
         f"Could not load model '{source.name}': not a local directory or .gguf file, and the "
-        f"Hugging Face Hub could not provide it ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+        f"Hugging Face Hub could not provide it ({describe_error(err)}). "
         f"Check the id, your network/HF_TOKEN, or pass a local path."
     )
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _check_local_checkpoint(source: ModelSource, allow_pickle: bool) -> None:
+    """A local directory must hold safetensors weights; pickle-only weights need an explicit --allow-pickle."""
+    folder = Path(source.path)
+    if source.gguf_file or not folder.is_dir() or any((folder / f).is_file() for f in SAFE_WEIGHTS):
+        return
+    if any((folder / f).is_file() for f in PICKLE_WEIGHTS):
+        if allow_pickle:
+            logger.warning("loading pickled weights of '%s' with torch.load(weights_only=True) (--allow-pickle)",
+                           source.name)
+            return
+        raise CompactLMError(
+            f"Model '{source.name}' has only pickled weights (pytorch_model.bin); compactlm loads safetensors only, "
+            f"because unpickling can run code. If you trust the file, convert it once: python -c \"from transformers "
+            f"import AutoModelForCausalLM as M; M.from_pretrained('{source.path}', use_safetensors=False)"
+            f".save_pretrained('{source.path}-safetensors')\", or pass --allow-pickle (loads with "
+            f"torch.load(weights_only=True)).")
+    raise CompactLMError(f"Model directory '{source.name}' has a config.json but no weights ({SAFE_WEIGHTS[0]}); "
+                         f"expected a save_pretrained output.")
+
+
+def _load_error(source: ModelSource, err: Exception, trust_remote_code: bool) -> CompactLMError:
+    """Why a model failed to load, naming the file and the way out."""
+    if source.gguf_file:
+        return CompactLMError(f"Cannot read GGUF file '{Path(source.path) / source.gguf_file}' "
+                              f"({describe_error(err)}): the file is damaged or not a GGUF model.")
+    config = Path(source.path) / "config.json"
+    if config.is_file():
+        meta = read_json(config, "model config")
+        if isinstance(meta, dict) and meta.get("auto_map") and not trust_remote_code:
+            return CompactLMError(
+                f"Model '{source.name}' needs its own Python code (config.json has auto_map "
+                f"{clip(sorted(meta['auto_map']), 80)}) and compactlm does not run a checkpoint's code by default. "
+                f"Pass --trust-remote-code only if you trust it.")
+        if "does not recognize this architecture" in str(err) or "model_type" in str(err):
+            return CompactLMError(f"Could not load model '{source.name}': {clip(str(err).splitlines()[0], 300)}")
+        return CompactLMError(f"Cannot load the checkpoint in '{source.path}' ({describe_error(err)}): its weights "
+                              f"are damaged or do not match its config.json.")
+    return _hub_error(source, err)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -109,7 +154,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     source = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - the file boundary: a damaged tokenizer.json, GGUF, or the Hub
+        if Path(source.path).is_dir():
+            raise CompactLMError(f"Cannot load the tokenizer of '{name}' ({describe_error(err)}): its tokenizer "
+                                 f"files are missing or damaged.") from err
         raise _hub_error(source, err) from err
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -122,6 +170,7 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
+    allow_pickle: bool = False,
 ):
     """Load a causal LM and (optionally) its tokenizer.
 
@@ -131,6 +180,8 @@ def load_model(
         dtype: parameter dtype; GGUF weights are de-quantised to it.
         device: where to put the model.
         trust_remote_code: allow custom modelling code from the checkpoint (off by default).
+        allow_pickle: load a pickle-only local checkpoint (``pytorch_model.bin``) with
+            ``torch.load(weights_only=True)``; by default only safetensors are read.
 
     Returns:
         ``(model, tokenizer)`` with the model in eval mode, or just the model if
@@ -142,14 +193,20 @@ def load_model(
 
     source = resolve_model(name)
     torch_dtype = parse_dtype(dtype)
+    _check_local_checkpoint(source, allow_pickle)
+    safe = None if source.gguf_file or allow_pickle else True
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path, gguf_file=source.gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source.path, gguf_file=source.gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=safe, weights_only=True, output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
-        if "does not recognize this architecture" in str(err) or "model_type" in str(err):
-            raise CompactLMError(f"Could not load model '{name}': {str(err).splitlines()[0]}") from err
-        raise _hub_error(source, err) from err
+    except Exception as err:  # noqa: BLE001 - the file boundary: truncated weights, a bad GGUF, the Hub
+        raise _load_error(source, err, trust_remote_code) from err
+    wrong = {k: sorted(info.get(k) or [])[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(wrong.values()) and not source.gguf_file:
+        raise CompactLMError(f"Checkpoint '{name}' does not match its config.json ("
+                             + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in wrong.items() if v)
+                             + "): loading it would leave weights random. Re-export it, or fix config.json.")
     if source.gguf_file:
         # The weights are de-quantised now; a leftover GGUF quantization_config would make
         # save_pretrained write a checkpoint that plain from_pretrained refuses.

@@ -1,7 +1,7 @@
 """Subprocess entry for the resume and multi-process tests: a tiny teacher/student run from the command line.
 
 Usage: python run_tiny.py OUT [--steps N] [--kill-at STEP] [--resume] [--micro M] [--batch B] [--intermediate on|off]
-``--term-at`` sends SIGTERM after that step (the run checkpoints and exits 130);
+``--term-at`` sends SIGTERM after that step (the run checkpoints and exits 143 = 128 + SIGTERM);
 ``--kill-at`` sends SIGKILL to this process right after that optimizer step: no clean-up at all.
 """
 
@@ -49,7 +49,7 @@ def main() -> None:
             loss=LossArgs(intermediate=a.intermediate, layer_map=[1, 3], chunk_size=16, clm_weight=0.1),
             args=TrainArgs(lr=3e-3, batch_size=a.batch, micro_batch_size=a.micro, max_steps=a.steps,
                            checkpoint_every=2, val_every=3, precision=a.precision, keep_checkpoints=2, device="cpu"))
-    sys.exit(130 if result.interrupted else 0)
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,12 @@ def test_parse_param_target():
     assert parse_param_target("0.5", 1000) == 500
     assert parse_param_target(0.667, 3000) == 2001
     assert parse_param_target("1.2B", 8_000_000_000) == 1_200_000_000
-    assert parse_param_target(700, 1000) == 700
-    for bad in ("lots", "2000", "-1", "0"):
+    assert parse_param_target(7000, 10_000) == 7000
+    for bad in ("lots", "2000", "-1", "0", "2.0", 700):
         with pytest.raises(CompactLMError, match="target_params"):
             parse_param_target(bad, 1000)
+    with pytest.raises(CompactLMError, match="ambiguous.*200%.*2 parameters"):   # both readings shown
+        parse_param_target("2.0", 1000)
 
 
 def _source_and_layout(family="llama"):

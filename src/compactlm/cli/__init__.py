@@ -10,16 +10,35 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 
-from ..errors import CompactLMError
+from ..errors import CompactLMError, Terminated, interrupt_exit_code
 
 # Pipeline order; a module missing here simply contributes no verb.
 VERB_MODULES = ("core", "distill", "search", "eval", "run")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with compactlm's error shape: one line, exit status 2; a bad value names the flag."""
+
+    def _get_value(self, action, arg_string):  # noqa: ANN001 - argparse's signature
+        try:
+            return super()._get_value(action, arg_string)
+        except CompactLMError as err:   # a type= parser of ours (parse_tokens) refusing the value
+            raise argparse.ArgumentError(action, str(err)) from None
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _terminate(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="compactlm",
         description="Prune a Hugging Face decoder LM by activation importance and retrain it by distillation (Minitron).",
     )
@@ -39,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:   # --help (0) or a usage error (2, one line already printed)
+        return int(stop.code or 0)
     logging.basicConfig(force=True, stream=sys.stderr,
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
@@ -55,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C, so atomic writers remove their temp dirs; the exit status is 143.
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except CompactLMError as err:
@@ -62,9 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"compactlm {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"compactlm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"compactlm {args.command}: {'terminated' if isinstance(err, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return interrupt_exit_code(err)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,24 @@ def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", defau
                        help=f"built-in name ({DEFAULT_MODEL}), local checkpoint dir, .gguf file or Hugging Face id (default: %(default)s)")
     group.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    group.add_argument("--trust-remote-code", action="store_true", help="allow custom modelling code from the checkpoint")
+    add_trust_args(group)
+
+
+def add_trust_args(group) -> None:
+    """The two switches that let a checkpoint do more than hold tensors; both off by default."""
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="run the checkpoint's own Python code (auto_map); only for checkpoints you trust")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="load pickle-only (pytorch_model.bin) weights, with torch.load(weights_only=True)")
+
+
+def model_from_args(args: argparse.Namespace, name: str | None = None, **kwargs):
+    """``load_model`` with the model options of :func:`add_model_args` (``--dtype``, ``--device``, trust switches)."""
+    from ..models import load_model
+
+    options = {"dtype": getattr(args, "dtype", "float32"), "device": getattr(args, "device", "cpu"), **kwargs}
+    return load_model(name or args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      **options)
 
 
 def add_data_args(parser: argparse.ArgumentParser, required: bool = True, samples: int | None = 256, seq_len: int = 512) -> None:
@@ -39,3 +56,13 @@ def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_sample
     return load_blocks(args.data, tokenizer, seq_len=args.seq_len, num_samples=args.samples,
                        heldout_samples=heldout_samples, seed=args.seed, text_field=args.text_field,
                        dataset_config=args.data_config, split=args.data_split)
+
+
+def check_fit(blocks, model) -> None:
+    """Refuse token blocks the model cannot take (ids beyond its vocabulary, more positions than it has)."""
+    from ..distill.validate import check_blocks_fit
+    from ..errors import CompactLMError
+
+    problems = check_blocks_fit(blocks, model.config)
+    if problems:
+        raise CompactLMError("The data does not fit the model: " + "; ".join(problems) + ".")

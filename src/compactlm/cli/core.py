@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_data_args, add_model_args, add_output_args, load_blocks_from_args
+from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, check_fit, load_blocks_from_args,
+                     model_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="architecture and parameter breakdown of a model")
     p.add_argument("model", help="built-in name, checkpoint dir, .gguf file or Hugging Face id")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_args(p)
     p.set_defaults(func=run_info)
 
 
@@ -47,13 +49,14 @@ def run_importance(args: argparse.Namespace) -> int:
     from ..errors import CompactLMError
     from ..importance import estimate_importance
     from ..io import check_output_dir
-    from ..models import load_model
 
-    check_output_dir(args.out, args.overwrite)  # refuse before any heavy work
-    if args.batch_size <= 0 or args.layer_loss_samples < 0:
-        raise CompactLMError(f"--batch-size must be > 0 and --layer-loss-samples >= 0 (got {args.batch_size}, {args.layer_loss_samples}).")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    check_output_dir(args.out, args.overwrite, inputs=[args.model, args.data])  # refuse before any heavy work
+    if args.batch_size <= 0 or args.layer_loss_samples < 0 or args.samples <= 0 or args.seq_len < 2:
+        raise CompactLMError(f"--batch-size and --samples must be > 0, --seq-len >= 2 and --layer-loss-samples >= 0 "
+                             f"(got {args.batch_size}, {args.samples}, {args.seq_len}, {args.layer_loss_samples}).")
+    model, tokenizer = model_from_args(args)
     blocks = load_blocks_from_args(args, tokenizer)
+    check_fit(blocks.train, model)
     scores = estimate_importance(model, blocks.train, batch_size=args.batch_size,
                                  layer_loss_samples=args.layer_loss_samples, seq_aggregations=args.seq_aggregations,
                                  meta={"data": blocks.describe()})
@@ -68,11 +71,10 @@ def run_prune(args: argparse.Namespace) -> int:
     from ..export import save_student
     from ..importance import ImportanceScores
     from ..io import check_output_dir
-    from ..models import load_model
     from ..prune import PrunePlan, PruneTarget, apply_plan, make_plan
     from ..summary import parameter_breakdown
 
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.plan])
     if bool(args.scores) == bool(args.plan):
         raise CompactLMError("Give exactly one of --scores (plan from importance) or --plan (replay a prune_plan.json).")
     target = PruneTarget(args.hidden_size, args.ffn_hidden_size, args.num_attention_heads, args.num_kv_heads, args.num_layers)
@@ -83,8 +85,10 @@ def run_prune(args: argparse.Namespace) -> int:
 
         from ..arch import adapter_for
 
-        adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(target.resolve(scores.architecture))
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        where = f" (as recorded in the scores '{args.scores}', computed for '{scores.meta.get('model')}')"
+        adapter_for(SimpleNamespace(model_type=scores.meta.get("model_type"))).check_target(
+            target.resolve(scores.architecture, where))
+    model, tokenizer = model_from_args(args)
     if scores is not None:
         scores.check_matches(model)
         plan = make_plan(scores, target, aggregation=args.aggregation, depth_metric=args.depth_metric)
@@ -98,10 +102,9 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..models import load_model
     from ..summary import describe
 
-    info = describe(load_model(args.model, with_tokenizer=False))
+    info = describe(model_from_args(args, with_tokenizer=False))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

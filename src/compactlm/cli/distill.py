@@ -15,6 +15,7 @@ import os
 from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
+from .common import add_trust_args, model_from_args
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 
@@ -60,6 +61,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, and the final HF export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (same settings)")
+    add_trust_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,31 +112,39 @@ def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs):
 
 def _summary(verb: str, result, args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
-        return 130 if result.interrupted else 0
+        return result.exit_code
     m = result.metrics
     if result.interrupted:
         print(f"{verb}: interrupted at step {result.step}/{result.total_steps}; checkpoint saved in "
               f"{result.run_dir}/checkpoints. Continue with the same command plus --resume.")
-        return 130
+        return result.exit_code
     ppl = f", held-out ppl {m['val_ppl']:.2f}" if "val_ppl" in m else ""
     print(f"{verb}: {result.tokens:,} tokens in {result.step} steps{ppl} -> {result.run_dir}")
     return 0
 
 
-def run_distill(args: argparse.Namespace) -> int:
-    from ..distill import train
-    from ..models import load_model
+def _check_out(args: argparse.Namespace, inputs: list) -> None:
+    """The run directory, checked before any model loads; nothing is deleted until training starts."""
+    from pathlib import Path
 
-    from ..distill import make_loss
-    from ..io import check_output_dir
+    from ..distill.checkpoint import nothing_saved
+    from ..io import check_inputs_outside, check_output_dir
+
+    if args.resume:
+        check_inputs_outside(Path(args.out), inputs)
+    else:
+        check_output_dir(args.out, args.overwrite or nothing_saved(args.out), inputs=inputs)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from ..distill import make_loss, train
 
     _quiet_other_ranks()
     loss_args, train_args = _from_args(LossArgs, args), _from_args(TrainArgs, args)
     make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
-    if not args.resume:
-        check_output_dir(args.out, args.overwrite)
-    teacher, tokenizer = load_model(args.teacher)
-    student, student_tok = load_model(args.student)
+    _check_out(args, [args.teacher, args.student, args.data])
+    teacher, tokenizer = model_from_args(args, args.teacher, device="cpu")
+    student, student_tok = model_from_args(args, args.student, device="cpu")
     train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
     result = train(student, train_blocks, args.out, teacher=teacher, tokenizer=student_tok or tokenizer,
                    heldout=heldout, loss=loss_args, args=train_args, student_dir=args.student, resume=args.resume,
@@ -144,12 +154,12 @@ def run_distill(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     from ..distill import train
-    from ..models import load_model
 
     _quiet_other_ranks()
     loss_args = dataclasses.replace(_from_args(LossArgs, args), clm_weight=1.0, intermediate="off")
     train_args = _from_args(TrainArgs, args)
-    model, tokenizer = load_model(args.model)
+    _check_out(args, [args.model, args.data])
+    model, tokenizer = model_from_args(args, device="cpu")
     train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
     student_dir = args.model if os.path.isdir(args.model) else None
     result = train(model, train_blocks, args.out, tokenizer=tokenizer, heldout=heldout, loss=loss_args, args=train_args,

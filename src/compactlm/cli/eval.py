@@ -67,9 +67,9 @@ def _check(args: argparse.Namespace) -> list[str]:
 
 def _evaluate(name: str, args, tasks: list[str], rows: dict) -> dict:
     from ..evaluate import run_task
-    from ..models import load_model
+    from .common import model_from_args
 
-    model, tokenizer = load_model(name, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = model_from_args(args, name)
     start = time.perf_counter()
     results = {}
     for task in tasks:
@@ -114,13 +114,15 @@ def _table(tasks: list[str], columns: list[tuple[str, dict]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import available_tasks, get_task
     from ..evaluate.sources import load_rows
-    from ..io import write_json_atomic
+    from ..io import check_output_file, write_json_atomic
 
     if args.list_tasks:
         for name in available_tasks():
             print(f"{name:16s} {get_task(name).description}")
         return 0
     tasks = _check(args)
+    if args.json_out:
+        check_output_file(args.json_out)   # before any work: the results must have somewhere to go
     # find every task's data before loading any model: a missing source fails in seconds
     rows = {}
     for name in tasks:

@@ -6,18 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import CompactLMError, interrupt_exit_code
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a recipe end to end: importance, search, prune, distill, eval, report",
                        description="Without RECIPE: the embedded default (smollm2-135m -> ~2/3 of its parameters on "
                                    "packaged text, offline, CPU). RECIPE is a YAML file or a shipped recipe name.")
-    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe path or shipped name (default, iterative, tiny)")
+    p.add_argument("recipe", nargs="?", default=None, help="YAML recipe path or shipped name (default, iterative, fixed)")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue a killed run: finished stages are skipped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set steps.0.distill.tokens=65536 (repeatable)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="confirm a recipe's 'trust_remote_code: true' (the checkpoint's own Python code runs); "
+                        "a recipe cannot turn it on by itself")
     p.set_defaults(func=run_recipe)
 
     p = sub.add_parser("report", help="(re)render the HTML report of a finished run")
@@ -40,14 +45,19 @@ def run_recipe(args: argparse.Namespace) -> int:
     from ..recipes import load_recipe, resolve_path, run
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.trust_remote_code and not args.trust_remote_code:
+        raise CompactLMError("The recipe sets trust_remote_code: true, which runs Python code shipped with the "
+                             f"teacher '{recipe.teacher}'. A recipe cannot turn that on by itself: add "
+                             "--trust-remote-code to the command line if you trust that checkpoint.")
     out = Path(args.out) if args.out else Path("runs") / resolve_path(args.recipe).stem
     try:
         result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         again = " ".join(["compactlm run", *([args.recipe] if args.recipe else []), "--out", str(out), "--resume",
-                          *(f"--set {o}" for o in args.overrides)])
+                          *(f"--set {o}" for o in args.overrides),
+                          *(["--trust-remote-code"] if args.trust_remote_code else [])])
         print(f"compactlm run: interrupted; continue with: {again}", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(err)
     print()
     _print_eval(result.eval)
     print(f"\nstudent: {result.student}  (loads with AutoModelForCausalLM.from_pretrained)")
@@ -57,7 +67,16 @@ def run_recipe(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from ..readers import read_json_object, reading
     from ..report import render_report
 
-    print(render_report(args.run_dir))
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CompactLMError(f"Run directory '{run_dir}' does not exist; give a directory written by `compactlm run`.")
+    fix = f"Re-create it with `compactlm run RECIPE --out {run_dir} --overwrite`."
+    for name in ("run_state.json", "eval.json"):
+        if (run_dir / name).is_file():
+            read_json_object(run_dir / name, "run file", fix)
+    with reading(run_dir, "compactlm run directory", fix):   # any file of the run that fails to parse
+        print(render_report(run_dir))
     return 0

@@ -54,21 +54,26 @@ def run_search(args: argparse.Namespace) -> int:
     from ..distill import TrainArgs
     from ..importance import ImportanceScores
     from ..io import check_output_dir
-    from ..models import load_model
     from ..search import AXES, SearchArgs, search, table_text
-    from .common import load_blocks_from_args
+    from ..errors import CompactLMError
+    from .common import check_fit, load_blocks_from_args, model_from_args
 
     if not args.resume:
-        out = check_output_dir(args.out, args.overwrite)
-        shutil.rmtree(out, ignore_errors=True)
+        check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.data])
+    if not 0 <= args.tolerance < 1 or not 0 <= args.max_depth_cut < 1 or args.max_candidates < 1:
+        raise CompactLMError(f"--tolerance and --max-depth-cut must be in [0, 1) and --max-candidates >= 1 "
+                             f"(got {args.tolerance}, {args.max_depth_cut}, {args.max_candidates}).")
     space = {a: getattr(args, a) for a in AXES if getattr(args, a)}
     settings = SearchArgs(target_params=args.target_params, tolerance=args.tolerance, space=space or None,
                           max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads,
                           max_candidates=args.max_candidates, top_k=args.top_k, distill_tokens=args.distill_tokens,
                           aggregation=args.aggregation, depth_metric=args.depth_metric)
     scores = ImportanceScores.load(args.scores)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = model_from_args(args)
     blocks = load_blocks_from_args(args, tokenizer, heldout_samples=args.heldout_samples)
+    check_fit(blocks.train, model)
+    if not args.resume:   # every input loaded: only now is an old --out replaced
+        shutil.rmtree(args.out, ignore_errors=True)
     train = TrainArgs(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, precision=args.precision,
                       device=args.device)
     result = search(model, scores, blocks.heldout, args.out, args=settings, train_blocks=blocks.train,

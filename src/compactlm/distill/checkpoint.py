@@ -1,8 +1,10 @@
 """Training checkpoints: atomic directories under ``<run>/checkpoints/step-NNNNNNN``, keep the last K.
 
 A checkpoint holds everything needed to continue bit-identically: trainable modules
-(safetensors, fp32), optimizer state, every process's RNG state and ``trainer_state.json``
-(step, tokens, the run's settings). The learning rate is a pure function of the step and
+(safetensors, fp32), optimizer state (``torch.load(weights_only=True)``: tensors and plain
+values only), every process's RNG state (``rng.safetensors`` + ``rng.json``: no pickle, so a
+checkpoint someone else wrote cannot run code when resumed) and ``trainer_state.json``
+(step, tokens, the run's settings, fingerprints of the teacher and the data). The learning rate is a pure function of the step and
 the data order a pure function of (seed, step), so neither needs more than the step.
 A directory exists under its final name only once it is complete (temp dir, fsync, rename);
 a run killed mid-write leaves a hidden ``.step-*.tmp-*`` directory that the next start removes.
@@ -10,23 +12,25 @@ a run killed mid-write leaves a hidden ``.step-*.tmp-*`` directory that the next
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from ..errors import CompactLMError
 from ..io import atomic_dir, write_json_atomic
+from ..readers import load_safetensors, read_json_object, reading
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+RNG_TENSORS, RNG_META = "rng.safetensors", "rng.json"
+PICKLE_RNG = "rng.pt"   # written by compactlm before 0.2: a pickle, never loaded
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -47,6 +51,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def nothing_saved(run_dir: str | Path) -> bool:
+    """True for what a run stopped before its first checkpoint leaves: ``metrics.jsonl`` and empty or partial folders.
+
+    Such a directory holds nothing worth keeping, so a plain rerun may replace it without --overwrite.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()) or list_checkpoints(run_dir):
+        return False
+    leftovers = {"metrics.jsonl", CHECKPOINTS, ".export-tmp", "tensorboard"}
+    return all(p.name in leftovers for p in run_dir.iterdir())
+
+
 def remove_partial_checkpoints(run_dir: str | Path) -> None:
     """Delete temp directories left by a run that died while writing a checkpoint."""
     root = checkpoint_root(run_dir)
@@ -64,7 +80,9 @@ def save_checkpoint(run_dir: str | Path, step: int, *, modules: dict[str, nn.Mod
         for name, module in modules.items():
             save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied embeddings
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng, tmp / "rng.pt")
+        tensors, meta = encode_rng(rng)
+        save_file(tensors, str(tmp / RNG_TENSORS))
+        write_json_atomic(tmp / RNG_META, meta)
         if export is not None:
             export(tmp / "student")
         write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
@@ -78,24 +96,77 @@ def read_state(path: str | Path) -> dict:
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise CompactLMError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}). Pick another or start afresh.")
-    return json.loads((path / STATE_FILE).read_text())
+    return read_json_object(path / STATE_FILE, "checkpoint state file")
+
+
+def encode_rng(states: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Per-process RNG states (see ``distributed.rng_state``) as tensors + JSON values: nothing needs pickle."""
+    tensors, meta = {}, []
+    for rank, state in enumerate(states):
+        version, words, gauss = state["python"]
+        tensors[f"{rank}.torch"] = state["torch"]
+        tensors[f"{rank}.python"] = torch.tensor(words, dtype=torch.int64)
+        entry: dict = {"python": [version, gauss], "cuda": len(state.get("cuda", []))}
+        for i, cuda in enumerate(state.get("cuda", [])):
+            tensors[f"{rank}.cuda.{i}"] = cuda
+        if "numpy" in state:
+            kind, keys, pos, has_gauss, cached = state["numpy"]
+            tensors[f"{rank}.numpy"] = torch.from_numpy(keys.astype("int64"))
+            entry["numpy"] = [kind, int(pos), int(has_gauss), float(cached)]
+        meta.append(entry)
+    return {k: v.contiguous().cpu() for k, v in tensors.items()}, {"format": "compactlm.rng/1", "ranks": meta}
+
+
+def decode_rng(tensors: dict[str, torch.Tensor], meta: dict) -> list[dict]:
+    """The inverse of :func:`encode_rng`."""
+    import numpy as np
+
+    states = []
+    for rank, entry in enumerate(meta["ranks"]):
+        version, gauss = entry["python"]
+        state = {"torch": tensors[f"{rank}.torch"],
+                 "python": (int(version), tuple(int(w) for w in tensors[f"{rank}.python"].tolist()), gauss)}
+        if entry.get("cuda"):
+            state["cuda"] = [tensors[f"{rank}.cuda.{i}"] for i in range(entry["cuda"])]
+        if "numpy" in entry:
+            kind, pos, has_gauss, cached = entry["numpy"]
+            state["numpy"] = (kind, tensors[f"{rank}.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
+        states.append(state)
+    return states
+
+
+def _read_rng(path: Path) -> list[dict]:
+    if not (path / RNG_TENSORS).is_file():
+        old = " It holds a pickled rng.pt (an older compactlm, or someone else's file), which compactlm never " \
+              "loads because unpickling runs code." if (path / PICKLE_RNG).exists() else ""
+        raise CompactLMError(f"Checkpoint '{path}' has no {RNG_TENSORS}.{old} Start afresh without --resume "
+                             f"(or --overwrite the run).")
+    meta = read_json_object(path / RNG_META, "checkpoint RNG file")
+    tensors = load_safetensors(path / RNG_TENSORS, "checkpoint RNG file")
+    with reading(path / RNG_META, "checkpoint RNG file"):
+        return decode_rng(tensors, meta)
 
 
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
                     optimizer: torch.optim.Optimizer | None) -> tuple[dict, list[dict]]:
-    """Restore modules and optimizer in place; returns ``(trainer_state, per-rank rng states)``."""
+    """Restore modules and optimizer in place; returns ``(trainer_state, per-rank rng states)``.
+
+    Nothing here unpickles arbitrary objects: weights and RNG states are safetensors, the
+    optimizer state goes through ``torch.load(weights_only=True)``.
+    """
     path = Path(path)
     state = read_state(path)
+    rng = _read_rng(path)
     for name, module in modules.items():
         file = path / f"{name}.safetensors"
         if not file.is_file():
             raise CompactLMError(f"Checkpoint '{path}' has no {file.name}; it was written by a different kind of run.")
-        missing, unexpected = load_model(module, str(file), strict=False)
+        with reading(file, "checkpoint weights file"):
+            missing, unexpected = load_model(module, str(file), strict=False)
         if missing or unexpected:  # tied names are already accounted for by safetensors
             raise CompactLMError(f"Checkpoint '{path}/{file.name}' does not match the model "
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}). Was the student changed?")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file: python/numpy RNG tuples
+        with reading(path / "optimizer.pt", "checkpoint optimizer file"):
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     return state, rng
-

@@ -113,10 +113,17 @@ def as_dict(*groups) -> dict:
     return {k: v for g in groups for k, v in dataclasses.asdict(g).items()}
 
 
+MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)
+
+
 def parse_tokens(text: str) -> int:
     """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", str(text))
     if not match:
-        raise CompactLMError(f"--tokens '{text}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+        raise CompactLMError(f"--tokens '{str(text)[:40]}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
     scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
+    count = float(match.group(1)) * scale
+    if count > MAX_TOKENS:
+        raise CompactLMError(f"--tokens '{text}' is {count:.3g} tokens, more than the {MAX_TOKENS:.0e} compactlm "
+                             f"accepts; expected e.g. 400K, 2M or 1B.")
+    return int(count)

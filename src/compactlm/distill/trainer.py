@@ -23,25 +23,27 @@ import torch
 from torch import nn
 
 from ..arch import adapter_for
-from ..errors import CompactLMError
+from ..errors import CompactLMError, Terminated
 from ..io import check_output_dir
+from ..importance.scores import model_fingerprint
 from ..progress import progress
-from .checkpoint import (latest_checkpoint, load_checkpoint, read_state, remove_partial_checkpoints,
-                         save_checkpoint)
+from .checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, nothing_saved, read_state,
+                         remove_partial_checkpoints, save_checkpoint)
 from .config import LossArgs, TrainArgs, as_dict, lr_at
-from .distributed import (DistInfo, StepSampler, all_reduce_sum, barrier, gather_objects, rng_state,
+from .distributed import (StepSampler, all_reduce_sum, barrier, gather_objects, rng_state,
                           set_rng_state, setup_distributed)
 from .intermediate import IntermediateStateLoss, StateRecorder, layer_map_from_plan, read_prune_plan
 from .losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
 from .metrics import build_loggers
 from .student import DistillModule, export_student, publish_export
+from .validate import blocks_fingerprint, check_training
 
 logger = logging.getLogger(__name__)
 
 # Settings that change the arithmetic: a resumed run must use the same ones.
 RESUME_KEYS = ("loss", "temperature", "top_k", "js_beta", "clm_weight", "intermediate", "layer_map", "lr", "min_lr",
                "warmup_steps", "weight_decay", "batch_size", "grad_clip", "precision", "teacher_dtype", "seed",
-               "total_steps", "num_blocks", "seq_len", "distill")
+               "total_steps", "num_blocks", "seq_len", "distill", "teacher_fingerprint", "data_fingerprint")
 
 
 class TrainingDiverged(CompactLMError):
@@ -56,6 +58,18 @@ class TrainResult:
     tokens: int
     interrupted: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    signum: int | None = None
+    """the signal that stopped an interrupted run (SIGINT 2, SIGTERM 15)"""
+
+    @property
+    def exit_code(self) -> int:
+        """What the CLI exits with: 0, or 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+        return 128 + (self.signum or signal.SIGINT) if self.interrupted else 0
+
+    def stop_if_interrupted(self) -> None:
+        """Raise the signal that stopped the run (its checkpoint is written) for callers that chain runs."""
+        if self.interrupted:
+            raise Terminated(self.signum) if self.signum == signal.SIGTERM else KeyboardInterrupt
 
 
 class _StopRequest(contextlib.AbstractContextManager):
@@ -63,6 +77,7 @@ class _StopRequest(contextlib.AbstractContextManager):
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._old: dict = {}
 
     def __enter__(self):
@@ -72,7 +87,8 @@ class _StopRequest(contextlib.AbstractContextManager):
 
     def _handle(self, signum, _frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
+        self.signum = signum
         logger.warning("%s received: saving a checkpoint after this step (send again to stop now)",
                        signal.Signals(signum).name)
         self.requested = True
@@ -89,34 +105,26 @@ def _labels(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return labels, torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
 
 
-def _check(train_blocks: torch.Tensor, heldout: torch.Tensor | None, teacher: nn.Module | None, student: nn.Module,
-           loss: LossArgs, args: TrainArgs, info: DistInfo) -> None:
-    """Every user mistake we can see before heavy work, raised once."""
-    problems = []
-    if train_blocks.ndim != 2 or train_blocks.dtype != torch.long:
-        problems.append(f"training blocks must be a (N, seq_len) int64 tensor; got {tuple(train_blocks.shape)} {train_blocks.dtype}")
-    per_process = args.batch_size // max(1, info.world_size)
-    if args.batch_size % (info.world_size * args.micro_batch_size):
-        problems.append(f"--batch-size {args.batch_size} must be a multiple of processes ({info.world_size}) x "
-                        f"--micro-batch-size ({args.micro_batch_size})")
-    if args.max_steps is None and train_blocks.shape[0] < args.batch_size:
-        problems.append(f"only {train_blocks.shape[0]} training blocks for a batch of {args.batch_size}; "
-                        f"raise --tokens or lower --batch-size")
-    if heldout is not None and heldout.shape[0] < info.world_size:
-        problems.append(f"{heldout.shape[0]} held-out blocks cannot be split over {info.world_size} processes")
-    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
-        problems.append(f"teacher vocabulary {teacher.config.vocab_size} != student vocabulary {student.config.vocab_size}; "
-                        f"distillation needs the same tokenizer")
-    if teacher is None and loss.clm_weight <= 0:
-        problems.append("without a teacher the only loss is the LM loss: --clm-weight must be > 0")
-    if args.precision not in ("bf16", "fp32") or args.teacher_dtype not in ("auto", "bf16", "fp32"):
-        problems.append(f"--precision must be bf16|fp32 and --teacher-dtype auto|bf16|fp32; got {args.precision}, {args.teacher_dtype}")
-    if loss.intermediate not in ("auto", "on", "off"):
-        problems.append(f"--intermediate must be auto, on or off; got '{loss.intermediate}'")
-    if per_process < 1 or args.lr <= 0 or args.min_lr < 0 or args.min_lr > args.lr:
-        problems.append(f"need batch >= processes and 0 <= min_lr <= lr; got batch {args.batch_size}, lr {args.lr}, min_lr {args.min_lr}")
-    if problems:
-        raise CompactLMError("Cannot start training: " + "; ".join(problems) + ".")
+def _resume_from(run_dir: Path, settings: dict, modules: dict[str, nn.Module], optimizer, is_main: bool):
+    """The newest checkpoint that loads: a damaged newest one is set aside (with a warning) for the one before."""
+    found = list_checkpoints(run_dir)
+    for i, ckpt in enumerate(reversed(found)):
+        try:
+            state = read_state(ckpt)
+            changed = [f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS
+                       if state["settings"].get(k) != settings.get(k)]
+            if changed:
+                raise CompactLMError(f"Cannot resume from '{ckpt}': settings differ ({'; '.join(changed)}). "
+                                     f"Use the original settings, teacher and data, or start afresh without --resume.")
+            state, rngs = load_checkpoint(ckpt, modules=modules, optimizer=optimizer)
+            return ckpt, state, rngs
+        except CompactLMError as err:
+            if i == len(found) - 1 or "settings differ" in str(err) or "does not match the model" in str(err):
+                raise
+            logger.warning("checkpoint %s cannot be loaded (%s); falling back to the one before it", ckpt, err)
+            if is_main:
+                ckpt.rename(ckpt.with_name(f".{ckpt.name}.damaged-{int(time.time())}"))
+    raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh.")
 
 
 def _teacher_forward(body: nn.Module, recorder: StateRecorder | None, ids: torch.Tensor):
@@ -140,15 +148,16 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     """
     loss, args = loss or LossArgs(), args or TrainArgs()
     info = setup_distributed(args.device)
-    _check(train_blocks, heldout, teacher, student, loss, args, info)
+    check_training(train_blocks, heldout, teacher, student, loss, args, info)
     run_dir = Path(out_dir)
     if resume and latest_checkpoint(run_dir) is None:
-        raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh.")
+        raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh"
+                             f"{' (with --overwrite: it holds an earlier run)' if run_dir.is_dir() and any(run_dir.iterdir()) else ''}.")
     if not resume:
-        check_output_dir(run_dir, overwrite)
-        if overwrite and run_dir.exists() and Path.cwd().resolve().is_relative_to(run_dir.resolve()):
-            raise CompactLMError(f"--overwrite would delete '{run_dir}', which contains the current directory. "
-                                 f"Choose a dedicated --out directory.")
+        overwrite = overwrite or nothing_saved(run_dir)
+        check_output_dir(run_dir, overwrite, inputs=[student_dir])
+    settings_fingerprints = {"teacher_fingerprint": model_fingerprint(teacher) if teacher is not None else None,
+                             "data_fingerprint": blocks_fingerprint(train_blocks, heldout)}
     barrier(info)
     if info.is_main:
         if not resume and run_dir.exists():
@@ -198,19 +207,13 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     settings = {**as_dict(loss, args), "warmup_steps": warmup, "total_steps": total_steps,
-                "num_blocks": train_blocks.shape[0], "seq_len": seq_len, "distill": distilling, "layer_map": layer_map}
+                "num_blocks": train_blocks.shape[0], "seq_len": seq_len, "distill": distilling, "layer_map": layer_map,
+                **settings_fingerprints}
 
     # ---- resume: weights, optimizer, RNG; the step alone fixes the LR and the data position ------------
     start_step, elapsed = 0, 0.0
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        state = read_state(ckpt)
-        changed = [f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS
-                   if state["settings"].get(k) != settings.get(k)]
-        if changed:
-            raise CompactLMError(f"Cannot resume from '{ckpt}': settings differ ({'; '.join(changed)}). "
-                                 f"Use the original settings, or start afresh without --resume.")
-        state, rngs = load_checkpoint(ckpt, modules=trainable, optimizer=optimizer)
+        ckpt, state, rngs = _resume_from(run_dir, settings, trainable, optimizer, info.is_main)
         set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
         start_step, elapsed = state["step"], state.get("elapsed_s", 0.0)
         say("resuming from %s (step %d of %d)", ckpt, start_step, total_steps)
@@ -330,7 +333,8 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
                 logger.warning("stopped at step %d of %d; resume with --resume", done, total_steps)
                 for lg in loggers:
                     lg.close()
-                return TrainResult(run_dir, done, total_steps, done * tokens_per_step, interrupted=True, metrics=last)
+                return TrainResult(run_dir, done, total_steps, done * tokens_per_step, interrupted=True, metrics=last,
+                                   signum=stop.signum)
         if saved_step != total_steps:
             checkpoint(total_steps)
     if info.is_main:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CompactLMError
+from ..readers import reading
 from .loglikelihood import score_requests
 from .perplexity import perplexity
 from .registry import ChoiceTask, PerplexityTask, TargetTask, Task, get_task
@@ -100,7 +101,11 @@ def _ppl_text(spec: str, data_dir) -> tuple[str, str]:
     if path.is_file():
         from .sources import read_jsonl
 
-        text = "\n\n".join(r["text"] for r in read_jsonl(path)) if path.suffix == ".jsonl" else path.read_text(encoding="utf-8")
+        with reading(path, "perplexity text file", "Give a UTF-8 text file, or a .jsonl file with a 'text' field."):
+            text = "\n\n".join(r["text"] for r in read_jsonl(path)) if path.suffix == ".jsonl" \
+                else path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CompactLMError(f"Perplexity text file '{path}' is empty; give a file with text.")
         return text, str(path)
     parts = target.split(":")
     if len(parts) != 3:

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import CompactLMError
+from ..readers import reading
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def load_rows(task: str, source: DataSource, data_dir: str | os.PathLike | None 
         for path in [root / rel for rel in source.local_files] + [root / "tasks" / rel for rel in source.local_files]:
             if path.exists():
                 logger.info("%s: reading %s", task, path)
-                return source.read_local(path), str(path)
+                return read_local_rows(task, source, path), str(path)
     hub_note = "no Hugging Face dataset is used for this task"
     if source.hf is not None:
         path, config, split = source.hf
@@ -125,6 +126,17 @@ def load_rows(task: str, source: DataSource, data_dir: str | os.PathLike | None 
         f"No data for task '{task}'. Provide it one of three ways: (1) a local copy: put {files} "
         f"under --data-dir DIR ({where}); (2) online: the {hub_note}; (3) {olmo_note}."
     )
+
+
+def read_local_rows(task: str, source: DataSource, path: Path) -> Rows:
+    """A task's local data file: any failure to parse it, or a file without rows, names the file."""
+    what = f"data file of task '{task}'"
+    with reading(path, what, f"Replace it with the dataset's {' or '.join(source.local_files)}."):
+        rows = source.read_local(path)
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise CompactLMError(f"The {what} '{path}' holds {'no rows' if not rows else 'rows that are not JSON objects'}; "
+                             f"expected the dataset's {' or '.join(source.local_files)}.")
+    return rows
 
 
 # --- readers -------------------------------------------------------------------------------

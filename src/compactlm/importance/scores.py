@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..arch import Architecture, adapter_for
 from ..errors import CompactLMError
 from ..io import atomic_dir
+from ..readers import clip, load_safetensors, read_json_object, reading
 from .aggregation import DEFAULT_AGGREGATION, finalize, parse_aggregation
 
 TENSORS_FILE = "importance.safetensors"
@@ -141,7 +142,24 @@ class ImportanceScores:
                 f"'{path}' is not an importance-scores directory (expected {TENSORS_FILE} and {META_FILE}). "
                 f"Create one with `compactlm importance --out {path}`."
             )
-        meta = json.loads((path / META_FILE).read_text())
+        fix = f"Recompute it with `compactlm importance --out {path} --overwrite`."
+        meta = read_json_object(path / META_FILE, "importance metadata file", fix)
         if meta.get("format") != FORMAT:
-            raise CompactLMError(f"'{path}' has scores format {meta.get('format')!r}; this compactlm reads {FORMAT!r}.")
-        return cls(tensors=load_file(str(path / TENSORS_FILE)), meta=meta)
+            raise CompactLMError(f"'{path}' has scores format {clip(meta.get('format'), 60)}; this compactlm reads "
+                                 f"{FORMAT!r}.")
+        scores = cls(tensors=load_safetensors(path / TENSORS_FILE, "importance scores file", fix), meta=meta)
+        with reading(path / META_FILE, "importance metadata file", fix):
+            scores.check_consistent()
+        return scores
+
+    def check_consistent(self) -> None:
+        """The tensors and the metadata describe one model (a damaged or edited file fails here, not mid-prune)."""
+        arch = self.architecture
+        layers, t = arch.num_hidden_layers, self.tensors
+        expected = {"neurons.sum": (layers, arch.intermediate_size), "heads.sum": (layers, None),
+                    "channels.sum": (2 * layers, arch.hidden_size), "layers.cos_next": (layers,)}
+        for name, shape in expected.items():
+            got = tuple(t[name].shape)
+            if got[0] != shape[0] or (len(shape) > 1 and shape[1] is not None and got[-1] != shape[1]):
+                raise ValueError(f"tensor {name} has shape {got}, which does not fit the architecture in "
+                                 f"{META_FILE} ({layers} layers)")

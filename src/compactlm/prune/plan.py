@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..arch import Architecture
 from ..errors import CompactLMError
+from ..readers import clip, read_json_object, reading
 
 PLAN_FILE = "prune_plan.json"
 FORMAT = "compactlm.prune_plan/1"
@@ -56,17 +57,48 @@ class PrunePlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PrunePlan":
-        if d.get("format") != FORMAT:
-            raise CompactLMError(f"Prune plan has format {d.get('format')!r}; expected {FORMAT!r}.")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise CompactLMError(f"Prune plan has format {clip(d.get('format') if isinstance(d, dict) else d, 60)}; "
+                                 f"expected {FORMAT!r}.")
         kept = d["kept"]
         as_int_keys = lambda m: {int(k): list(v) for k, v in m.items()}  # noqa: E731
-        return cls(
+        plan = cls(
             source=Architecture(**d["source"]), target=Architecture(**d["target"]),
             layers=list(kept["layers"]), hidden=kept["hidden"],
             kv_groups=as_int_keys(kept["kv_groups"]), heads=as_int_keys(kept["heads"]),
             neurons=as_int_keys(kept["neurons"]), source_model=d.get("source_model"),
             criteria=d.get("criteria", {}),
         )
+        problems = plan.problems()
+        if problems:
+            raise CompactLMError("Invalid prune plan: " + "; ".join(problems[:3]) + ". Re-create it with "
+                                 "`compactlm prune --scores ...`, which writes a valid prune_plan.json.")
+        return plan
+
+    def problems(self) -> list[str]:
+        """Every kept-index list must be sorted, unique, in range of the source and as long as the target says."""
+        src, tgt = self.source, self.target
+        found = []
+
+        def check(what: str, index, limit: int, length: int) -> None:
+            ok = isinstance(index, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in index)
+            if not ok or index != sorted(set(index)) or (index and not 0 <= index[0] <= index[-1] < limit):
+                found.append(f"{what} must be sorted, unique integers in 0..{limit - 1}; got {clip(index, 60)}")
+            elif len(index) != length:
+                found.append(f"{what} keeps {len(index)}, but the target has {length}")
+
+        check("kept.layers", self.layers, src.num_hidden_layers, tgt.num_hidden_layers)
+        if self.hidden is not None:
+            check("kept.hidden", self.hidden, src.hidden_size, tgt.hidden_size)
+        for name, table, limit, length in (
+                ("heads", self.heads, src.num_attention_heads, tgt.num_attention_heads),
+                ("kv_groups", self.kv_groups, src.num_key_value_heads, tgt.num_key_value_heads),
+                ("neurons", self.neurons, src.intermediate_size, tgt.intermediate_size)):
+            if sorted(table) != sorted(self.layers):
+                found.append(f"kept.{name} must have an entry for each kept layer {clip(self.layers, 60)}")
+            for layer, index in table.items():
+                check(f"kept.{name}[{layer}]", index, limit, length)
+        return found
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -81,4 +113,6 @@ class PrunePlan:
             path = path / PLAN_FILE
         if not path.is_file():
             raise CompactLMError(f"No prune plan at '{path}'. Expected a {PLAN_FILE} written by `compactlm prune`.")
-        return cls.from_dict(json.loads(path.read_text()))
+        data = read_json_object(path, "prune plan")
+        with reading(path, "prune plan"):   # missing keys, wrong types
+            return cls.from_dict(data)

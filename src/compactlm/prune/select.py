@@ -29,8 +29,8 @@ class PruneTarget:
     num_key_value_heads: int | None = None
     num_hidden_layers: int | None = None
 
-    def resolve(self, source: Architecture) -> Architecture:
-        """Validate against ``source`` and return the full target architecture."""
+    def resolve(self, source: Architecture, where: str = "") -> Architecture:
+        """Validate against ``source`` and return the full target architecture; ``where`` says where ``source`` came from."""
         problems = []
         flags = {"hidden_size": "--hidden-size", "intermediate_size": "--ffn-hidden-size",
                  "num_attention_heads": "--num-attention-heads", "num_key_value_heads": "--num-kv-heads",
@@ -42,7 +42,8 @@ class PruneTarget:
             if value <= 0:
                 problems.append(f"{flag}={value} must be > 0")
             elif value > limit:
-                problems.append(f"{flag}={value} is larger than the source model's {name}={limit}; pruning only shrinks")
+                problems.append(f"{flag}={value} is larger than the source model's {name}={limit}{where}; "
+                                f"pruning only shrinks")
         target = source.replace(**{k: getattr(self, k) for k in flags})
         if not problems:
             heads, groups = target.num_attention_heads, target.num_key_value_heads

@@ -35,13 +35,15 @@ from ..data import load_blocks
 from ..distill import TrainArgs, distill, finetune
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
+from ..distill.validate import check_blocks_fit
 from ..errors import CompactLMError
 from ..evaluate import evaluate
 from ..export import save_student
 from ..importance import ImportanceScores, estimate_importance, lm_loss
-from ..io import check_output_dir, write_json_atomic
+from ..io import check_output_dir, write_json_atomic, write_text_atomic
 from ..models import load_model, load_tokenizer
 from ..prune import prune
+from ..readers import clip, read_json_object
 from ..search import AXES, search
 from ..summary import describe
 from .schema import Recipe
@@ -82,6 +84,10 @@ class _Models:
         self._cache = (key, self.fresh(key))
         return self._cache[1]
 
+    def forget(self) -> None:
+        self._cache = None
+        gc.collect()
+
     def fresh(self, path: str | Path):
         """A model nobody else holds (it will be trained in place)."""
         return load_model(str(path), dtype=self.recipe.dtype, device=self.recipe.device,
@@ -95,10 +101,11 @@ class _State:
         self.path = run_dir / STATE_FILE
         self.data = {"recipe": recipe, "stages": {}}
         if resume:
-            saved = json.loads(self.path.read_text())
-            if saved["recipe"] != recipe:
+            saved = read_json_object(self.path, "run state file", "Start the run afresh with --overwrite.")
+            if saved.get("recipe") != recipe or not isinstance(saved.get("stages"), dict):
                 raise CompactLMError(
-                    f"Cannot resume '{run_dir}': the recipe changed ({_differences(saved['recipe'], recipe)}). "
+                    f"Cannot resume '{run_dir}': the recipe changed "
+                    f"({clip(_differences(saved.get('recipe') or {}, recipe), 600)}). "
                     f"Resume with the original recipe, or start a new run directory.")
             self.data = saved
 
@@ -130,26 +137,39 @@ def _differences(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(d for d in diffs if d)
 
 
-def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> _State:
-    recipe_dict = json.loads(json.dumps(recipe.to_dict()))
+def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Everything about the run directory that can be refused, before any work and without deleting anything."""
     if resume:
         if not (run_dir / STATE_FILE).is_file():
             raise CompactLMError(f"--resume: '{run_dir}' holds no {STATE_FILE}. Run without --resume to start it.")
-        return _State(run_dir, recipe_dict, resume=True)
+        return
     if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
         raise CompactLMError(f"Run directory '{run_dir}' already exists. Continue it with --resume, replace it with "
                              f"--overwrite, or choose another --out.")
-    check_output_dir(run_dir, overwrite=True)
-    if run_dir.exists() and Path.cwd().resolve().is_relative_to(run_dir.resolve()):
-        raise CompactLMError(f"--overwrite would delete '{run_dir}', which contains the current directory. "
-                             f"Choose a dedicated --out directory.")
+    check_output_dir(run_dir, overwrite=True, inputs=[recipe.teacher, recipe.data.source])
+
+
+def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> _State:
+    """The run's state; a new run (validated by :func:`_check_run_dir`) replaces the directory only now."""
+    recipe_dict = json.loads(json.dumps(recipe.to_dict()))
+    if resume:
+        return _State(run_dir, recipe_dict, resume=True)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(recipe_dict, sort_keys=False))
+    write_text_atomic(run_dir / RECIPE_FILE, yaml.safe_dump(recipe_dict, sort_keys=False))
     state = _State(run_dir, recipe_dict, resume=False)
     write_json_atomic(state.path, state.data)
     return state
+
+
+def inside_run_dir(run_dir: Path, name: str) -> Path:
+    """``<run>/<name>``, refused unless it resolves inside the run directory (no ``..``, no absolute path, no symlink out)."""
+    path = run_dir / name
+    if not path.resolve().is_relative_to(run_dir.resolve()) or path.resolve() == run_dir.resolve():
+        raise CompactLMError(f"Step name {clip(name, 60)} would write outside the run directory '{run_dir}'. "
+                             f"Use a plain name such as 'student'.")
+    return path
 
 
 def _train_args(train: TrainArgs, tokens: int, seq_len: int, device: str) -> TrainArgs:
@@ -167,13 +187,21 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
         report: bool = True) -> RunResult:
     """Run ``recipe`` into ``run_dir`` (see the module docstring)."""
     run_dir = Path(run_dir)
-    state = _open_run_dir(run_dir, recipe, resume, overwrite)
+    step_dirs = {step.name: inside_run_dir(run_dir, step.name) for step in recipe.steps}
+    _check_run_dir(run_dir, recipe, resume, overwrite)
+    if recipe.trust_remote_code:
+        logger.warning("trust_remote_code is on: the Python code shipped with '%s' will run", recipe.teacher)
+    # Inputs first (teacher, tokenizer, data); the run directory is replaced only once they all load.
     models = _Models(recipe)
     tokenizer = load_tokenizer(recipe.teacher, trust_remote_code=recipe.trust_remote_code)
     d = recipe.data
     blocks = load_blocks(d.source, tokenizer, seq_len=d.seq_len, heldout_samples=d.heldout_samples, seed=d.seed,
                          text_field=d.text_field, dataset_config=d.config, split=d.split)
     train_blocks, heldout = blocks.train, blocks.heldout
+    problems = check_blocks_fit(train_blocks, models.get(recipe.teacher).config, "teacher")
+    if problems:
+        raise CompactLMError(f"Recipe data and teacher do not fit: {'; '.join(problems)}.")
+    state = _open_run_dir(run_dir, recipe, resume)
     logger.info("data: %d training + %d held-out blocks of %d tokens from %s", train_blocks.shape[0],
                 heldout.shape[0], d.seq_len, d.source)
     teacher_path: str | Path = recipe.teacher
@@ -185,14 +213,15 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
             out = run_dir / "correction"
             args = _train_args(TrainArgs(lr=c.lr, min_lr=c.lr / 10, batch_size=c.batch_size,
                                          micro_batch_size=c.micro_batch_size), c.tokens, d.seq_len, recipe.device)
+            models.forget()   # the corrected copy is trained in place; do not hold two teachers
             finetune(models.fresh(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout, args=args,
-                     **_resuming(out, resume))
+                     **_resuming(out, resume)).stop_if_interrupted()
             return {"model": str(out)}
 
         teacher_path = state.stage("correction", correct)["model"]
 
     for step in recipe.steps:
-        teacher_path = _compress(step, teacher_path, run_dir / step.name, state, models, tokenizer, train_blocks,
+        teacher_path = _compress(step, teacher_path, step_dirs[step.name], state, models, tokenizer, train_blocks,
                                  heldout, recipe, resume)
 
     results = state.stage("eval", lambda: _evaluate(recipe, run_dir, state, models, tokenizer, heldout))
@@ -264,8 +293,7 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
                          loss=step.distill.loss, args=args, student_dir=step_dir / "pruned",
                          provenance={"teacher": str(teacher_path), "initialised_from": str(start)},
                          **_resuming(out, resume))
-        if result.interrupted:
-            raise KeyboardInterrupt
+        result.stop_if_interrupted()
         return {"model": str(out), "initialised_from": str(start), "tokens": result.tokens}
 
     return Path(state.stage(f"{name}/distill", do_distill)["model"])

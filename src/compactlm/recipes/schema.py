@@ -9,19 +9,21 @@ steps make iterative compression (teacher → medium → small, METHOD.md best p
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..distill import LossArgs, TrainArgs
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
+from ..readers import MAX_YAML_BYTES, clip, load_yaml, reading
 from ..search import AXES, SearchArgs
 
 SHIPPED = Path(__file__).resolve().parent
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = ("correction",)   # folders of the run directory that are not steps
 
 
 @dataclass
@@ -121,7 +123,11 @@ def _check_scalar(value, kind, where: str):
     if kind is int and isinstance(value, str):   # 262144, 256K, 1M
         from ..distill.config import parse_tokens
 
-        return parse_tokens(value)
+        try:
+            return parse_tokens(value)
+        except CompactLMError:
+            raise CompactLMError(f"recipe key '{where}': expected an integer (e.g. 262144 or 256K), "
+                                 f"got {clip(value)}.") from None
     if kind is float and isinstance(value, str):
         try:
             return float(value)                     # YAML reads 1e-4 as a string
@@ -130,7 +136,7 @@ def _check_scalar(value, kind, where: str):
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CompactLMError(f"recipe key '{where}': expected {kind.__name__}, got {value!r}.")
+        raise CompactLMError(f"recipe key '{where}': expected {kind.__name__}, got {clip(value)}.")
     return value
 
 
@@ -149,7 +155,7 @@ def _convert(value, hint, where: str):
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
-            raise CompactLMError(f"recipe key '{where}': expected a mapping, got {value!r}.")
+            raise CompactLMError(f"recipe key '{where}': expected a mapping, got {clip(value)}.")
         return value
     return _check_scalar(value, hint, where)
 
@@ -159,7 +165,7 @@ def build(cls: type, values: dict | None, where: str = ""):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise CompactLMError(f"recipe key '{where or 'top level'}': expected a mapping, got {values!r}.")
+        raise CompactLMError(f"recipe key '{where or 'top level'}': expected a mapping, got {clip(values)}.")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
@@ -167,7 +173,7 @@ def build(cls: type, values: dict | None, where: str = ""):
         from ..errors import unknown_name
 
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise CompactLMError(f"recipe key '{key}': " + str(unknown_name("key", unknown[0], names)))
+        raise CompactLMError(f"recipe key '{clip(key, 80)}': " + str(unknown_name("key", clip(str(unknown[0]), 80), names)))
     return cls(**{k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()})
 
 
@@ -177,8 +183,15 @@ def _check(recipe: Recipe) -> None:
         problems.append("'steps' is empty: give at least one compression step")
     names = [s.name for s in recipe.steps]
     if len(set(names)) != len(names):
-        problems.append(f"step names {names} repeat: give each step its own 'name'")
+        problems.append(f"step names {clip(names)} repeat: give each step its own 'name'")
     for i, step in enumerate(recipe.steps):
+        if not STEP_NAME.fullmatch(step.name) or step.name in RESERVED_NAMES:
+            problems.append(f"steps[{i}].name={clip(step.name, 60)}: a step name is a folder of the run directory, so it "
+                            f"must be a plain name of letters, digits, '_' and '-' (at most 64, not "
+                            f"{'/'.join(RESERVED_NAMES)}), e.g. 'student' or 'step_90m'")
+        for axis, size in (step.architecture or {}).items():
+            if axis in AXES and size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+                problems.append(f"steps[{i}].architecture.{axis}={clip(size, 40)}: expected a positive integer")
         if step.architecture is None and step.target_params is None:
             problems.append(f"steps[{i}]: give 'target_params' (search) or 'architecture' (fixed)")
         if step.architecture is not None:
@@ -211,7 +224,7 @@ def _set(tree: dict, dotted: str, value) -> None:
 
 
 def resolve_path(name: str | None) -> Path | None:
-    """A recipe path, or the name of a shipped recipe (``default``, ``iterative``, ``tiny``...)."""
+    """A recipe path, or the name of a shipped recipe (``default``, ``iterative``, ``fixed``)."""
     if name is None:
         return SHIPPED / "default.yaml"
     path = Path(name)
@@ -228,18 +241,22 @@ def resolve_path(name: str | None) -> Path | None:
 def load_recipe(name: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override (``key.path=value``) and validate a recipe."""
     path = resolve_path(str(name) if name is not None else None)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CompactLMError(f"Recipe '{path}' is not valid YAML: {err}") from err
+    with reading(path, "recipe file"):
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise CompactLMError(f"Recipe '{path}' is {path.stat().st_size:,} bytes; a recipe is at most {MAX_YAML_BYTES:,}.")
+        text = path.read_text(encoding="utf-8")
+    raw = load_yaml(text, f"Recipe '{path}'")
+    if raw is None:
+        raw = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise CompactLMError(f"--set '{item}': expected KEY=VALUE, e.g. steps.0.distill.tokens=65536.")
+            raise CompactLMError(f"--set '{clip(item, 80)}': expected KEY=VALUE, e.g. steps.0.distill.tokens=65536.")
+        value = load_yaml(text, f"--set '{clip(item, 80)}'")
         try:
-            _set(raw, key.strip(), yaml.safe_load(text))
-        except (IndexError, ValueError, TypeError, AttributeError) as err:
-            raise CompactLMError(f"--set '{item}': no such place in the recipe ({err}).") from err
+            _set(raw, key.strip(), value)
+        except (IndexError, ValueError, TypeError, AttributeError, KeyError) as err:
+            raise CompactLMError(f"--set '{clip(item, 80)}': no such place in the recipe ({clip(str(err), 80)}).") from err
     recipe = build(Recipe, raw)
     _check(recipe)
     return recipe

@@ -203,8 +203,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         result = distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
                          loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
                          student_dir=run_dir, resume=again, overwrite=not again)
-        if result.interrupted:   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
-            raise KeyboardInterrupt
+        result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
         state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size)
         del student
         gc.collect()

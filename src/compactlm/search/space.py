@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from ..arch import Architecture, adapter_for
 from ..errors import CompactLMError
+from ..readers import clip
 from .params import ParamLayout, count_parameters
 
 logger = logging.getLogger(__name__)
@@ -99,15 +100,19 @@ def parse_param_target(value: int | float | str, source_params: int) -> int:
     text = str(value).strip().replace("_", "")
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmMbB]?)", text)
     if not match:
-        raise CompactLMError(f"target_params={value!r}: expected a count (90M, 1.5B, 90000000) or a fraction "
+        raise CompactLMError(f"target_params={clip(value, 40)}: expected a count (90M, 1.5B, 90000000) or a fraction "
                              f"of the teacher's parameters (0.667).")
     number, unit = float(match[1]), match[2].upper()
     if unit:
         count = int(number * {"K": 1e3, "M": 1e6, "B": 1e9}[unit])
     elif number <= 1:
         count = int(round(number * source_params))
-    else:
+    elif "." not in match[1] and number >= 1000:   # a plain count such as 90000000 (no model has < 1000)
         count = int(number)
+    else:   # 2.0 or 5000: a fraction above 1, or a count without a unit? Ask rather than guess.
+        raise CompactLMError(f"target_params={clip(value, 40)} is ambiguous: as a fraction of the teacher it is "
+                             f"{number:.0%} (more than the whole model), as a count it is {int(number):,} parameters. "
+                             f"Give a fraction <= 1 (0.667) or a count with a unit (90M, 1.5B).")
     if not 0 < count < source_params:
         raise CompactLMError(f"target_params={value!r} is {count:,} parameters; it must be between 0 and the "
                              f"teacher's {source_params:,}.")
