@@ -179,3 +179,13 @@ def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 6}))
     with pytest.raises(CompactLMError, match="missing keys"):
         load_model(str(tmp_path / "m"), with_tokenizer=False)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    run = tmp_path / "run"
+    _tiny_distill(run, steps=2)
+    newest = run / "checkpoints" / "step-0000002" / "student.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    result = _tiny_distill(run, resume=True, steps=2)
+    assert result.step == 2 and "falling back" in caplog.text
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".step-0000002.damaged")]

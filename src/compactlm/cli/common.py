@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..distill.validate import check_blocks_fit, position_problems
+from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
 
 
@@ -50,19 +52,20 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
-def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_samples: int = 0):
+def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_samples: int = 0, model=None):
+    """The token blocks of the data options; with ``model``, refused when they do not fit it (positions, vocabulary)."""
     from ..data import load_blocks
 
-    return load_blocks(args.data, tokenizer, seq_len=args.seq_len, num_samples=args.samples,
-                       heldout_samples=heldout_samples, seed=args.seed, text_field=args.text_field,
-                       dataset_config=args.data_config, split=args.data_split)
+    if model is not None:
+        refuse_misfit(position_problems(args.seq_len, model.config))   # before reading any text
+    blocks = load_blocks(args.data, tokenizer, seq_len=args.seq_len, num_samples=args.samples,
+                         heldout_samples=heldout_samples, seed=args.seed, text_field=args.text_field,
+                         dataset_config=args.data_config, split=args.data_split)
+    if model is not None:
+        refuse_misfit(check_blocks_fit(blocks.train, model.config))
+    return blocks
 
 
-def check_fit(blocks, model) -> None:
-    """Refuse token blocks the model cannot take (ids beyond its vocabulary, more positions than it has)."""
-    from ..distill.validate import check_blocks_fit
-    from ..errors import CompactLMError
-
-    problems = check_blocks_fit(blocks, model.config)
+def refuse_misfit(problems: list[str]) -> None:
     if problems:
         raise CompactLMError("The data does not fit the model: " + "; ".join(problems) + ".")

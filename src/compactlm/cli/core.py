@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, check_fit, load_blocks_from_args,
+from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args,
                      model_from_args)
 
 
@@ -55,8 +55,7 @@ def run_importance(args: argparse.Namespace) -> int:
         raise CompactLMError(f"--batch-size and --samples must be > 0, --seq-len >= 2 and --layer-loss-samples >= 0 "
                              f"(got {args.batch_size}, {args.samples}, {args.seq_len}, {args.layer_loss_samples}).")
     model, tokenizer = model_from_args(args)
-    blocks = load_blocks_from_args(args, tokenizer)
-    check_fit(blocks.train, model)
+    blocks = load_blocks_from_args(args, tokenizer, model=model)
     scores = estimate_importance(model, blocks.train, batch_size=args.batch_size,
                                  layer_loss_samples=args.layer_loss_samples, seq_aggregations=args.seq_aggregations,
                                  meta={"data": blocks.describe()})

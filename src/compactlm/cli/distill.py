@@ -15,7 +15,7 @@ import os
 from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
-from .common import add_trust_args, model_from_args
+from .common import add_trust_args, model_from_args, refuse_misfit
 
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 
@@ -91,10 +91,12 @@ def _quiet_other_ranks() -> None:
         logging.getLogger("compactlm").setLevel(logging.WARNING)
 
 
-def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs):
+def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs, *models):
     """Token budget → training blocks and step count; a budget above the text's size means several passes."""
     from ..data import load_blocks
+    from ..distill.validate import position_problems
 
+    refuse_misfit([p for m in models for p in position_problems(args.seq_len, m.config)])
     if args.tokens < args.seq_len * train_args.batch_size:
         raise CompactLMError(f"--tokens {args.tokens:,} is less than one batch ({train_args.batch_size} x {args.seq_len} "
                              f"tokens). Raise --tokens or lower --batch-size/--seq-len.")
@@ -145,7 +147,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _check_out(args, [args.teacher, args.student, args.data])
     teacher, tokenizer = model_from_args(args, args.teacher, device="cpu")
     student, student_tok = model_from_args(args, args.student, device="cpu")
-    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
+    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args, teacher, student)
     result = train(student, train_blocks, args.out, teacher=teacher, tokenizer=student_tok or tokenizer,
                    heldout=heldout, loss=loss_args, args=train_args, student_dir=args.student, resume=args.resume,
                    overwrite=args.overwrite, provenance={"teacher": args.teacher, "student": args.student, "data": data_meta})
@@ -160,7 +162,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     train_args = _from_args(TrainArgs, args)
     _check_out(args, [args.model, args.data])
     model, tokenizer = model_from_args(args, device="cpu")
-    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args)
+    train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args, model)
     student_dir = args.model if os.path.isdir(args.model) else None
     result = train(model, train_blocks, args.out, tokenizer=tokenizer, heldout=heldout, loss=loss_args, args=train_args,
                    student_dir=student_dir, resume=args.resume, overwrite=args.overwrite,

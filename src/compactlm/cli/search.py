@@ -56,7 +56,7 @@ def run_search(args: argparse.Namespace) -> int:
     from ..io import check_output_dir
     from ..search import AXES, SearchArgs, search, table_text
     from ..errors import CompactLMError
-    from .common import check_fit, load_blocks_from_args, model_from_args
+    from .common import load_blocks_from_args, model_from_args
 
     if not args.resume:
         check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.data])
@@ -70,8 +70,7 @@ def run_search(args: argparse.Namespace) -> int:
                           aggregation=args.aggregation, depth_metric=args.depth_metric)
     scores = ImportanceScores.load(args.scores)
     model, tokenizer = model_from_args(args)
-    blocks = load_blocks_from_args(args, tokenizer, heldout_samples=args.heldout_samples)
-    check_fit(blocks.train, model)
+    blocks = load_blocks_from_args(args, tokenizer, heldout_samples=args.heldout_samples, model=model)
     if not args.resume:   # every input loaded: only now is an old --out replaced
         shutil.rmtree(args.out, ignore_errors=True)
     train = TrainArgs(batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, precision=args.precision,

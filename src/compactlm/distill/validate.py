@@ -58,17 +58,21 @@ def check_training(train_blocks: torch.Tensor, heldout: torch.Tensor | None, tea
         raise CompactLMError("Cannot start training: " + "; ".join(problems) + ".")
 
 
+def position_problems(seq_len: int, config, role: str = "model") -> list[str]:
+    """Sequences longer than the model's positions: checked before any text is read."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and seq_len > limit:
+        return [f"--seq-len {seq_len} is longer than the {role}'s {limit} positions (max_position_embeddings); "
+                f"lower --seq-len"]
+    return []
+
+
 def check_blocks_fit(blocks: torch.Tensor, config, role: str = "model") -> list[str]:
     """Problems with feeding (N, T) token ``blocks`` to a model: ids beyond its vocabulary, T beyond its positions."""
-    problems = []
-    top = int(blocks.max()) if blocks.numel() else 0
-    if top >= config.vocab_size or (blocks.numel() and int(blocks.min()) < 0):
-        problems.append(f"the data has token id {top}, but the {role} has a vocabulary of {config.vocab_size}; "
-                        f"tokenize with the {role}'s own tokenizer")
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and blocks.shape[-1] > limit:
-        problems.append(f"--seq-len {blocks.shape[-1]} is longer than the {role}'s {limit} positions "
-                        f"(max_position_embeddings); lower --seq-len")
+    problems = position_problems(blocks.shape[-1], config, role)
+    if blocks.numel() and (int(blocks.max()) >= config.vocab_size or int(blocks.min()) < 0):
+        problems.append(f"the data has token id {int(blocks.max())}, but the {role} has a vocabulary of "
+                        f"{config.vocab_size}; tokenize with the {role}'s own tokenizer")
     return problems
 
 

@@ -143,10 +143,10 @@ def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool)
         if not (run_dir / STATE_FILE).is_file():
             raise CompactLMError(f"--resume: '{run_dir}' holds no {STATE_FILE}. Run without --resume to start it.")
         return
+    check_output_dir(run_dir, overwrite=True, inputs=[recipe.teacher, recipe.data.source])
     if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
         raise CompactLMError(f"Run directory '{run_dir}' already exists. Continue it with --resume, replace it with "
                              f"--overwrite, or choose another --out.")
-    check_output_dir(run_dir, overwrite=True, inputs=[recipe.teacher, recipe.data.source])
 
 
 def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> _State:
