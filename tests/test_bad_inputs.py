@@ -433,7 +433,13 @@ def test_rerun_after_an_interrupt_before_the_first_checkpoint(world, tmp_path, c
 
 def _readers(world, d: Path):
     """(name, file to fill with bytes, call that reads it) for every reader of a file compactlm opens."""
+    from argparse import Namespace
+
+    from compactlm.cli.run import run_report
     from compactlm.data import read_documents
+    from compactlm.distill.intermediate import read_prune_plan
+    from compactlm.distill.metrics import JsonlLogger
+    from compactlm.recipes.pipeline import _State
     from compactlm.distill.checkpoint import load_checkpoint
     from compactlm.evaluate import get_task
     from compactlm.evaluate.sources import read_local_rows
@@ -456,6 +462,9 @@ def _readers(world, d: Path):
 
     ckpt = d / "ckpt"
     task = get_task("arc_easy")
+    for name in ("run_state.json", "eval.json"):   # the report's other file is valid
+        (d / f"report-{name}").mkdir()
+        (d / f"report-{name}" / ({"run_state.json", "eval.json"} - {name}).pop()).write_text('{"rows": []}')
     yield "model.safetensors", in_model("model.safetensors"), lambda p: load_model(str(p.parent))
     yield "config.json", in_model("config.json"), lambda p: load_model(str(p.parent))
     yield "tokenizer.json", in_model("tokenizer.json"), lambda p: load_model(str(p.parent))
@@ -467,6 +476,11 @@ def _readers(world, d: Path):
     yield "text", d / "t.txt", lambda p: read_documents(str(p))
     yield "jsonl", d / "t.jsonl", lambda p: read_documents(str(p))
     yield "task file", d / "task.jsonl", lambda p: read_local_rows("arc_easy", task.source, p)
+    yield "metrics.jsonl on resume", d / "run" / "metrics.jsonl", lambda p: JsonlLogger(p.parent, resume_step=3).close()
+    yield "student prune_plan.json", d / "stu" / "prune_plan.json", lambda p: read_prune_plan(p.parent)
+    yield "run_state.json on resume", d / "state" / "run_state.json", lambda p: _State(p.parent, {}, resume=True)
+    for name in ("run_state.json", "eval.json"):
+        yield f"report {name}", d / f"report-{name}" / name, lambda p: run_report(Namespace(run_dir=str(p.parent)))
     for name in ("trainer_state.json", "rng.safetensors", "rng.json", "student.safetensors", "optimizer.pt"):
         yield f"checkpoint {name}", ckpt / name, lambda p: load_checkpoint(
             p.parent, modules={"student": make_tiny_model("llama", dtype=torch.float32)}, optimizer=None)

@@ -8,7 +8,6 @@ teacher width; that projection is trained and checkpointed but never exported.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
+from ..readers import read_json_object
 
 PLAN_FILE = "prune_plan.json"
 
@@ -26,10 +26,7 @@ def read_prune_plan(student_dir: str | Path) -> dict | None:
     path = Path(student_dir) / PLAN_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CompactLMError(f"Could not read {path}: {err}. Re-run `compactlm prune` or remove the file.") from err
+    return read_json_object(path, "prune plan", "Re-run `compactlm prune` or remove the file.")
 
 
 def layer_map_from_plan(plan: dict | None, student_layers: int, teacher_layers: int,

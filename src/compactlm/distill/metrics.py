@@ -17,14 +17,23 @@ class MetricLogger(Protocol):
     def close(self) -> None: ...
 
 
+def _step(line: str) -> int | None:
+    """The step of one metrics line; None for a blank or damaged line (a run killed mid-write leaves one)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("step", 0) if isinstance(record, dict) and isinstance(record.get("step", 0), int) else None
+
+
 class JsonlLogger:
     """One JSON object per line in ``<run>/metrics.jsonl``; on resume, lines past the resumed step are dropped."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                    if (step := _step(line)) is not None and step <= resume_step]
             self.path.write_text("".join(f"{line}\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()

@@ -28,6 +28,7 @@ from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, make_plan
+from ..readers import read_json_object
 from .params import count_parameters, parameter_layout
 from .space import AXES, Candidate, SearchSpace, enumerate_candidates, parse_param_target
 
@@ -165,8 +166,9 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     state_path = out_dir / STATE_FILE
     state = {"settings": settings, "proxy": {}, "retrained": {}}
     if resume and state_path.is_file():
-        saved = json.loads(state_path.read_text())
-        if saved["settings"] != json.loads(json.dumps(settings)):
+        saved = read_json_object(state_path, "search state file", "Start the search afresh with --overwrite.")
+        if saved.get("settings") != json.loads(json.dumps(settings)) or not all(
+                isinstance(saved.get(k), dict) for k in ("proxy", "retrained")):
             raise CompactLMError(f"Cannot resume the search in '{out_dir}': its settings differ from these. "
                                  f"Use the original settings, or start afresh in a new directory.")
         state = saved
