@@ -43,6 +43,7 @@ def _print_eval(evaluation: dict) -> None:
 
 def run_recipe(args: argparse.Namespace) -> int:
     from ..recipes import load_recipe, resolve_path, run
+    from ..recipes.gguf_stage import describe_exports
 
     recipe = load_recipe(args.recipe, args.overrides)
     if recipe.trust_remote_code and not args.trust_remote_code:
@@ -61,6 +62,8 @@ def run_recipe(args: argparse.Namespace) -> int:
     print()
     _print_eval(result.eval)
     print(f"\nstudent: {result.student}  (loads with AutoModelForCausalLM.from_pretrained)")
+    for line in describe_exports(result.exports):
+        print(line)
     if result.report is not None:
         print(f"report:  {result.report}")
     return 0

@@ -1,7 +1,7 @@
 """``compactlm run``: a recipe end to end, resumable stage by stage.
 
 teacher ─ (correction) ─ for each step: importance ─ search | fixed architecture ─ prune ─ distill
-        ─ eval (teacher, every step's prune and student) ─ report
+        ─ export (GGUF) ─ eval (teacher, every step's prune and student, the GGUF files) ─ report
 
 Every stage writes into the run directory and is recorded in ``run_state.json`` when it
 finishes; ``resume=True`` skips finished stages, continues a search where it stopped and a
@@ -13,6 +13,7 @@ distillation from its newest checkpoint. The run directory::
     <step>/search/                  candidates.csv/json, one short distillation per top candidate
     <step>/pruned/                  the chosen architecture, pruned, not retrained (HF checkpoint)
     <step>/distilled/               the student: HF checkpoint + metrics.jsonl + checkpoints/
+    student.<type>.gguf             the final student for llama.cpp, one file per export.gguf type
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..prune import prune
 from ..readers import clip, read_json_object
 from ..search import AXES, search
 from ..summary import describe
+from .gguf_stage import export_stage, gguf_entries, loader_mismatch
 from .schema import Recipe
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class RunResult:
     student: Path
     eval: dict
     report: Path | None
+    exports: list[dict] = dataclasses.field(default_factory=list)   # GGUF files: path, quant, bytes
 
 
 class _Models:
@@ -224,13 +227,17 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
         teacher_path = _compress(step, teacher_path, step_dirs[step.name], state, models, tokenizer, train_blocks,
                                  heldout, recipe, resume)
 
+    exports = []
+    if recipe.export.gguf:
+        exports = state.stage("export", lambda: export_stage(recipe, run_dir, Path(teacher_path)))["files"]
+
     results = state.stage("eval", lambda: _evaluate(recipe, run_dir, state, models, tokenizer, heldout))
     report_path = None
     if report:
         from ..report import render_report
 
         report_path = render_report(run_dir)
-    return RunResult(run_dir=run_dir, student=Path(teacher_path), eval=results, report=report_path)
+    return RunResult(run_dir=run_dir, student=Path(teacher_path), eval=results, report=report_path, exports=exports)
 
 
 def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models, tokenizer, train_blocks, heldout,
@@ -308,6 +315,7 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
     for step in recipe.steps:
         entries += [(f"{step.name}: pruned", stages[f"{step.name}/prune"]["model"]),
                     (f"{step.name}: distilled", stages[f"{step.name}/distill"]["model"])]
+    entries += gguf_entries(recipe, stages)
     e = recipe.eval
     rows = []
     for label, path in entries:
@@ -315,6 +323,10 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
             continue
         model = models.get(path)
         info = describe(model)
+        skip = loader_mismatch(label, info, rows)
+        if skip:
+            logger.warning("eval %s: skipped: %s", label, skip)
+            continue
         loss = lm_loss(model, heldout, e.batch_size)
         metrics = {"heldout_ppl": math.exp(min(loss, 50.0))}
         tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window) if e.tasks \

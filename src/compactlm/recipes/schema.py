@@ -99,6 +99,16 @@ class EvalSection:
 
 
 @dataclass
+class ExportSection:
+    gguf: list[str] = field(default_factory=list)
+    """GGUF files of the final student for llama.cpp, one per type (e.g. [q8_0] or [f16, q8_0, q4_0]); [] = none"""
+    tokenizer_pre: str | None = None
+    """llama.cpp pre-tokenizer name, only needed when the teacher is not a GGUF file (its tokenizer is then converted)"""
+    evaluate: bool = True
+    """score each GGUF file too (held-out perplexity and the eval tasks, through transformers' GGUF loader)"""
+
+
+@dataclass
 class Recipe:
     teacher: str = DEFAULT_MODEL
     """built-in name, local checkpoint dir, .gguf file or Hugging Face id"""
@@ -110,6 +120,7 @@ class Recipe:
     importance: ImportanceSection = field(default_factory=ImportanceSection)
     steps: list[StepSection] = field(default_factory=lambda: [StepSection()])
     eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -204,6 +215,13 @@ def _check(recipe: Recipe) -> None:
             problems.append(f"steps[{i}].distill.tokens={step.distill.tokens}: expected 0 or more")
     if recipe.data.heldout_samples < 1:
         problems.append(f"data.heldout_samples={recipe.data.heldout_samples}: the search and validation need at least 1")
+    from ..export.gguf import quant_types
+
+    for quant in recipe.export.gguf:
+        if quant.lower() not in quant_types():
+            problems.append(f"export.gguf has {clip(quant, 40)}: expected GGUF types from {', '.join(quant_types())}")
+    if len({q.lower() for q in recipe.export.gguf}) != len(recipe.export.gguf):
+        problems.append(f"export.gguf={clip(recipe.export.gguf)} repeats a type")
     if problems:
         raise CompactLMError("Invalid recipe: " + "; ".join(problems) + ".")
 

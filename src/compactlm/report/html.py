@@ -19,6 +19,7 @@ from ..errors import CompactLMError
 from ..export.save import software_versions
 from ..importance import ImportanceScores
 from ..io import write_text_atomic
+from ..recipes.gguf_stage import LABEL as GGUF_LABEL
 from . import plots
 
 REPORT_FILE = "report.html"
@@ -70,6 +71,20 @@ def _eval_section(evaluation: dict) -> str:
     out.append("<h3>Architecture</h3>" + _table(["model", *axes],
                                                  [[r["model"], *[r["architecture"].get(a) for a in axes]] for r in rows]))
     return "".join(out)
+
+
+def _gguf_section(files: list[dict], rows: list[dict]) -> str:
+    """The exported GGUF files: size, type, and held-out perplexity next to the HF student's."""
+    student = next((r for r in reversed(rows) if GGUF_LABEL not in r["model"]), None)
+    base = student["metrics"].get("heldout_ppl") if student else None
+    table = []
+    for f in files:
+        row = next((r for r in rows if r["path"] == f["path"]), None)
+        ppl = row["metrics"].get("heldout_ppl") if row else None
+        table.append([f["quant"], f["path"], round(f["bytes"] / 1e6, 1), len(f.get("f16_fallback", [])),
+                      ppl, f"{ppl / base - 1:+.2%}" if ppl and base else "not scored", f["tokenizer"]])
+    return ("<h3>Deployment: GGUF files (llama.cpp, Ollama, LM Studio)</h3>"
+            + _table(["type", "file", "MB", "tensors kept f16", "held-out ppl", "vs HF student", "tokenizer"], table))
 
 
 def _step_section(run_dir: Path, name: str, stages: dict) -> str:
@@ -134,9 +149,12 @@ def render_report(run_dir: str | Path) -> Path:
     state = json.loads(state_path.read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text())
     recipe = state["recipe"]
+    student = next(r for r in reversed(evaluation["rows"]) if GGUF_LABEL not in r["model"])
     body = [f"<h1>compactlm run: {html.escape(str(recipe['teacher']))} → "
-            f"{html.escape(evaluation['rows'][-1]['path'])}</h1>", "<h2>Teacher vs student</h2>",
+            f"{html.escape(student['path'])}</h1>", "<h2>Teacher vs student</h2>",
             _eval_section(evaluation)]
+    if "export" in state["stages"]:
+        body.append(_gguf_section(state["stages"]["export"]["files"], evaluation["rows"]))
     for step in recipe["steps"]:
         body.append(_step_section(run_dir, step["name"], state["stages"]))
     stage_rows = [[name, record.get("seconds")] for name, record in state["stages"].items()]
