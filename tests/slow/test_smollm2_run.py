@@ -38,3 +38,8 @@ def test_default_recipe_with_tiny_budgets(tmp_path, capsys):
     assert student["metrics"]["heldout_ppl"] < pruned["metrics"]["heldout_ppl"]
     assert teacher["metrics"]["heldout_ppl"] < student["metrics"]["heldout_ppl"]
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5
+    # the default recipe ends with a q8_0 GGUF for llama.cpp, scored next to the HF student
+    gguf = rows["student: GGUF q8_0"]
+    assert (out / "student.q8_0.gguf").is_file() and f"gguf:    {out / 'student.q8_0.gguf'}" in printed
+    assert gguf["parameters"] == student["parameters"]
+    assert gguf["metrics"]["heldout_ppl"] == pytest.approx(student["metrics"]["heldout_ppl"], rel=0.03)
