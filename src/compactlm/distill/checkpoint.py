@@ -33,6 +33,10 @@ RNG_TENSORS, RNG_META = "rng.safetensors", "rng.json"
 PICKLE_RNG = "rng.pt"   # written by compactlm before 0.2: a pickle, never loaded
 
 
+class CheckpointMismatch(CompactLMError):
+    """A readable checkpoint of another run (other settings, teacher, data or model): never skipped silently."""
+
+
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
@@ -96,7 +100,11 @@ def read_state(path: str | Path) -> dict:
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise CompactLMError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}). Pick another or start afresh.")
-    return read_json_object(path / STATE_FILE, "checkpoint state file")
+    state = read_json_object(path / STATE_FILE, "checkpoint state file")
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("settings"), dict):
+        raise CompactLMError(f"Checkpoint state file '{path / STATE_FILE}' lacks 'step' or 'settings': the file is "
+                             f"damaged. Pick another checkpoint or start afresh.")
+    return state
 
 
 def encode_rng(states: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -164,7 +172,7 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
         with reading(file, "checkpoint weights file"):
             missing, unexpected = load_model(module, str(file), strict=False)
         if missing or unexpected:  # tied names are already accounted for by safetensors
-            raise CompactLMError(f"Checkpoint '{path}/{file.name}' does not match the model "
+            raise CheckpointMismatch(f"Checkpoint '{path}/{file.name}' does not match the model "
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]}). Was the student changed?")
     if optimizer is not None:
         with reading(path / "optimizer.pt", "checkpoint optimizer file"):
