@@ -30,7 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --limit take the first N examples, as lm-eval --limit does, instead of a seeded random subset")
     p.add_argument("--seed", type=int, default=1234, help="subsampling seed for --limit (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--precision", default="auto",
+                   help="auto | bf16 | fp32: bf16 autocast where the device runs it natively and it is measured "
+                        "faster at this model's shapes (auto), always, or never (default: %(default)s)")
+    p.add_argument("--bf16", action="store_const", const="bf16", dest="precision",
+                   help="same as --precision bf16 (kept for one release)")
     p.add_argument("--window", type=int, default=2048, help="perplexity window length in tokens (default: %(default)s)")
     p.add_argument("--stride", type=int, help="perplexity window step (default: the window, i.e. no overlap)")
     p.add_argument("--no-share-prefix", action="store_true",
@@ -69,12 +73,16 @@ def _evaluate(name: str, args, tasks: list[str], rows: dict) -> dict:
     from ..evaluate import run_task
     from .common import model_from_args
 
+    from ..hardware import choose_precision
+
     model, tokenizer = model_from_args(args, name)
+    param = next(model.parameters())
+    bf16 = choose_precision(args.precision, model.config, param.device, param.dtype).bf16
     start = time.perf_counter()
     results = {}
     for task in tasks:
         results[task] = run_task(task, model, tokenizer, limit=args.limit, seed=args.seed, first_n=args.first_n,
-                                 batch_size=args.batch_size, bf16=args.bf16, data_dir=args.data_dir,
+                                 batch_size=args.batch_size, bf16=bf16, data_dir=args.data_dir,
                                  window=args.window, stride=args.stride, share_prefix=not args.no_share_prefix,
                                  rows=rows.get(task))
     logger.info("%s: evaluated in %.1f s", name, time.perf_counter() - start)
@@ -120,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         for name in available_tasks():
             print(f"{name:16s} {get_task(name).description}")
         return 0
+    from ..hardware import check_precision
+
+    check_precision(args.precision, "--precision")
     tasks = _check(args)
     if args.json_out:
         check_output_file(args.json_out)   # before any work: the results must have somewhere to go
@@ -140,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{args.model}: {seconds:.1f} s" + (" (accuracies in %, diff = model - baseline)" if args.baseline else ""))
     if args.json_out:
         out = {"model": args.model, "baseline": args.baseline,
-               "config": {k: getattr(args, k) for k in ("tasks", "limit", "first_n", "seed", "batch_size", "bf16",
+               "config": {k: getattr(args, k) for k in ("tasks", "limit", "first_n", "seed", "batch_size", "precision",
                                                          "window", "stride", "dtype", "device")},
                "results": {"model": model_results, **({"baseline": baseline_results} if baseline_results else {})}}
         write_json_atomic(args.json_out, out)

@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rank.add_argument("--distill-tokens", type=parse_tokens, default=65536, help="tokens of each short distillation (default: %(default)s)")
     rank.add_argument("--batch-size", type=int, default=8, help="distillation batch in sequences (default: %(default)s)")
     rank.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward (default: %(default)s)")
-    rank.add_argument("--precision", default="bf16", help="bf16 | fp32 (default: %(default)s)")
+    rank.add_argument("--precision", default="auto",
+                      help="auto | bf16 | fp32 for the proxy and the short distillations; auto: bf16 where the device "
+                           "runs it natively and it is measured faster (default: %(default)s)")
     rank.add_argument("--aggregation", default="l2,mean", help="batch,seq aggregation of the scores (default: %(default)s)")
     rank.add_argument("--depth-metric", default="bi", help="bi | loss | block (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory for candidates.csv/json and the short distillations")

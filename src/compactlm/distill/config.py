@@ -58,10 +58,11 @@ class TrainArgs:
     """optimizer steps (default: one pass over the training blocks)"""
     grad_clip: float = 1.0
     """clip the global gradient norm to this value (0 = off)"""
-    precision: str = "bf16"
-    """bf16 (autocast, fp32 master weights; ~5x faster on CPUs with AVX512-BF16) or fp32"""
+    precision: str = "auto"
+    """auto (bf16 where the device runs it natively and a micro-benchmark of this model's GEMMs finds it faster,
+    else fp32), bf16 (autocast, fp32 master weights) or fp32"""
     teacher_dtype: str = "auto"
-    """teacher weights: bf16, fp32 or auto (bf16 when --precision bf16)"""
+    """teacher weights: bf16, fp32 or auto (bf16 when the training precision is bf16)"""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (the local rank's GPU if any)"""
     seed: int = 0

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..arch import adapter_for
 from ..errors import CompactLMError, Terminated
+from ..hardware import choose_precision
 from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
 from ..progress import progress
@@ -105,6 +106,16 @@ def _labels(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return labels, torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
 
 
+def _recorded_precision(run_dir: Path) -> str | None:
+    """The precision the newest readable checkpoint was trained in (``auto`` is resolved once per run)."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_state(ckpt)["settings"].get("precision_used")
+        except CompactLMError:
+            continue
+    return None
+
+
 def _resume_from(run_dir: Path, settings: dict, modules: dict[str, nn.Module], optimizer, is_main: bool):
     """The newest checkpoint that loads: a damaged newest one is set aside (with a warning) for the one before."""
     found = list_checkpoints(run_dir)
@@ -178,12 +189,16 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     device = info.device
 
     # ---- models: fp32 master weights for the student; frozen teacher, optionally bf16 ---------------
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    # auto resolves once per run; a resumed run keeps the precision its checkpoints were made in
+    recorded = _recorded_precision(run_dir) if resume else None
+    choice = choose_precision(recorded if recorded in ("bf16", "fp32") else args.precision, student.config, device,
+                              next(student.parameters()).dtype)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=choice.bf16)
     student.to(device).train()
     t_body = t_head = t_recorder = None
     if distilling:
         t_dtype = torch.bfloat16 if args.teacher_dtype == "bf16" or (
-            args.teacher_dtype == "auto" and args.precision == "bf16") else torch.float32
+            args.teacher_dtype == "auto" and choice.bf16) else torch.float32
         teacher.to(device=device, dtype=t_dtype).eval().requires_grad_(False)  # in place: the caller's teacher
         t_adapter = adapter_for(teacher.config)
         t_body, t_head = t_adapter.decoder_body(teacher), teacher.get_submodule(t_adapter.lm_head)
@@ -213,6 +228,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     settings = {**as_dict(loss, args), "warmup_steps": warmup, "total_steps": total_steps,
                 "num_blocks": train_blocks.shape[0], "seq_len": seq_len, "distill": distilling, "layer_map": layer_map,
+                "precision_used": choice.precision, "gemm_gflops": choice.gflops, "device_kind": choice.device,
                 **settings_fingerprints}
 
     # ---- resume: weights, optimizer, RNG; the step alone fixes the LR and the data position ------------

@@ -33,8 +33,8 @@ def check_training(train_blocks: torch.Tensor, heldout: torch.Tensor | None, tea
                         f"distillation needs the same tokenizer")
     if teacher is None and loss.clm_weight <= 0:
         problems.append("without a teacher the only loss is the LM loss: --clm-weight must be > 0")
-    if args.precision not in ("bf16", "fp32") or args.teacher_dtype not in ("auto", "bf16", "fp32"):
-        problems.append(f"--precision must be bf16|fp32 and --teacher-dtype auto|bf16|fp32; got {args.precision}, {args.teacher_dtype}")
+    if args.precision not in ("auto", "bf16", "fp32") or args.teacher_dtype not in ("auto", "bf16", "fp32"):
+        problems.append(f"--precision must be auto|bf16|fp32 and --teacher-dtype auto|bf16|fp32; got {args.precision}, {args.teacher_dtype}")
     if loss.intermediate not in ("auto", "on", "off"):
         problems.append(f"--intermediate must be auto, on or off; got '{loss.intermediate}'")
     if per_process < 1 or not 0 < args.lr < math.inf or not 0 <= args.min_lr <= args.lr:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
+from ..hardware import choose_precision
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .hooks import ImportanceRecorder, layers_removed
@@ -39,14 +40,15 @@ def _num_tokens(data) -> int | None:
 
 
 @torch.inference_mode()
-def lm_loss(model, data, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy over real tokens (nats)."""
+def lm_loss(model, data, batch_size: int = 8, bf16: bool = False) -> float:
+    """Mean next-token cross-entropy over real tokens (nats); ``bf16`` runs the forward under bf16 autocast."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for ids, mask in _batches(data, batch_size):
         ids = ids.to(device)
         mask = None if mask is None else mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
         labels = ids[:, 1:].clone()
         if mask is not None:
             labels[mask[:, 1:] == 0] = -100
@@ -67,6 +69,7 @@ def estimate_importance(
     seq_aggregations: str | tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS,
     show_progress: bool = True,
     meta: dict | None = None,
+    precision: str = "auto",
 ) -> ImportanceScores:
     """Score every prunable unit of ``model`` from activations on ``data``.
 
@@ -80,6 +83,8 @@ def estimate_importance(
         layers_only: record only the residual stream (depth metrics), not width statistics.
         seq_aggregations: sequence aggregations to record (``"mean"`` by default, serving
             every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
+        precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
+            :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
 
     Returns:
         :class:`ImportanceScores` holding raw moments for all nine aggregations, Block
@@ -89,6 +94,8 @@ def estimate_importance(
     body = adapter.decoder_body(model)  # no LM head: importance needs no logits
     device = next(model.parameters()).device
     seq_aggregations = parse_seq_aggregations(seq_aggregations)
+    choice = choose_precision(precision, model.config, device, next(model.parameters()).dtype)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=choice.bf16)
     recorder = ImportanceRecorder(model, adapter, layers_only=layers_only, seq_aggregations=seq_aggregations)
     total = _num_tokens(data)
     seen = 0
@@ -97,7 +104,8 @@ def estimate_importance(
                                        disable=None if show_progress else True) as bar:
         for ids, mask in _batches(data, batch_size):
             recorder.mask = None if mask is None else mask.to(device)
-            body(input_ids=ids.to(device), attention_mask=recorder.mask, use_cache=False)
+            with amp:
+                body(input_ids=ids.to(device), attention_mask=recorder.mask, use_cache=False)
             n = int(mask.sum()) if mask is not None else ids.numel()
             seen += n
             bar.update(n)
@@ -114,8 +122,8 @@ def estimate_importance(
         losses = []
         for i in progress(range(len(layers)), desc="layer loss", disable=None if show_progress else True):
             with layers_removed(layers, [i]):
-                losses.append(lm_loss(model, subset, batch_size))
-        losses.append(lm_loss(model, subset, batch_size))
+                losses.append(lm_loss(model, subset, batch_size, choice.bf16))
+        losses.append(lm_loss(model, subset, batch_size, choice.bf16))
         tensors["layers.loss"] = torch.tensor(losses, dtype=torch.float64)
 
     info = {
@@ -129,6 +137,7 @@ def estimate_importance(
         "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
         "layers_only": layers_only,
         "seq_aggregations": list(seq_aggregations),
+        "precision": choice.to_dict(),
         **(meta or {}),
     }
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))

@@ -40,6 +40,7 @@ from ..distill.validate import check_blocks_fit
 from ..errors import CompactLMError
 from ..evaluate import evaluate
 from ..export import save_student
+from ..hardware import choose_precision
 from ..importance import ImportanceScores, estimate_importance, lm_loss
 from ..io import check_output_dir, write_json_atomic, write_text_atomic
 from ..models import load_model, load_tokenizer
@@ -249,7 +250,7 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
         teacher = models.get(teacher_path)
         scores = estimate_importance(teacher, train_blocks[:imp.samples], batch_size=imp.batch_size,
                                      layer_loss_samples=imp.layer_loss_samples,
-                                     seq_aggregations=imp.seq_aggregations,
+                                     seq_aggregations=imp.seq_aggregations, precision=recipe.precision,
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})
         scores.save(step_dir / "scores", overwrite=True)
@@ -327,16 +328,19 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
         if skip:
             logger.warning("eval %s: skipped: %s", label, skip)
             continue
-        loss = lm_loss(model, heldout, e.batch_size)
+        param = next(model.parameters())
+        precision = choose_precision(recipe.precision, model.config, param.device, param.dtype)
+        loss = lm_loss(model, heldout, e.batch_size, precision.bf16)
         metrics = {"heldout_ppl": math.exp(min(loss, 50.0))}
-        tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window) if e.tasks \
-            else {"results": {}}
+        tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window,
+                         bf16=precision.bf16) if e.tasks else {"results": {}}
         for task, out in tasks["results"].items():
             for metric, value in out["metrics"].items():
                 if isinstance(value, (int, float)) and metric not in NOT_SCORES and not metric.endswith("_stderr"):
                     metrics[f"{task} {metric}"] = value
         rows.append({"model": label, "path": path, "parameters": info["parameters"]["total"],
-                     "breakdown": info["parameters"], "architecture": info["architecture"], "metrics": metrics})
+                     "breakdown": info["parameters"], "architecture": info["architecture"], "metrics": metrics,
+                     "precision": precision.precision})
         logger.info("eval %s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -114,6 +114,9 @@ class Recipe:
     """built-in name, local checkpoint dir, .gguf file or Hugging Face id"""
     dtype: str = "float32"
     device: str = "cpu"
+    precision: str = "auto"
+    """importance, search proxy and evaluation: auto (bf16 where native and measured faster), bf16 or fp32;
+    distillation has its own steps[i].distill.train.precision (also auto by default)"""
     trust_remote_code: bool = False
     data: DataSection = field(default_factory=DataSection)
     correction: CorrectionSection = field(default_factory=CorrectionSection)
@@ -216,6 +219,10 @@ def _check(recipe: Recipe) -> None:
     if recipe.data.heldout_samples < 1:
         problems.append(f"data.heldout_samples={recipe.data.heldout_samples}: the search and validation need at least 1")
     from ..export.gguf import quant_types
+    from ..hardware import PRECISIONS
+
+    if recipe.precision not in PRECISIONS:
+        problems.append(f"precision={clip(recipe.precision, 40)}: expected one of {', '.join(PRECISIONS)}")
 
     for quant in recipe.export.gguf:
         if quant.lower() not in quant_types():

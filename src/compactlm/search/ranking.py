@@ -24,6 +24,7 @@ from ..distill import LossArgs, TrainArgs, distill
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
+from ..hardware import choose_precision
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
@@ -174,6 +175,9 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         state = saved
     out_dir.mkdir(parents=True, exist_ok=True)
     source_params = count_parameters(scores.architecture, parameter_layout(teacher.config))
+    param = next(teacher.parameters())
+    proxy_precision = choose_precision(train_args.precision, teacher.config, param.device, param.dtype)
+    state["precision"] = proxy_precision.to_dict()
     logger.info("search: %d candidates within %.2fM ±%.0f%%", len(candidates), target / 1e6, args.tolerance * 100)
 
     # ---- proxy: held-out LM loss of every candidate, pruned but not retrained -------------------------
@@ -183,7 +187,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
             if candidate.name in state["proxy"]:
                 continue
             student, _ = prune_candidate(teacher, scores, candidate, args)
-            state["proxy"][candidate.name] = lm_loss(student, heldout, batch_size)
+            state["proxy"][candidate.name] = lm_loss(student, heldout, batch_size, proxy_precision.bf16)
             del student
             gc.collect()
             write_json_atomic(state_path, state)
@@ -206,7 +210,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
                          loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
                          student_dir=run_dir, resume=again, overwrite=not again)
         result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
-        state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size)
+        state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size, proxy_precision.bf16)
         del student
         gc.collect()
         write_json_atomic(state_path, state)
