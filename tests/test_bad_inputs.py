@@ -359,6 +359,12 @@ CASES = [
         **our_run_dir(w, d), **recipe(teacher="./no/such/teacher")(w, d)}),
     Case("run-resume-nothing", [*RUN, "--resume"], "holds no run_state.json", recipe()),
     Case("run-out-root", [*RUN[:2], "--out", "/"], "filesystem root", recipe(), watch=""),
+    # -- export (GGUF) ----------------------------------------------------------------------------------------
+    Case("export-unknown-type", ["export", "{model}", "--gguf", "{out}", "--quant", "q9"], "Unknown GGUF type"),
+    Case("export-truncated-model", ["export", "{m}", "--gguf", "{out}"], "damaged", truncated_weights),
+    Case("export-random-gguf", ["export", "{gguf}", "--gguf", "{out}"], "GGUF", random_gguf),
+    Case("export-out-is-input", ["export", "{gguf}", "--gguf", "{gguf}", "--overwrite"], "one of the inputs", random_gguf,
+         watch="{gguf}"),
     # -- report --------------------------------------------------------------------------------------------
     Case("report-missing", ["report", "{d}/nonexistent"], "does not exist", watch=""),
     Case("report-not-a-run", ["report", "{run}"], "not a finished", run_dir_with(), watch="{run}"),
@@ -384,7 +390,8 @@ def _snapshot(path: Path) -> dict[str, str] | None:
 def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COMPACTLM_NO_PROGRESS", "1")
-    places = {**{k: str(v) for k, v in world.items()}, "d": str(tmp_path), "out": str(tmp_path / "out")}
+    out = tmp_path / ("out.gguf" if case.argv[0] == "export" else "out")
+    places = {**{k: str(v) for k, v in world.items()}, "d": str(tmp_path), "out": str(out)}
     if case.setup is not None:
         places.update({k: str(v) for k, v in case.setup(world, tmp_path).items()})
     watched = Path(case.watch.format(**places)) if case.watch else None
