@@ -217,8 +217,10 @@ def matmul_params(model) -> int:
     return total
 
 
-def forward_flops_per_token(model) -> int:
-    return 2 * matmul_params(model)
+def forward_flops_per_token(model, lm_head: bool = True) -> int:
+    """2N; without the LM head for passes that need no logits (importance)."""
+    head = model.get_output_embeddings()
+    return 2 * (matmul_params(model) - (0 if lm_head or head is None else head.weight.numel()))
 
 
 def train_flops_per_token(model) -> int:

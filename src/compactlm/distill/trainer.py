@@ -24,7 +24,7 @@ from torch import nn
 
 from ..arch import adapter_for
 from ..errors import CompactLMError, Terminated
-from ..hardware import choose_precision
+from ..hardware import choose_precision, forward_flops_per_token, mfu, train_flops_per_token
 from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
 from ..progress import progress
@@ -61,6 +61,12 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     signum: int | None = None
     """the signal that stopped an interrupted run (SIGINT 2, SIGTERM 15)"""
+    precision: dict = field(default_factory=dict)
+    """the resolved precision and the measured GEMM rates (``hardware.PrecisionChoice.to_dict()``)"""
+    tokens_per_second: float = 0.0
+    """training tokens per second of the optimizer steps of this session (validation and checkpoints excluded)"""
+    mfu: float | None = None
+    """model-FLOP utilisation of those steps against the measured GEMM rate of the precision used"""
 
     @property
     def exit_code(self) -> int:
@@ -296,6 +302,15 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     last: dict[str, float] = {}
     saved_step = start_step if resume else -1
     accumulation = sampler.accumulation
+    # model FLOPs per training token: 6N for the student (+ 2N for the teacher's forward), see compactlm.hardware
+    flops_per_token = train_flops_per_token(student) + (forward_flops_per_token(teacher) if distilling else 0)
+    peak = choice.peak_gflops * info.world_size if choice.peak_gflops else None
+    step_time, step_tokens = 0.0, 0
+
+    def throughput() -> dict:
+        rate = step_tokens / step_time if step_time else 0.0
+        return {"precision": choice.to_dict(), "tokens_per_second": rate,
+                "mfu": mfu(flops_per_token, rate, peak) if peak and rate else None}
     with _StopRequest() as stop, progress(total=total_steps * tokens_per_step, initial=start_step * tokens_per_step,
                                           unit="tok", unit_scale=True, desc="distill" if distilling else "finetune") as bar:
         if start_step == 0:
@@ -331,8 +346,11 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             dt = time.time() - t_step
+            step_time, step_tokens = step_time + dt, step_tokens + tokens_per_step
             last = {"loss": sums[0].item(), "lr": lr, "grad_norm": grad_norm.item(), "tokens": done * tokens_per_step,
                     "tok_per_s": tokens_per_step / dt}
+            if peak:
+                last["mfu"] = mfu(flops_per_token, tokens_per_step / dt, peak)
             if distilling:
                 last["kd"] = sums[1].item() / tokens_per_step
             if loss.clm_weight:
@@ -355,7 +373,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
                 for lg in loggers:
                     lg.close()
                 return TrainResult(run_dir, done, total_steps, done * tokens_per_step, interrupted=True, metrics=last,
-                                   signum=stop.signum)
+                                   signum=stop.signum, **throughput())
         if saved_step != total_steps:
             checkpoint(total_steps)
     if info.is_main:
@@ -364,7 +382,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     barrier(info)
     for lg in loggers:
         lg.close()
-    return TrainResult(run_dir, total_steps, total_steps, total_steps * tokens_per_step, metrics=last)
+    return TrainResult(run_dir, total_steps, total_steps, total_steps * tokens_per_step, metrics=last, **throughput())
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, **kwargs) -> TrainResult:

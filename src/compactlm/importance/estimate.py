@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
-from ..hardware import choose_precision
+from ..hardware import choose_precision, forward_flops_per_token, mfu
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .hooks import ImportanceRecorder, layers_removed
@@ -138,6 +138,8 @@ def estimate_importance(
         "layers_only": layers_only,
         "seq_aggregations": list(seq_aggregations),
         "precision": choice.to_dict(),
+        "mfu": (mfu(forward_flops_per_token(model, lm_head=False), seen / max(seconds, 1e-9), choice.peak_gflops)
+                if choice.peak_gflops else None),
         **(meta or {}),
     }
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))

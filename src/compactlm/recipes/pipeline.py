@@ -254,7 +254,9 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})
         scores.save(step_dir / "scores", overwrite=True)
-        return {"scores": str(step_dir / "scores"), "teacher": str(teacher_path)}
+        return {"scores": str(step_dir / "scores"), "teacher": str(teacher_path),
+                "precision": scores.meta["precision"]["precision"], "tokens_per_second": scores.meta["tokens_per_second"],
+                "mfu": scores.meta["mfu"]}
 
     state.stage(f"{name}/importance", importance)
     scores = ImportanceScores.load(step_dir / "scores")
@@ -302,7 +304,9 @@ def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models
                          provenance={"teacher": str(teacher_path), "initialised_from": str(start)},
                          **_resuming(out, resume))
         result.stop_if_interrupted()
-        return {"model": str(out), "initialised_from": str(start), "tokens": result.tokens}
+        return {"model": str(out), "initialised_from": str(start), "tokens": result.tokens,
+                "precision": result.precision.get("precision"), "tokens_per_second": result.tokens_per_second,
+                "mfu": result.mfu, "gemm_gflops": result.precision.get("gflops")}
 
     return Path(state.stage(f"{name}/distill", do_distill)["model"])
 

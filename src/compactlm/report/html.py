@@ -157,8 +157,13 @@ def render_report(run_dir: str | Path) -> Path:
         body.append(_gguf_section(state["stages"]["export"]["files"], evaluation["rows"]))
     for step in recipe["steps"]:
         body.append(_step_section(run_dir, step["name"], state["stages"]))
-    stage_rows = [[name, record.get("seconds")] for name, record in state["stages"].items()]
-    body.append("<h2>Stages</h2>" + _table(["stage", "seconds"], stage_rows + [["total", sum(r[1] or 0 for r in stage_rows)]]))
+    stage_rows = [[name, record.get("seconds"), record.get("precision"), record.get("tokens_per_second"),
+                   f"{record['mfu']:.1%}" if record.get("mfu") else None] for name, record in state["stages"].items()]
+    total = sum(r[1] or 0 for r in stage_rows)
+    body.append("<h2>Stages</h2><p>MFU: model FLOPs per token (2N forward, 6N training, N = matmul weights; a "
+                "distillation step 2N<sub>teacher</sub> + 6N<sub>student</sub>) × tokens/s over the GEMM rate measured "
+                "at the model's shapes in the precision used (compactlm.hardware).</p>"
+                + _table(["stage", "seconds", "precision", "tokens/s", "MFU"], stage_rows + [["total", total, None, None, None]]))
     versions = software_versions()
     body.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(recipe, indent=1)) + "</pre>")
     body.append("<h2>Software</h2>" + _table(["package", "version"], [[k, v] for k, v in versions.items()]))
