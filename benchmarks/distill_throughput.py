@@ -5,11 +5,14 @@ compactlm.importance + compactlm.prune), time interleaved repetitions of
   (1) teacher forward alone (no grad),
   (2) student forward + backward + AdamW step alone (plain LM loss),
   (3) the full distillation step (teacher forward + student + chunked forward KL + backward + step),
-and report tokens/s of each and the ratio (3) / ((1) + (2)); the goal is <= 1.1.
+and report tokens/s and MFU of each and the ratio (3) / ((1) + (2)); the goal is <= 1.1.
+MFU (compactlm.hardware): FLOPs/token 2N_t for (1), 6N_s for (2), 2N_t + 6N_s for (3) (N: matmul weights incl.
+LM head), against the GEMM rate measured at the shapes of the teacher for (1) and of the student for (2) and (3)
+(as the trainer reports it), in the precision that runs (--precision auto: hardware.choose_precision).
 Then, in fresh subprocesses, the peak memory added by the logit loss (forward + backward) for
 chunked vs. unchunked evaluation at the same batch (peak RSS on CPU, max_memory_allocated on CUDA).
 
-    python benchmarks/distill_throughput.py [--batch 4 --seq-len 256 --reps 3 --precision bf16]
+    python benchmarks/distill_throughput.py [--batch 4 --seq-len 256 --reps 3 --precision auto|bf16|fp32]
 
 Prints a table and writes benchmarks/results/distill_throughput.json. Never asserts timings.
 """
@@ -20,7 +23,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ import torch
 
 from compactlm.distill.losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
 from compactlm.distill.student import DistillModule
+from compactlm.hardware import (PRECISIONS, choose_precision, device_kind, forward_flops_per_token, measured_rates,
+                                 mfu, train_flops_per_token)
 from compactlm.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,7 +85,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=512)
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--intermediate-size", type=int, default=768)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--memory-only", type=int, default=None, help=argparse.SUPPRESS)  # subprocess mode: chunk size
@@ -90,13 +94,20 @@ def main() -> None:
         print(json.dumps(loss_memory(a.memory_only, a.batch * a.seq_len, a.device)))
         return
 
-    device, bf16 = torch.device(a.device), a.precision == "bf16"
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    device = torch.device(a.device)
     teacher, _tok = load_model("smollm2-135m")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, teacher.config.vocab_size, (a.batch, a.seq_len), generator=gen).to(device)
     student = make_student(teacher, torch.randint(0, teacher.config.vocab_size, (8, 128), generator=gen),
                            a.intermediate_size).to(device)
+    choice = choose_precision(a.precision, student.config, device)  # what the trainer would run
+    bf16 = choice.bf16
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    # FLOPs per token and the measured peak (GFLOP/s) each part is held against; see the docstring
+    flops = {"teacher_forward": forward_flops_per_token(teacher), "student_step": train_flops_per_token(student)}
+    flops["distill_step"] = flops["teacher_forward"] + flops["student_step"]
+    peaks = {"teacher_forward": measured_rates(teacher.config, device)[choice.precision],
+             "student_step": choice.peak_gflops, "distill_step": choice.peak_gflops}
     teacher = teacher.to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, :-1] = ids[:, 1:]
@@ -141,6 +152,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
     ratio = best["distill_step"] / (best["teacher_forward"] + best["student_step"])
+    util = {k: mfu(flops[k], n / best[k], peaks[k]) for k in parts}
 
     memory = {}
     for label, chunk in (("chunked", a.chunk_size), ("unchunked_fp32", 0)):
@@ -149,19 +161,21 @@ def main() -> None:
         memory[label] = json.loads(out.stdout.strip().splitlines()[-1])
 
     print(f"\nSmolLM2-135M teacher, student MLP {a.intermediate_size} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M), "
-          f"batch {a.batch} x {a.seq_len} tokens, {a.precision}, {device}, best of {a.reps}")
-    print(f"{'part':<22}{'seconds':>10}{'tokens/s':>12}")
+          f"batch {a.batch} x {a.seq_len} tokens, best of {a.reps}\n{choice.describe()}")
+    print(f"{'part':<22}{'seconds':>10}{'tokens/s':>12}{'GFLOP/tok':>11}{'peak GFLOP/s':>14}{'MFU':>8}")
     for name in parts:
-        print(f"{name:<22}{best[name]:>10.3f}{n / best[name]:>12,.0f}")
+        print(f"{name:<22}{best[name]:>10.3f}{n / best[name]:>12,.0f}{flops[name] / 1e9:>11.3f}{peaks[name]:>14,.0f}"
+              f"{util[name]:>8.1%}")
     print(f"distill / (teacher + student) = {ratio:.3f}   (goal <= 1.1; load average {os.getloadavg()[0]:.1f})")
     print(f"logit-loss peak memory, fwd+bwd over {n} tokens x 49,152 vocab: chunked({a.chunk_size}) "
           f"{memory['chunked']:.0f} MiB vs unchunked fp32 {memory['unchunked_fp32']:.0f} MiB")
     RESULTS.mkdir(exist_ok=True)
-    record = {"batch": a.batch, "seq_len": a.seq_len, "tokens_per_step": n, "precision": a.precision,
-              "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps, "seconds": best,
-              "tokens_per_s": {k: n / v for k, v in best.items()}, "ratio_distill_vs_sum": ratio,
+    record = {"batch": a.batch, "seq_len": a.seq_len, "tokens_per_step": n, "precision": choice.precision,
+              "precision_choice": choice.to_dict(), "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps, "seconds": best,
+              "tokens_per_s": {k: n / v for k, v in best.items()}, "flops_per_token": flops, "peak_gflops": peaks,
+              "mfu": util, "ratio_distill_vs_sum": ratio,
               "loss_peak_memory_mib": memory, "all_seconds": times, "threads": torch.get_num_threads(),
-              "load_average": os.getloadavg(), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+              "load_average": os.getloadavg(), "machine": device_kind(device), "cpus": os.cpu_count()}
     (RESULTS / "distill_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

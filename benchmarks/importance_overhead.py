@@ -7,8 +7,11 @@ Arms, interleaved round-robin in one process so machine noise hits all of them a
 Peak memory of each arm is measured in a fresh subprocess, so one arm's allocations cannot
 hide another's: on CPU the resident set is sampled every 2 ms while the arm runs (the GGUF
 de-quantisation peak at load time would mask ru_maxrss); on CUDA, peak allocated bytes.
+MFU (compactlm.hardware): FLOPs/token 2N for plain-lm (N: matmul weights incl. LM head), 2N without the LM head
+for plain-body and importance, against the GEMM rate measured at the model's shapes in the precision all arms
+run in (--precision auto: hardware.choose_precision, as compactlm importance resolves it).
 
-    python benchmarks/importance_overhead.py [--model smollm2-135m] [--data exllamav2:wiki]
+    python benchmarks/importance_overhead.py [--model smollm2-135m] [--data exllamav2:wiki] [--precision auto]
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ def setup(args):
     return model, blocks
 
 
-def run_arm(arm: str, model, blocks, batch_size: int) -> float:
+def run_arm(arm: str, model, blocks, batch_size: int, precision: str = "fp32") -> float:
     from compactlm.arch import adapter_for
     from compactlm.importance import estimate_importance
 
     device = next(model.parameters()).device
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if arm == "importance":
-            estimate_importance(model, blocks, batch_size=batch_size, layer_loss_samples=0, show_progress=False)
+            estimate_importance(model, blocks, batch_size=batch_size, layer_loss_samples=0, show_progress=False,
+                                precision=precision)
         else:
             net = model if arm == "plain-lm" else adapter_for(model.config).decoder_body(model)
             for i in range(0, len(blocks), batch_size):
@@ -68,7 +72,7 @@ def peak_memory_child(args) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        run_arm(args.memory_arm, model, blocks, args.batch_size)
+        run_arm(args.memory_arm, model, blocks, args.batch_size, args.precision)
         peak = torch.cuda.max_memory_allocated()
     else:
         base = peak = _rss_bytes()
@@ -82,7 +86,7 @@ def peak_memory_child(args) -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        run_arm(args.memory_arm, model, blocks, args.batch_size)
+        run_arm(args.memory_arm, model, blocks, args.batch_size, args.precision)
         done.set()
         sampler.join()
     print(json.dumps({"baseline_mib": base / 2**20, "peak_mib": peak / 2**20}))
@@ -97,45 +101,62 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--batches", type=int, default=4, help="batches per timed repetition")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="of every arm; auto resolves with compactlm.hardware.choose_precision")
     p.add_argument("--out", default="benchmarks/results/importance_overhead.json")
     p.add_argument("--memory-arm", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_arm:
         return peak_memory_child(args)
 
+    from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, mfu
+
     torch.set_num_threads(torch.get_num_threads())
     model, blocks = setup(args)
-    run_arm("plain-lm", model, blocks[: args.batch_size], args.batch_size)  # warm-up
+    choice = choose_precision(args.precision, model.config, args.device, next(model.parameters()).dtype)
+    precision = choice.precision if choice.precision in ("bf16", "fp32") else "fp32"  # a bf16/fp16 model needs no autocast
+    flops = {"plain-lm": forward_flops_per_token(model)}
+    flops["plain-body"] = flops["importance"] = forward_flops_per_token(model, lm_head=False)
+    run_arm("plain-lm", model, blocks[: args.batch_size], args.batch_size, precision)  # warm-up
     times = {arm: [] for arm in ARMS}
     for _ in range(args.repeats):
         for arm in ARMS:
-            times[arm].append(run_arm(arm, model, blocks, args.batch_size))
+            times[arm].append(run_arm(arm, model, blocks, args.batch_size, precision))
     tokens = blocks.numel()
     memory = {}
     for arm in ARMS:
         cmd = [sys.executable, __file__, "--memory-arm", arm, "--model", args.model, "--data", args.data, "--device",
-               args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--batches", str(args.batches)]
+               args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--batches", str(args.batches),
+               "--precision", precision]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         memory[arm] = json.loads(out)
 
     best = {arm: min(t) for arm, t in times.items()}
     rows = []
+    peak = choice.peak_gflops
     print(f"{args.model}: {tokens:,} tokens per repetition (batch {args.batch_size} x {args.seq_len}), {args.repeats} repetitions, device {args.device}")
-    print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'vs plain-lm':>12} {'vs plain-body':>14} {'peak MiB':>9} {'above load MiB':>15}")
+    print(choice.describe())
+    print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'MFU':>7} {'vs plain-lm':>12} {'vs plain-body':>14} {'peak MiB':>9} {'above load MiB':>15}")
     for arm in ARMS:
         m = memory[arm]
+        util = mfu(flops[arm], tokens / best[arm], peak) if peak else None
         row = {"arm": arm, "seconds": times[arm], "best_seconds": best[arm], "tokens_per_second": tokens / best[arm],
+               "flops_per_token": flops[arm], "mfu": util,
                "time_ratio_vs_plain_lm": best[arm] / best["plain-lm"], "time_ratio_vs_plain_body": best[arm] / best["plain-body"],
                "peak_mib": m["peak_mib"], "above_load_mib": m["peak_mib"] - m["baseline_mib"]}
         rows.append(row)
-        print(f"{arm:<12} {best[arm]:>8.2f} {row['tokens_per_second']:>9.0f} {row['time_ratio_vs_plain_lm']:>12.3f} "
+        shown = "-" if util is None else f"{util:.1%}"
+        print(f"{arm:<12} {best[arm]:>8.2f} {row['tokens_per_second']:>9.0f} {shown:>7} {row['time_ratio_vs_plain_lm']:>12.3f} "
               f"{row['time_ratio_vs_plain_body']:>14.3f} {m['peak_mib']:>9.0f} {row['above_load_mib']:>15.0f}")
     extra = (memory["importance"]["peak_mib"] - memory["plain-lm"]["peak_mib"]) / memory["plain-lm"]["peak_mib"]
     extra_body = (memory["importance"]["peak_mib"] - memory["plain-body"]["peak_mib"]) / memory["plain-body"]["peak_mib"]
     print(f"importance vs plain-lm:   time x{best['importance'] / best['plain-lm']:.3f}, peak memory {extra:+.1%}")
     print(f"importance vs plain-body: time x{best['importance'] / best['plain-body']:.3f}, peak memory {extra_body:+.1%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "tokens": tokens, "arms": rows,
+    Path(args.out).write_text(json.dumps({"settings": vars(args), "tokens": tokens, "precision": choice.precision,
+                                          "precision_choice": choice.to_dict(), "peak_gflops": peak,
+                                          "mfu": {r["arm"]: r["mfu"] for r in rows}, "machine": device_kind(args.device),
+                                          "arms": rows,
                                           "peak_memory_change_vs_plain_lm": extra,
                                           "peak_memory_change_vs_plain_body": extra_body}, indent=2) + "\n")
 
