@@ -365,6 +365,7 @@ CASES = [
     Case("export-random-gguf", ["export", "{gguf}", "--gguf", "{out}"], "GGUF", random_gguf),
     Case("export-out-is-input", ["export", "{gguf}", "--gguf", "{gguf}", "--overwrite"], "one of the inputs", random_gguf,
          watch="{gguf}"),
+    Case("export-under-a-file", ["export", "{model}", "--gguf", "{file}/x.gguf"], "is a file", a_file, watch="{file}"),
     # -- report --------------------------------------------------------------------------------------------
     Case("report-missing", ["report", "{d}/nonexistent"], "does not exist", watch=""),
     Case("report-not-a-run", ["report", "{run}"], "not a finished", run_dir_with(), watch="{run}"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..export.gguf import quant_types
+    from .common import add_trust_args
 
     p = sub.add_parser("export", help="write a model as a (quantized) GGUF file that llama.cpp runs",
                        description="GGUF export with the gguf package: llama.cpp metadata and tensor layout, the "
@@ -24,8 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="llama.cpp pre-tokenizer name for a converted byte-level BPE tokenizer (e.g. llama-bpe, qwen2)")
     p.add_argument("--name", help="general.name in the file (default: the model's name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run the checkpoint's own Python code (auto_map); only for checkpoints you trust")
+    add_trust_args(p)
     p.set_defaults(func=run_export)
 
 
@@ -33,6 +33,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..errors import CompactLMError
     from ..export.gguf import check_quant, export_gguf
     from ..export.gguf_vocab import find_gguf_source
+    from ..io import check_output_file
     from ..models import load_model, resolve_model
 
     quant = check_quant(args.quant)
@@ -54,7 +55,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
     if out.suffix != ".gguf" or out.is_dir():
         raise CompactLMError(f"--gguf '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
-    model = load_model(args.model, dtype="float32", trust_remote_code=args.trust_remote_code, with_tokenizer=False)
+    check_output_file(out)   # a writable place, before the model is loaded
+    model = load_model(args.model, dtype="float32", trust_remote_code=args.trust_remote_code,
+                       allow_pickle=args.allow_pickle, with_tokenizer=False)
     hf_dir = Path(source.path) if Path(source.path).is_dir() else None
     result = export_gguf(model, out, quant=quant, name=args.name, gguf_source=gguf_source, hf_dir=hf_dir,
                          tokenizer_pre=args.tokenizer_pre, overwrite=args.overwrite)
