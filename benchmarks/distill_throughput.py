@@ -106,8 +106,10 @@ def main() -> None:
     # FLOPs per token and the measured peak (GFLOP/s) each part is held against; see the docstring
     flops = {"teacher_forward": forward_flops_per_token(teacher), "student_step": train_flops_per_token(student)}
     flops["distill_step"] = flops["teacher_forward"] + flops["student_step"]
-    peaks = {"teacher_forward": measured_rates(teacher.config, device)[choice.precision],
-             "student_step": choice.peak_gflops, "distill_step": choice.peak_gflops}
+    rows = a.batch * a.seq_len      # the GEMM rate depends on the rows multiplied: measure at the real ones
+    peaks = {"teacher_forward": measured_rates(teacher.config, device, rows=rows)[choice.precision],
+             "student_step": measured_rates(student.config, device, rows=rows)[choice.precision]}
+    peaks["distill_step"] = peaks["student_step"]
     teacher = teacher.to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, :-1] = ids[:, 1:]

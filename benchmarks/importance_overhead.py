@@ -109,7 +109,7 @@ def main() -> None:
     if args.memory_arm:
         return peak_memory_child(args)
 
-    from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, mfu
+    from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, mfu, peak_gflops
 
     torch.set_num_threads(torch.get_num_threads())
     model, blocks = setup(args)
@@ -133,7 +133,7 @@ def main() -> None:
 
     best = {arm: min(t) for arm, t in times.items()}
     rows = []
-    peak = choice.peak_gflops
+    peak = peak_gflops(choice, model.config, args.device, args.batch_size * args.seq_len)  # at the rows multiplied
     print(f"{args.model}: {tokens:,} tokens per repetition (batch {args.batch_size} x {args.seq_len}), {args.repeats} repetitions, device {args.device}")
     print(choice.describe())
     print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'MFU':>7} {'vs plain-lm':>12} {'vs plain-body':>14} {'peak MiB':>9} {'above load MiB':>15}")

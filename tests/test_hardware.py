@@ -71,7 +71,7 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch):
 def test_rates_are_measured_once_per_machine_and_shape(config, tmp_path, monkeypatch):
     monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path))
     calls = []
-    monkeypatch.setattr(hardware, "_time_gemms", lambda shapes, dtype, device, seconds: calls.append(dtype) or 100.0)
+    monkeypatch.setattr(hardware, "_time_gemms", lambda shapes, dtype, device, seconds, rows: calls.append(dtype) or 100.0)
     first = hardware.measured_rates(config)
     assert hardware.measured_rates(config) == first == {"fp32": 100.0, "bf16": 100.0}
     assert calls == [torch.float32, torch.bfloat16]

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 SLOWER_WARNING = 1.5     # warn when an explicit precision is measured this much slower than the other
-BENCH_TOKENS = 256       # rows of each micro-benchmark GEMM: enough to reach steady kernel speed, small enough for < 1 s
+BENCH_TOKENS = 1024      # rows of each micro-benchmark GEMM: a training micro-batch of 2 x 512 (smaller M runs slower)
 
 
 def cache_dir() -> Path:
@@ -90,12 +90,13 @@ def gemm_shapes(config) -> list[tuple[int, int]]:
             (hidden, config.intermediate_size), (config.intermediate_size, hidden), (hidden, config.vocab_size)]
 
 
-def _time_gemms(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device, seconds: float) -> float:
-    """GFLOP/s of ``F.linear`` over ``shapes`` with BENCH_TOKENS rows, in ``dtype``, for about ``seconds``."""
+def _time_gemms(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device, seconds: float,
+                rows: int = BENCH_TOKENS) -> float:
+    """GFLOP/s of ``F.linear`` over ``shapes`` with ``rows`` rows, in ``dtype``, for about ``seconds``."""
     gen = torch.Generator().manual_seed(0)
-    ops = [(torch.randn(BENCH_TOKENS, k, generator=gen).to(device, dtype), torch.randn(n, k, generator=gen).to(device, dtype))
+    ops = [(torch.randn(rows, k, generator=gen).to(device, dtype), torch.randn(n, k, generator=gen).to(device, dtype))
            for k, n in shapes]
-    flops = sum(2 * BENCH_TOKENS * k * n for k, n in shapes)
+    flops = sum(2 * rows * k * n for k, n in shapes)
 
     def one_pass() -> None:
         for x, w in ops:
@@ -111,12 +112,18 @@ def _time_gemms(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch
     return flops * passes / (time.perf_counter() - start) / 1e9
 
 
-def measured_rates(config, device: str | torch.device = "cpu", *, seconds: float = 0.15,
+def measured_rates(config, device: str | torch.device = "cpu", *, seconds: float = 0.1, rows: int = BENCH_TOKENS,
                    use_cache: bool = True) -> dict[str, float]:
-    """``{"fp32": GFLOP/s, "bf16": GFLOP/s}`` at ``config``'s shapes on ``device`` (cached per machine)."""
+    """``{"fp32": GFLOP/s, "bf16": GFLOP/s}`` at ``config``'s shapes with ``rows`` token rows on ``device``.
+
+    Cached per machine. The rate depends strongly on ``rows`` (AMX bf16 on 2 cores here: 241
+    GFLOP/s at 256 rows, 545 at 1024, 1,098 at 2048; fp32 97 / 146 / 155), so MFU is reported
+    against the rate at the rows a stage really multiplies (:func:`peak_gflops`).
+    """
     device = torch.device(device)
     shapes = gemm_shapes(config)
-    key = f"{device_kind(device)} | torch {torch.__version__} | {shapes}"
+    rows = max(16, min(int(rows), 4096))
+    key = f"{device_kind(device)} | torch {torch.__version__} | {shapes}" + (f" | rows {rows}" if rows != BENCH_TOKENS else "")
     path = cache_dir() / "gemm_rates.json"
     saved: dict = {}
     if use_cache:
@@ -126,8 +133,8 @@ def measured_rates(config, device: str | torch.device = "cpu", *, seconds: float
             saved = {}
         if isinstance(saved, dict) and isinstance(saved.get(key), dict):
             return saved[key]
-    rates = {"fp32": round(_time_gemms(shapes, torch.float32, device, seconds), 1),
-             "bf16": round(_time_gemms(shapes, torch.bfloat16, device, seconds), 1)}
+    rates = {"fp32": round(_time_gemms(shapes, torch.float32, device, seconds, rows), 1),
+             "bf16": round(_time_gemms(shapes, torch.bfloat16, device, seconds, rows), 1)}
     if use_cache:
         from .io import write_json_atomic
 
@@ -165,6 +172,15 @@ class PrecisionChoice:
         rates = ", ".join(f"{k} {v:,.0f}" for k, v in self.gflops.items())
         return (f"precision {self.precision} (asked: {self.requested}; native bf16: "
                 f"{'yes' if self.native_bf16 else 'no'}; GEMM GFLOP/s at this model's shapes: {rates}; {self.device})")
+
+
+def peak_gflops(choice: "PrecisionChoice", config, device: str | torch.device, rows: int) -> float | None:
+    """The yardstick of MFU: the measured GEMM rate of ``choice``'s precision at ``rows`` token rows."""
+    if not choice.gflops:
+        return None
+    if rows == BENCH_TOKENS:
+        return choice.gflops[choice.precision]
+    return measured_rates(config, device, rows=rows)[choice.precision]
 
 
 def check_precision(value: str, what: str = "precision") -> str:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..arch import adapter_for
 from ..errors import CompactLMError, Terminated
-from ..hardware import choose_precision, forward_flops_per_token, mfu, train_flops_per_token
+from ..hardware import choose_precision, forward_flops_per_token, mfu, peak_gflops, train_flops_per_token
 from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
 from ..progress import progress
@@ -304,7 +304,8 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     accumulation = sampler.accumulation
     # model FLOPs per training token: 6N for the student (+ 2N for the teacher's forward), see compactlm.hardware
     flops_per_token = train_flops_per_token(student) + (forward_flops_per_token(teacher) if distilling else 0)
-    peak = choice.peak_gflops * info.world_size if choice.peak_gflops else None
+    peak = peak_gflops(choice, student.config, device, args.micro_batch_size * seq_len)
+    peak = peak * info.world_size if peak else None
     step_time, step_tokens = 0.0, 0
 
     def throughput() -> dict:

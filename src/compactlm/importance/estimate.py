@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
-from ..hardware import choose_precision, forward_flops_per_token, mfu
+from ..hardware import choose_precision, forward_flops_per_token, mfu, peak_gflops
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .hooks import ImportanceRecorder, layers_removed
@@ -37,6 +37,11 @@ def _batches(data: torch.Tensor | Iterable[Batch], batch_size: int) -> Iterable[
 
 def _num_tokens(data) -> int | None:
     return int(data.numel()) if isinstance(data, torch.Tensor) else None
+
+
+def _block_len(data) -> int:
+    """Tokens per block of (N, S) data (512 for batches given another way: only the MFU yardstick uses it)."""
+    return int(data.shape[1]) if isinstance(data, torch.Tensor) and data.dim() == 2 else 512
 
 
 @torch.inference_mode()
@@ -138,8 +143,8 @@ def estimate_importance(
         "layers_only": layers_only,
         "seq_aggregations": list(seq_aggregations),
         "precision": choice.to_dict(),
-        "mfu": (mfu(forward_flops_per_token(model, lm_head=False), seen / max(seconds, 1e-9), choice.peak_gflops)
-                if choice.peak_gflops else None),
+        "mfu": (mfu(forward_flops_per_token(model, lm_head=False), seen / max(seconds, 1e-9), peak)
+                if (peak := peak_gflops(choice, model.config, device, batch_size * _block_len(data))) else None),
         **(meta or {}),
     }
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))
