@@ -17,6 +17,7 @@ its time is reported separately), and MFU against the GEMM rate measured at the 
 - ``chunk-256`` / ``chunk-2048`` / ``chunk-0`` (unchunked): the logit-loss chunk size
 - ``jemalloc`` / ``tcmalloc``: ``LD_PRELOAD`` of Debian's libjemalloc2 / libtcmalloc-minimal4
 - ``compile``: ``torch.compile`` (inductor, CPU) of every decoder layer of teacher and student
+- combinations joined by ``+`` (``fp32+tcmalloc``)
 
 Prints a table and writes ``benchmarks/results/cpu_levers.json`` with the CPU kind. Nothing here
 asserts a timing; run it with nothing else on the machine.
@@ -64,15 +65,16 @@ def worker(lever: str, steps: int, out: Path) -> None:
     from compactlm.models import load_model
     from compactlm.prune import prune
 
-    torch.set_num_threads(1 if lever == "threads-1" else physical_cores())
+    parts = lever.split("+")               # levers combine: fp32+tcmalloc
+    torch.set_num_threads(1 if "threads-1" in parts else physical_cores())
     teacher, tokenizer = load_model("smollm2-135m")
     blocks = load_blocks("exllamav2:wiki", tokenizer, seq_len=512, num_samples=4 * steps + 8, heldout_samples=0)
     scores = estimate_importance(teacher, blocks.train[:8], batch_size=4, layer_loss_samples=0, show_progress=False,
                                  precision="fp32")
     student, _ = prune(teacher, scores, intermediate_size=768)
-    precision = lever if lever in ("fp32", "bf16") else "auto"
-    chunk = int(lever.split("-")[1]) if lever.startswith("chunk-") else 512
-    if lever == "compile":
+    precision = next((p for p in parts if p in ("fp32", "bf16")), "auto")
+    chunk = next((int(p.split("-")[1]) for p in parts if p.startswith("chunk-")), 512)
+    if "compile" in parts:
         torch._dynamo.config.cache_size_limit = 256      # one graph per layer instance
         for model in (teacher, student):
             for layer in model.model.layers:
@@ -93,11 +95,11 @@ def worker(lever: str, steps: int, out: Path) -> None:
 
 def run_arm(lever: str, steps: int) -> dict:
     env = dict(os.environ, COMPACTLM_NO_PROGRESS="1")
-    if lever in ALLOCATORS:
-        if not Path(ALLOCATORS[lever]).is_file():
-            return {"lever": lever, "skipped": f"{ALLOCATORS[lever]} not installed (apt-get install "
-                                               f"{'libjemalloc2' if lever == 'jemalloc' else 'libtcmalloc-minimal4'})"}
-        env["LD_PRELOAD"] = ALLOCATORS[lever]
+    for allocator in (p for p in lever.split("+") if p in ALLOCATORS):
+        if not Path(ALLOCATORS[allocator]).is_file():
+            return {"lever": lever, "skipped": f"{ALLOCATORS[allocator]} not installed (apt-get install "
+                                               f"{'libjemalloc2' if allocator == 'jemalloc' else 'libtcmalloc-minimal4'})"}
+        env["LD_PRELOAD"] = ALLOCATORS[allocator]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "arm.json"
         start = time.time()
@@ -142,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = device_kind("cpu")
     print(f"\ndistillation step, SmolLM2-135M -> MLP-768 student, 4 x 512 tokens, median of steps 2..{args.steps} "
           f"({machine}, physical cores {physical_cores()})\n")
-    print(f"{'lever':<12}{'precision':>10}{'threads':>8}{'tok/s':>9}{'vs base':>9}{'MFU':>7}{'1st step tok/s':>16}")
+    print(f"{'lever':<16}{'precision':>10}{'threads':>8}{'tok/s':>9}{'vs base':>9}{'MFU':>7}{'1st step tok/s':>16}")
     for r in rows:
         if "skipped" in r:
-            print(f"{r['lever']:<12}  skipped: {r['skipped']}")
+            print(f"{r['lever']:<16}  skipped: {r['skipped']}")
             continue
         mfu = f"{r['mfu']:.0%}" if r["mfu"] else "-"
-        print(f"{r['lever']:<12}{r['precision']:>10}{r['threads']:>8}{r['tokens_per_s']:>9.0f}"
+        print(f"{r['lever']:<16}{r['precision']:>10}{r['threads']:>8}{r['tokens_per_s']:>9.0f}"
               f"{r.get('speedup_vs_baseline', 1.0):>8.2f}x{mfu:>7}{r['first_step_tokens_per_s']:>16.0f}")
     write_json_atomic(args.out, {"machine": machine, "physical_cores": physical_cores(), "steps": args.steps,
                                  "tokens_per_step": 2048, "rows": rows})

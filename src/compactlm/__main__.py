@@ -1,5 +1,3 @@
-import sys
+from .allocator import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()
