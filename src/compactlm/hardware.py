@@ -123,7 +123,10 @@ def measured_rates(config, device: str | torch.device = "cpu", *, seconds: float
     device = torch.device(device)
     shapes = gemm_shapes(config)
     rows = max(16, min(int(rows), 4096))
-    key = f"{device_kind(device)} | torch {torch.__version__} | {shapes}" + (f" | rows {rows}" if rows != BENCH_TOKENS else "")
+    # the allocator is part of the machine: glibc page-faults every large GEMM output back in, tcmalloc does not
+    malloc = Path(os.environ.get("LD_PRELOAD", "").split(":")[0]).name or "system malloc"
+    key = (f"{device_kind(device)} | {malloc} | torch {torch.__version__} | {shapes}"
+           + (f" | rows {rows}" if rows != BENCH_TOKENS else ""))
     path = cache_dir() / "gemm_rates.json"
     saved: dict = {}
     if use_cache:
