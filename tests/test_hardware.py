@@ -61,6 +61,7 @@ def test_unknown_precision_is_refused(config):
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv("COMPACTLM_NATIVE_BF16", raising=False)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert hardware.native_bf16("cpu")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx2"}))
@@ -118,3 +119,12 @@ def test_trainer_records_and_resumes_in_the_chosen_precision(tmp_path, fake_rate
     from compactlm.distill.trainer import _recorded_precision
 
     assert _recorded_precision(tmp_path / "run") == "bf16"
+
+
+def test_native_bf16_override(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setenv("COMPACTLM_NATIVE_BF16", "0")
+    assert not hardware.native_bf16("cpu")
+    monkeypatch.setenv("COMPACTLM_NATIVE_BF16", "1")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset())
+    assert hardware.native_bf16("cpu")

@@ -74,7 +74,14 @@ def device_kind(device: str | torch.device = "cpu") -> str:
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether the hardware has bf16 arithmetic (not emulation): bf16 tensor cores, AMX or AVX512-BF16."""
+    """Whether the hardware has bf16 arithmetic (not emulation): bf16 tensor cores, AMX or AVX512-BF16.
+
+    ``COMPACTLM_NATIVE_BF16=0`` (or ``1``) overrides the detection: to reproduce on a bf16 machine what
+    a CPU without it chooses (the README's fp32 timings of ``make test`` were taken this way).
+    """
+    override = os.environ.get("COMPACTLM_NATIVE_BF16")
+    if override in ("0", "1"):
+        return override == "1"
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
