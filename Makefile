@@ -5,9 +5,6 @@ BIN := $(VENV)/bin
 # CPU build of torch (lies on disk here); GPU users: see README "Installing with CUDA".
 TORCH_SPEC ?= torch==2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
-# pytest runs the CLI in-process, so it gets the allocator the way the compactlm command does: preloaded
-# (decided when the recipe runs, after setup may have installed it)
-PRELOAD = LD_PRELOAD=$$([ -e $(TCMALLOC) ] && echo $(TCMALLOC))
 
 .PHONY: setup run test test-fast clean
 
@@ -30,10 +27,10 @@ run: setup
 	$(BIN)/compactlm run --out runs/default --overwrite
 
 test: setup
-	$(PRELOAD) $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	COMPACTLM_SKIP_SLOW=1 $(PRELOAD) $(BIN)/python -m pytest -q -m "not slow"
+	COMPACTLM_SKIP_SLOW=1 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs
