@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,14 +52,6 @@ def llama_cpp():
                     f"llama-cpp-python=={LLAMA_CPP_VERSION}", "diskcache"], check=True, env=env)
     import llama_cpp as module
     return module
-
-
-def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    return f"{model}, {os.cpu_count()} CPUs, native bf16: {'/'.join(native) or 'no'}"
 
 
 def llamacpp_nll(llm, windows: list[list[int]]) -> tuple[float, int]:
@@ -106,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from compactlm.cli import main as cli
     from compactlm.data import read_documents
+    from compactlm.hardware import device_kind
     from compactlm.io import write_json_atomic
     from compactlm.models import load_model
 
@@ -164,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ppl": math.exp(nll / count)})
             del loaded
     base = rows[0]["ppl"]
-    print(f"\n{args.model}: perplexity on {args.windows} x {args.window} tokens of {args.text} ({cpu_kind()})\n")
+    print(f"\n{args.model}: perplexity on {args.windows} x {args.window} tokens of {args.text} ({device_kind('cpu')})\n")
     print(f"{'model':<30}{'runtime':<26}{'MB':>8}{'ppl':>10}{'vs HF':>9}")
     for r in rows:
         mb = f"{r['file_mb']:.1f}" if r["file_mb"] else "-"
@@ -176,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<30} {texts[i]!r}")
     write_json_atomic(args.out, {"model": args.model, "text": args.text, "window": args.window,
                                  "windows": args.windows, "rows": rows, "generations": generations,
-                                 "prompts": PROMPTS, "tokenizer_match": tokenizer_match, "machine": cpu_kind(),
+                                 "prompts": PROMPTS, "tokenizer_match": tokenizer_match, "machine": device_kind("cpu"),
                                  "llama_cpp_python": module.__version__, "threads": args.threads})
     return 0
 

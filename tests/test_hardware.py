@@ -81,13 +81,9 @@ def test_rates_are_measured_once_per_machine_and_shape(config, tmp_path, monkeyp
     assert len(calls) == 4 and (tmp_path / "gemm_rates.json").is_file()
 
 
-def test_micro_benchmark_is_real_and_short(config):
-    import time
-
-    start = time.perf_counter()
-    rates = hardware.measured_rates(config, use_cache=False, seconds=0.05)
-    assert time.perf_counter() - start < 2.0
-    assert rates["fp32"] > 0 and rates["bf16"] > 0
+def test_micro_benchmark_measures_both_precisions(config):
+    rates = hardware.measured_rates(config, use_cache=False, seconds=0.05)   # timings are never asserted
+    assert set(rates) == {"fp32", "bf16"} and rates["fp32"] > 0 and rates["bf16"] > 0
 
 
 @pytest.mark.parametrize("tied", [True, False])

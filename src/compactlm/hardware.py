@@ -9,8 +9,10 @@ device, torch version, thread count and shapes in ``~/.cache/compactlm/gemm_rate
 (``$COMPACTLM_CACHE`` moves it), and they are the machine's peak that model-FLOP utilisation
 (MFU) is reported against.
 
-Model FLOPs per token (the usual 2N/6N rule, Kaplan et al. 2020; attention's T-dependent
-term is left out, it is < 3% at the sequence lengths used here): a forward pass costs
+Model FLOPs per token (the usual 2N/6N rule, Kaplan et al. 2020; attention's score and
+value products, 4 * layers * T * (heads * head_dim) per forward token, are left out: for
+SmolLM2-135M at T = 512 that is 13% of 2N, half of it with causal masking, so MFU is
+understated by about that much): a forward pass costs
 ``2 * N`` where N counts the weights of every matmul (all linear layers and the LM head, not the
 embedding lookup); a training step ``6 * N`` (forward + backward); a distillation step
 ``2 * N_teacher + 6 * N_student``.
@@ -18,6 +20,7 @@ embedding lookup); a training step ``6 * N`` (forward + backward); a distillatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -226,6 +229,19 @@ def choose_precision(requested: str, config, device: str | torch.device = "cpu",
     choice = PrecisionChoice(precision, requested, native, rates, device_kind(device))
     logger.info("%s", choice.describe())
     return choice
+
+
+def precision_for(requested: str, model) -> PrecisionChoice:
+    """:func:`choose_precision` for ``model`` as it is held (its config, device and parameter dtype)."""
+    param = next(model.parameters())
+    return choose_precision(requested, model.config, param.device, param.dtype)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when asked, else a no-op context (reusable: enter it any number of times)."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 # ---- model FLOPs -----------------------------------------------------------------------------

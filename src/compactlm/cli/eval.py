@@ -73,11 +73,10 @@ def _evaluate(name: str, args, tasks: list[str], rows: dict) -> dict:
     from ..evaluate import run_task
     from .common import model_from_args
 
-    from ..hardware import choose_precision
+    from ..hardware import precision_for
 
     model, tokenizer = model_from_args(args, name)
-    param = next(model.parameters())
-    bf16 = choose_precision(args.precision, model.config, param.device, param.dtype).bf16
+    bf16 = precision_for(args.precision, model).bf16
     start = time.perf_counter()
     results = {}
     for task in tasks:

@@ -31,9 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..errors import CompactLMError
-    from ..export.gguf import check_quant, export_gguf
+    from ..export.gguf import check_gguf_output, check_quant, export_gguf
     from ..export.gguf_vocab import find_gguf_source
-    from ..io import check_output_file
     from ..models import load_model, resolve_model
 
     quant = check_quant(args.quant)
@@ -51,11 +50,7 @@ def run_export(args: argparse.Namespace) -> int:
         gguf_source = find_gguf_source(args.model)
     if any(out.resolve() == p.resolve() for p in inputs):
         raise CompactLMError(f"--gguf '{out}' is one of the inputs; choose another output path.")
-    if out.exists() and not args.overwrite:
-        raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
-    if out.suffix != ".gguf" or out.is_dir():
-        raise CompactLMError(f"--gguf '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
-    check_output_file(out)   # a writable place, before the model is loaded
+    check_gguf_output(out, args.overwrite, quant)   # before the model is loaded
     model = load_model(args.model, dtype="float32", trust_remote_code=args.trust_remote_code,
                        allow_pickle=args.allow_pickle, with_tokenizer=False)
     hf_dir = Path(source.path) if Path(source.path).is_dir() else None

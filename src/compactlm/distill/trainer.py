@@ -24,7 +24,7 @@ from torch import nn
 
 from ..arch import adapter_for
 from ..errors import CompactLMError, Terminated
-from ..hardware import choose_precision, forward_flops_per_token, mfu, peak_gflops, train_flops_per_token
+from ..hardware import autocast, choose_precision, forward_flops_per_token, mfu, peak_gflops, train_flops_per_token
 from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
 from ..progress import progress
@@ -199,7 +199,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     recorded = _recorded_precision(run_dir) if resume else None
     choice = choose_precision(recorded if recorded in ("bf16", "fp32") else args.precision, student.config, device,
                               next(student.parameters()).dtype)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=choice.bf16)
+    amp = autocast(device, choice.bf16)
     student.to(device).train()
     t_body = t_head = t_recorder = None
     if distilling:

@@ -16,13 +16,13 @@ full, in the harness's own order and batching.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..hardware import autocast
 from ..progress import progress
 
 
@@ -96,13 +96,6 @@ def head_and_body(model):
 def _cache_kwarg(body) -> str:
     """transformers >= 5.24 names the KV cache argument ``cache``; earlier, ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on ``device`` when asked, else a no-op context."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _plan_units(encoded, groups, max_length: int, share_prefix: bool) -> list[_Unit]:

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import CompactLMError
 from ..progress import progress
-from .loglikelihood import autocast, head_and_body, upcast
+from ..hardware import autocast
+from .loglikelihood import head_and_body, upcast
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,18 @@ def check_family(config) -> GGUFFamily:
     return FAMILIES[model_type]
 
 
+def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0") -> Path:
+    """A ``.gguf`` file path in a writable place, not an existing file unless ``overwrite``."""
+    from ..io import check_output_file
+
+    out = Path(out)
+    if out.suffix != ".gguf" or out.is_dir():
+        raise CompactLMError(f"GGUF output '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
+    if out.exists() and not overwrite:
+        raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
+    return check_output_file(out)
+
+
 @dataclass
 class GGUFExport:
     """What :func:`export_gguf` wrote."""
@@ -140,13 +152,7 @@ def export_gguf(model, out: str | Path, *, quant: str = "q8_0", name: str | None
 
     quant = check_quant(quant)
     family = check_family(model.config)
-    out = Path(out)
-    if out.suffix != ".gguf":
-        raise CompactLMError(f"GGUF output '{out}' must end in .gguf, e.g. student.{quant}.gguf.")
-    if out.is_dir():
-        raise CompactLMError(f"GGUF output '{out}' is a directory; give a file path ending in .gguf.")
-    if out.exists() and not overwrite:
-        raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
+    out = check_gguf_output(out, overwrite, quant)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     config = model.config

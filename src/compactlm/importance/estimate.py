@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
-from ..hardware import choose_precision, forward_flops_per_token, mfu, peak_gflops
+from ..hardware import autocast, forward_flops_per_token, mfu, peak_gflops, precision_for
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .hooks import ImportanceRecorder, layers_removed
@@ -52,7 +52,7 @@ def lm_loss(model, data, batch_size: int = 8, bf16: bool = False) -> float:
     for ids, mask in _batches(data, batch_size):
         ids = ids.to(device)
         mask = None if mask is None else mask.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, bf16):
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
         labels = ids[:, 1:].clone()
         if mask is not None:
@@ -99,8 +99,8 @@ def estimate_importance(
     body = adapter.decoder_body(model)  # no LM head: importance needs no logits
     device = next(model.parameters()).device
     seq_aggregations = parse_seq_aggregations(seq_aggregations)
-    choice = choose_precision(precision, model.config, device, next(model.parameters()).dtype)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=choice.bf16)
+    choice = precision_for(precision, model)
+    amp = autocast(device, choice.bf16)
     recorder = ImportanceRecorder(model, adapter, layers_only=layers_only, seq_aggregations=seq_aggregations)
     total = _num_tokens(data)
     seen = 0

@@ -40,7 +40,7 @@ from ..distill.validate import check_blocks_fit
 from ..errors import CompactLMError
 from ..evaluate import evaluate
 from ..export import save_student
-from ..hardware import choose_precision
+from ..hardware import precision_for
 from ..importance import ImportanceScores, estimate_importance, lm_loss
 from ..io import check_output_dir, write_json_atomic, write_text_atomic
 from ..models import load_model, load_tokenizer
@@ -332,8 +332,7 @@ def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tok
         if skip:
             logger.warning("eval %s: skipped: %s", label, skip)
             continue
-        param = next(model.parameters())
-        precision = choose_precision(recipe.precision, model.config, param.device, param.dtype)
+        precision = precision_for(recipe.precision, model)
         loss = lm_loss(model, heldout, e.batch_size, precision.bf16)
         metrics = {"heldout_ppl": math.exp(min(loss, 50.0))}
         tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window,

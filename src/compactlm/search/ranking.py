@@ -24,7 +24,7 @@ from ..distill import LossArgs, TrainArgs, distill
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
-from ..hardware import choose_precision
+from ..hardware import precision_for
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
@@ -175,8 +175,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         state = saved
     out_dir.mkdir(parents=True, exist_ok=True)
     source_params = count_parameters(scores.architecture, parameter_layout(teacher.config))
-    param = next(teacher.parameters())
-    proxy_precision = choose_precision(train_args.precision, teacher.config, param.device, param.dtype)
+    proxy_precision = precision_for(train_args.precision, teacher)
     state["precision"] = proxy_precision.to_dict()
     logger.info("search: %d candidates within %.2fM ±%.0f%%", len(candidates), target / 1e6, args.tolerance * 100)
 
