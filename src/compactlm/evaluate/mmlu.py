@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .registry import ChoiceTask, register
+from .kinds import ChoiceTask
 from .sources import DataSource, Rows, load_hf_rows, read_arrow_dir
 
 NUM_FEWSHOT = 5
@@ -111,7 +111,7 @@ def read_bundle(root: Path) -> Rows | None:
     return _docs(test, dev)
 
 
-register(ChoiceTask(
+MMLU = ChoiceTask(
     name="mmlu",
     source=DataSource(("mmlu",), read_csv_dir, hf=("cais/mmlu", "all", "test + dev"),
                       read_hf=lambda *_: read_hub(), read_bundled=read_bundle),
@@ -122,4 +122,4 @@ register(ChoiceTask(
     metrics=("acc",),
     limit_by="subject",
     description="MMLU test, 57 subjects, 5-shot from dev, acc over all questions",
-))
+)

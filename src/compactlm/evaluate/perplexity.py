@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CompactLMError
-from ..progress import progress
 from ..hardware import autocast
+from ..progress import progress
 from .loglikelihood import head_and_body, upcast
 
 

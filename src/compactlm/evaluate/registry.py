@@ -1,91 +1,40 @@
-"""Evaluation tasks, registered by name; adding one is one definition plus ``register(...)``.
+"""The built-in tasks by name: one explicit table, built from the definitions in ``tasks`` and ``mmlu``.
 
-Three kinds cover the standard suite:
-
-* :class:`ChoiceTask`: pick the option with the highest log-likelihood (``acc``), or the
-  highest log-likelihood per character of the option (``acc_norm``), as lm-evaluation-harness
-  does. Options go after the context (HellaSwag, ARC, PIQA, BoolQ, MMLU), or, for *partial
-  scoring* (Winogrande), each option completes the context and the shared rest of the
-  sentence is scored.
-* :class:`TargetTask`: one continuation per example; ``acc`` is a greedy exact match and
-  ``perplexity`` is ``exp(-mean log-likelihood)`` (LAMBADA).
-* :class:`PerplexityTask`: a token stream scored in windows (WikiText-2).
+Adding a task is one definition (a :mod:`~compactlm.evaluate.kinds` instance in ``tasks.py``)
+plus one line in :data:`TASKS`. Nothing registers itself on import; :func:`register` adds a
+task of your own at run time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from ..errors import unknown_name
-from .loglikelihood import Request
-from .sources import DataSource
+from . import mmlu, tasks
+from .kinds import Task
 
-Doc = dict
-
-
-@dataclass(frozen=True)
-class ChoiceTask:
-    name: str
-    source: DataSource
-    process: Callable[[dict], Doc]            # a source row (any supported layout) -> a doc
-    context: Callable[[Doc], str]             # the prompt, without the answer
-    choices: Callable[[Doc], list[str]]       # answer texts (scored after target_delimiter)
-    gold: Callable[[Doc], int]
-    metrics: tuple[str, ...] = ("acc", "acc_norm")
-    target_delimiter: str = " "
-    # partial scoring: doc -> (one context per option, the shared continuation)
-    partial: Callable[[Doc], tuple[list[str], str]] | None = None
-    limit_by: str | None = None               # apply --limit within each value of this doc field
-    description: str = ""
-
-    def requests(self, doc: Doc) -> list[Request]:
-        if self.partial is not None:
-            contexts, rest = self.partial(doc)
-            return [Request(c, self.target_delimiter + rest) for c in contexts]
-        ctx = self.context(doc)
-        return [Request(ctx, self.target_delimiter + c) for c in self.choices(doc)]
-
-
-@dataclass(frozen=True)
-class TargetTask:
-    name: str
-    source: DataSource
-    process: Callable[[dict], Doc]
-    context: Callable[[Doc], str]
-    target: Callable[[Doc], str]              # scored as is (the delimiter is part of it)
-    metrics: tuple[str, ...] = ("acc", "perplexity")
-    limit_by: str | None = None
-    description: str = ""
-
-    def requests(self, doc: Doc) -> list[Request]:
-        return [Request(self.context(doc), self.target(doc))]
-
-
-@dataclass(frozen=True)
-class PerplexityTask:
-    name: str
-    source: DataSource
-    text: Callable[[list[dict]], str]         # all rows -> the one text that is tokenised once
-    metrics: tuple[str, ...] = ("ppl",)
-    description: str = ""
-
-
-Task = ChoiceTask | TargetTask | PerplexityTask
-TASKS: dict[str, Task] = {}
+TASKS: dict[str, Task] = {t.name: t for t in (
+    tasks.HELLASWAG,
+    tasks.WINOGRANDE,
+    tasks.ARC_EASY,
+    tasks.ARC_CHALLENGE,
+    tasks.PIQA,
+    tasks.BOOLQ,
+    tasks.LAMBADA_OPENAI,
+    tasks.WIKITEXT2,
+    mmlu.MMLU,
+)}
 ALIASES = {"lambada": "lambada_openai", "wikitext": "wikitext2"}
 
 
 def register(task: Task) -> Task:
-    if task.name in TASKS:
+    """Add ``task`` under ``task.name``; a name already taken (or an alias) is refused."""
+    if task.name in TASKS or task.name in ALIASES:
         raise ValueError(f"task '{task.name}' is registered twice")
     TASKS[task.name] = task
     return task
 
 
 def get_task(name: str) -> Task:
-    from . import tasks  # noqa: F401  (registers the built-in tasks)
-
+    """The task called ``name`` (or one of its aliases, e.g. ``lambada``)."""
     name = ALIASES.get(name, name)
     if name not in TASKS:
         raise unknown_name("task", name, [*TASKS, *ALIASES])
@@ -93,6 +42,4 @@ def get_task(name: str) -> Task:
 
 
 def available_tasks() -> list[str]:
-    from . import tasks  # noqa: F401
-
     return sorted(TASKS)

