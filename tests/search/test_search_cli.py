@@ -22,7 +22,7 @@ def test_search_cli(tmp_path, tiny_checkpoint, text_file, capsys):
     args = ["-q", "search", "--model", str(model), "--scores", str(scores), "--target-params", "0.7",
             "--tolerance", "0.1", "--data", str(text_file), "--seq-len", "32", "--heldout-samples", "4",
             "--top-k", "2", "--distill-tokens", "128", "--batch-size", "2", "--micro-batch-size", "2",
-            "--precision", "fp32", "--num-layers", "4,3", "--ffn-hidden-sizes", "96,80,64,48,32",
+            "--precision", "fp32", "--num-hidden-layers", "4,3", "--intermediate-size", "96,80,64,48,32",
             "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -40,7 +40,7 @@ def test_search_with_no_candidate_is_a_clear_error(tmp_path, tiny_checkpoint, te
     model = tiny_checkpoint("llama")
     scores = _importance(tmp_path, model, text_file)
     code = main(["-q", "search", "--model", str(model), "--scores", str(scores), "--target-params", "0.5",
-                 "--tolerance", "0.01", "--ffn-hidden-sizes", "96,88", "--data", str(text_file), "--seq-len", "32",
+                 "--tolerance", "0.01", "--intermediate-size", "96,88", "--data", str(text_file), "--seq-len", "32",
                  "--out", str(tmp_path / "s")])
     assert code == 2
     err = capsys.readouterr().err

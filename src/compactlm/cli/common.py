@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import DEFAULT_MODEL, DataSection
 from ..distill.validate import check_blocks_fit, position_problems
 from ..errors import CompactLMError
-from ..models import DEFAULT_MODEL
+from .flags import add_flags, from_flags
+
+# The data section's fields under the flag names the verbs have always used (--config alone would be ambiguous).
+DATA_FLAGS = {"source": "--data", "config": "--data-config", "split": "--data-split"}
 
 
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", default: str | None = DEFAULT_MODEL) -> None:
@@ -35,16 +39,11 @@ def model_from_args(args: argparse.Namespace, name: str | None = None, **kwargs)
                       **options)
 
 
-def add_data_args(parser: argparse.ArgumentParser, required: bool = True, samples: int | None = 256, seq_len: int = 512) -> None:
+def add_data_args(parser: argparse.ArgumentParser, samples: int | None = 256, heldout: bool = False) -> None:
+    """The data flags of a recipe's ``data`` section (``--data``, ``--seq-len``, ...), plus ``--samples``."""
     group = parser.add_argument_group("data")
-    group.add_argument("--data", required=required,
-                       help=".txt/.jsonl file, folder of them, saved dataset dir, or Hugging Face datasets name")
-    group.add_argument("--data-config", default=None, help="datasets config name (e.g. wikitext-2-raw-v1)")
-    group.add_argument("--data-split", default="train", help="datasets split (default: %(default)s)")
-    group.add_argument("--text-field", default="text", help="text field of .jsonl rows / dataset columns (default: %(default)s)")
+    add_flags(group, DataSection, skip=() if heldout else ("heldout_samples",), names=DATA_FLAGS)
     group.add_argument("--samples", type=int, default=samples, help="number of sequences (default: %(default)s)")
-    group.add_argument("--seq-len", type=int, default=seq_len, help="tokens per sequence (default: %(default)s)")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -58,9 +57,10 @@ def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_sample
 
     if model is not None:
         refuse_misfit(position_problems(args.seq_len, model.config))   # before reading any text
-    blocks = load_blocks(args.data, tokenizer, seq_len=args.seq_len, num_samples=args.samples,
-                         heldout_samples=heldout_samples, seed=args.seed, text_field=args.text_field,
-                         dataset_config=args.data_config, split=args.data_split)
+    data = from_flags(DataSection, args, names=DATA_FLAGS)
+    blocks = load_blocks(data.source, tokenizer, seq_len=data.seq_len, num_samples=args.samples,
+                         heldout_samples=heldout_samples, seed=data.seed, text_field=data.text_field,
+                         dataset_config=data.config, split=data.split)
     if model is not None:
         refuse_misfit(check_blocks_fit(blocks.train, model.config))
     return blocks

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import ArchitectureArgs, SearchArgs
 from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args,
                      model_from_args)
+from .flags import OLD_AXIS_FLAGS, add_flags, from_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--scores", help="directory written by `compactlm importance`")
     p.add_argument("--plan", help="replay an existing prune_plan.json instead of planning from --scores")
-    p.add_argument("--hidden-size", type=int, help="target hidden (embedding) size")
-    p.add_argument("--ffn-hidden-size", type=int, help="target MLP intermediate size")
-    p.add_argument("--num-attention-heads", type=int, help="target query heads (a multiple of the KV groups)")
-    p.add_argument("--num-kv-heads", type=int, help="target KV groups (drops whole groups; default keeps all)")
-    p.add_argument("--num-layers", type=int, help="target number of layers")
-    p.add_argument("--aggregation", default="l2,mean", help="batch,seq aggregation: mean|l2|var each (default: %(default)s)")
-    p.add_argument("--depth-metric", default="bi", help="bi | loss | block (default: %(default)s)")
+    add_flags(p.add_argument_group("target architecture (an axis left out keeps the source size)"), ArchitectureArgs,
+              aliases=OLD_AXIS_FLAGS)
+    add_flags(p.add_argument_group("selection"), SearchArgs, only=("aggregation", "depth_metric"))
     add_output_args(p)
     p.set_defaults(func=run_prune)
 
@@ -50,7 +48,7 @@ def run_importance(args: argparse.Namespace) -> int:
     from ..importance import estimate_importance
     from ..io import check_output_dir
 
-    check_output_dir(args.out, args.overwrite, inputs=[args.model, args.data])  # refuse before any heavy work
+    check_output_dir(args.out, args.overwrite, inputs=[args.model, args.source])  # refuse before any heavy work
     if args.batch_size <= 0 or args.layer_loss_samples < 0 or args.samples <= 0 or args.seq_len < 2:
         raise CompactLMError(f"--batch-size and --samples must be > 0, --seq-len >= 2 and --layer-loss-samples >= 0 "
                              f"(got {args.batch_size}, {args.samples}, {args.seq_len}, {args.layer_loss_samples}).")
@@ -76,7 +74,7 @@ def run_prune(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.plan])
     if bool(args.scores) == bool(args.plan):
         raise CompactLMError("Give exactly one of --scores (plan from importance) or --plan (replay a prune_plan.json).")
-    target = PruneTarget(args.hidden_size, args.ffn_hidden_size, args.num_attention_heads, args.num_kv_heads, args.num_layers)
+    target = PruneTarget(**vars(from_flags(ArchitectureArgs, args)))
     scores = ImportanceScores.load(args.scores) if args.scores else None
     plan = PrunePlan.load(args.plan) if args.plan else None
     if scores is not None:  # validate the target before loading the model

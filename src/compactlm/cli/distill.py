@@ -12,52 +12,22 @@ import logging
 import math
 import os
 
-from ..distill.config import LossArgs, TrainArgs, field_help, parse_tokens, steps_for_tokens
+from ..config import DataSection, LossArgs, TrainArgs
+from ..distill.config import parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
 from ..models import DEFAULT_MODEL
-from .common import add_trust_args, model_from_args, refuse_misfit
+from .common import DATA_FLAGS, add_trust_args, model_from_args, refuse_misfit
+from .flags import add_flags, from_flags
 
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int}
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per dataclass field; the field's docstring is the help (litgpt style)."""
-    group = parser.add_argument_group(title)
-    docs = field_help(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag, help_text = "--" + f.name.replace("_", "-"), docs.get(f.name, "").replace("%", "%%")
-        if f.type == "bool":
-            group.add_argument(flag, action="store_true", help=help_text)
-        elif f.type == "list[int] | None":
-            group.add_argument(flag, type=_int_list, default=None, help=help_text)
-        else:
-            group.add_argument(flag, type=_TYPES[f.type], default=f.default, help=f"{help_text} (default: %(default)s)")
-
-
-def _from_args(cls: type, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+# finetune trains with the plain LM loss: the logit-loss options do not apply
+NOT_FOR_FINETUNE = ("loss", "temperature", "top_k", "js_beta", "clm_weight", "intermediate", "layer_map")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("data")
-    group.add_argument("--data", required=True, help=".txt/.jsonl file, folder of them, saved dataset dir or datasets name")
-    group.add_argument("--data-config", default=None, help="datasets config name (e.g. wikitext-103-raw-v1)")
-    group.add_argument("--data-split", default="train", help="datasets split (default: %(default)s)")
-    group.add_argument("--text-field", default="text", help="text field of .jsonl rows / dataset columns (default: %(default)s)")
+    add_flags(group, DataSection, skip=("seed",), names=DATA_FLAGS)
     group.add_argument("--tokens", type=parse_tokens, default=parse_tokens("400K"),
                        help="training token budget, e.g. 400K, 2M; more than the text holds means several passes (default: 400K)")
-    group.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default: %(default)s)")
-    group.add_argument("--heldout-samples", type=int, default=16,
-                       help="held-out sequences for validation loss/perplexity, disjoint from training (default: %(default)s)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, metrics.jsonl, and the final HF export")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out (same settings)")
@@ -71,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher model (default: %(default)s)")
     p.add_argument("--student", required=True, help="student checkpoint dir (e.g. `compactlm prune` output)")
     _add_common(p)
-    add_dataclass_args(p, LossArgs, "loss")
-    add_dataclass_args(p, TrainArgs, "training")
+    add_flags(p.add_argument_group("loss"), LossArgs)
+    add_flags(p.add_argument_group("training"), TrainArgs)
     p.set_defaults(func=run_distill)
 
     p = sub.add_parser("finetune", help="fine-tune a model with the plain LM loss (teacher correction)",
@@ -80,9 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "adapt the teacher to the distillation data before pruning.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model to fine-tune (default: %(default)s)")
     _add_common(p)
-    add_dataclass_args(p, LossArgs, "loss", skip=("loss", "temperature", "top_k", "js_beta", "clm_weight",
-                                                  "intermediate", "layer_map"))
-    add_dataclass_args(p, TrainArgs, "training")
+    add_flags(p.add_argument_group("loss"), LossArgs, skip=NOT_FOR_FINETUNE)
+    add_flags(p.add_argument_group("training"), TrainArgs)
     p.set_defaults(func=run_finetune)
 
 
@@ -97,17 +66,18 @@ def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs, *models)
     from ..distill.validate import position_problems
 
     refuse_misfit([p for m in models for p in position_problems(args.seq_len, m.config)])
+    data = from_flags(DataSection, args, names=DATA_FLAGS, seed=0)   # validated as a recipe's data section
     if args.tokens < args.seq_len * train_args.batch_size:
         raise CompactLMError(f"--tokens {args.tokens:,} is less than one batch ({train_args.batch_size} x {args.seq_len} "
                              f"tokens). Raise --tokens or lower --batch-size/--seq-len.")
-    blocks = load_blocks(args.data, tokenizer, seq_len=args.seq_len, heldout_samples=args.heldout_samples, seed=0,
-                         text_field=args.text_field, dataset_config=args.data_config, split=args.data_split)
+    blocks = load_blocks(data.source, tokenizer, seq_len=data.seq_len, heldout_samples=data.heldout_samples,
+                         seed=data.seed, text_field=data.text_field, dataset_config=data.config, split=data.split)
     wanted = math.ceil(args.tokens / args.seq_len)
     train = blocks.train[:wanted]  # the selection is a seeded permutation: a prefix is a smaller random sample
     steps = train_args.max_steps or steps_for_tokens(args.tokens, train_args.batch_size, args.seq_len)
     if wanted > train.shape[0]:
         logging.getLogger(__name__).info("%s holds %d blocks of %d tokens; %s tokens means %.1f passes",
-                                         args.data, train.shape[0], args.seq_len, f"{args.tokens:,}", wanted / train.shape[0])
+                                         args.source, train.shape[0], args.seq_len, f"{args.tokens:,}", wanted / train.shape[0])
     meta = {**blocks.describe(), "train_samples": int(train.shape[0]), "token_budget": args.tokens}
     return train, blocks.heldout, dataclasses.replace(train_args, max_steps=steps), meta
 
@@ -142,9 +112,9 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..distill import make_loss, train
 
     _quiet_other_ranks()
-    loss_args, train_args = _from_args(LossArgs, args), _from_args(TrainArgs, args)
+    loss_args, train_args = from_flags(LossArgs, args), from_flags(TrainArgs, args)
     make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
-    _check_out(args, [args.teacher, args.student, args.data])
+    _check_out(args, [args.teacher, args.student, args.source])
     teacher, tokenizer = model_from_args(args, args.teacher, device="cpu")
     student, student_tok = model_from_args(args, args.student, device="cpu")
     train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args, teacher, student)
@@ -158,9 +128,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..distill import train
 
     _quiet_other_ranks()
-    loss_args = dataclasses.replace(_from_args(LossArgs, args), clm_weight=1.0, intermediate="off")
-    train_args = _from_args(TrainArgs, args)
-    _check_out(args, [args.model, args.data])
+    loss_args = from_flags(LossArgs, args, clm_weight=1.0, intermediate="off")
+    train_args = from_flags(TrainArgs, args)
+    _check_out(args, [args.model, args.source])
     model, tokenizer = model_from_args(args, device="cpu")
     train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args, model)
     student_dir = args.model if os.path.isdir(args.model) else None

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import torch
 
 from ..arch import Architecture, adapter_for
+from ..config import AXES
 from ..errors import CompactLMError, unknown_name
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation
 from .plan import PrunePlan
@@ -32,10 +33,8 @@ class PruneTarget:
     def resolve(self, source: Architecture, where: str = "") -> Architecture:
         """Validate against ``source`` and return the full target architecture; ``where`` says where ``source`` came from."""
         problems = []
-        flags = {"hidden_size": "--hidden-size", "intermediate_size": "--ffn-hidden-size",
-                 "num_attention_heads": "--num-attention-heads", "num_key_value_heads": "--num-kv-heads",
-                 "num_hidden_layers": "--num-layers"}
-        for name, flag in flags.items():
+        for name in AXES:
+            flag = "--" + name.replace("_", "-")
             value, limit = getattr(self, name), getattr(source, name)
             if value is None:
                 continue
@@ -44,7 +43,7 @@ class PruneTarget:
             elif value > limit:
                 problems.append(f"{flag}={value} is larger than the source model's {name}={limit}{where}; "
                                 f"pruning only shrinks")
-        target = source.replace(**{k: getattr(self, k) for k in flags})
+        target = source.replace(**{k: getattr(self, k) for k in AXES})
         if not problems:
             heads, groups = target.num_attention_heads, target.num_key_value_heads
             per_group = source.num_attention_heads // source.num_key_value_heads

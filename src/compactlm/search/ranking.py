@@ -15,17 +15,18 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..distill import LossArgs, TrainArgs, distill
+from ..config import LossArgs, SearchArgs, TrainArgs
+from ..distill import distill
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
 from ..hardware import precision_for
-from ..importance import DEFAULT_AGGREGATION, ImportanceScores, lm_loss
+from ..importance import ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, make_plan
@@ -41,42 +42,11 @@ TABLE_COLUMNS = ("name", *AXES, "params", "params_fraction", "proxy_loss", "prox
 
 
 @dataclass
-class SearchArgs:
-    """What to search and how to rank."""
-
-    target_params: str = "0.667"
-    """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
-    tolerance: float = 0.05
-    """candidates lie within target x (1 ± tolerance) (paper: 5%)"""
-    space: dict | None = None
-    """explicit sizes per axis ({hidden_size: [...], ...}); axes left out keep the teacher's size; None derives one"""
-    max_depth_cut: float = 0.2
-    """derived space: remove at most this fraction of the layers"""
-    prune_kv_heads: bool = False
-    """derived space: also try fewer KV groups"""
-    max_candidates: int | None = 24
-    """keep at most this many candidates, those nearest the target (bounds the proxy's cost)"""
-    top_k: int = 3
-    """candidates, best by proxy, that get the short distillation; 0 picks the best proxy"""
-    distill_tokens: int = 65536
-    """tokens of the short distillation each of the top_k candidates gets (the same for all)"""
-    aggregation: str = ",".join(DEFAULT_AGGREGATION)
-    """batch,seq aggregation of the activation scores used to prune each candidate"""
-    depth_metric: str = "bi"
-    """layers to drop: bi, loss or block"""
-
-
-@dataclass
 class SearchResult:
     rows: list[dict]
     winner: dict
     out_dir: Path
     rank_correlation: float | None = None   # Spearman, proxy vs retrained ranks of the retrained candidates
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def target(self) -> PruneTarget:
-        return PruneTarget(**{a: self.winner[a] for a in AXES})
 
 
 def candidates_for(scores: ImportanceScores, teacher_config, args: SearchArgs) -> tuple[list[Candidate], int]:
@@ -84,7 +54,7 @@ def candidates_for(scores: ImportanceScores, teacher_config, args: SearchArgs) -
     source = scores.architecture
     layout = parameter_layout(teacher_config)
     target = parse_param_target(args.target_params, count_parameters(source, layout))
-    space = (SearchSpace.from_dict(args.space, source) if args.space else
+    space = (SearchSpace.from_dict(args.space.given(), source) if args.space else
              SearchSpace.derive(source, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
     return enumerate_candidates(space, source, layout, teacher_config.model_type, target, args.tolerance,
                                 args.max_candidates), target
@@ -152,8 +122,9 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     """
     args, train_args, loss = args or SearchArgs(), train_args or TrainArgs(), loss or LossArgs()
     scores.check_matches(teacher)
-    if args.top_k < 0:
-        raise CompactLMError(f"top_k={args.top_k}: expected 0 or more candidates to retrain.")
+    if train_args.max_steps is not None:
+        raise CompactLMError(f"train_args.max_steps={train_args.max_steps}: the search sets the steps of its short "
+                             f"distillations from args.distill_tokens ({args.distill_tokens:,}); leave max_steps unset.")
     if args.top_k and train_blocks is None:
         raise CompactLMError("The short distillation of the top candidates needs training blocks; pass train_blocks "
                              "or set top_k to 0.")
@@ -206,7 +177,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
         again = resume and latest_checkpoint(run_dir / "retrained") is not None
         result = distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
-                         loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps, "val_every": 0}),
+                         loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps}),
                          student_dir=run_dir, resume=again, overwrite=not again)
         result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
         state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size, proxy_precision.bf16)

@@ -14,15 +14,13 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..arch import Architecture, adapter_for
+from ..config import AXES, SHORT
 from ..errors import CompactLMError
 from ..readers import clip
 from .params import ParamLayout, count_parameters
 
 logger = logging.getLogger(__name__)
 
-AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
-SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
-         "num_hidden_layers": "l"}
 
 
 @dataclass(frozen=True)

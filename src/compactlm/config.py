@@ -1,0 +1,408 @@
+"""Every option of compactlm in one place: the ``*Args`` of the API and the sections of a recipe.
+
+Each option is a field of a pydantic dataclass (``extra="forbid"``): its type validates YAML
+recipes, ``--set`` overrides and Python callers alike, and its docstring is its ``--help`` (the
+CLI flags are derived from these fields by :mod:`compactlm.cli.flags`). The classes stay
+dataclasses, so ``dataclasses.replace``/``asdict``/``fields`` work on them (and validate).
+
+Why pydantic v2 rather than jsonargparse (litgpt's choice): recipes have lists of sections
+(``steps``) and keys that must be refused with the key path, the value and what was expected;
+pydantic reports exactly that (``loc``, ``input``, ``msg``) for nested lists and dataclasses,
+and is already installed with the evaluation extras, while argparse stays the CLI engine the
+verbs already use.
+
+Types: integers are strict (``seq_len: fast``, ``limit: 1K`` and ``true`` are refused); only
+token-count fields (:data:`Tokens`) read ``256K``/``2M``. The architecture axes carry the
+Hugging Face config names (:data:`AXES`) everywhere: API, YAML, CLI flags and JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from .errors import CompactLMError
+from .readers import clip
+
+CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+# The architecture axes, by their Hugging Face config names: the one vocabulary of compactlm.
+AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+# Letters of the candidate ids (h576-f1536-a9-kv3-l26): ids, not keys; every key is spelled as in AXES.
+SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
+         "num_hidden_layers": "l"}
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_AGGREGATION = "l2,mean"
+MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)
+
+
+def parse_tokens(text: str | int) -> int:
+    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
+    if isinstance(text, bool):
+        raise CompactLMError(f"{text!r} is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", str(text))
+    if not match:
+        raise CompactLMError(f"'{clip(str(text), 40)}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
+    count = float(match.group(1)) * scale
+    if count > MAX_TOKENS:
+        raise CompactLMError(f"'{clip(str(text), 40)}' is {count:.3g} tokens, more than the {MAX_TOKENS:.0e} compactlm "
+                             f"accepts; expected e.g. 400K, 2M or 1B.")
+    return int(count)
+
+
+def _tokens(value):
+    try:
+        return parse_tokens(value)
+    except CompactLMError as err:
+        raise ValueError(str(err)) from None
+
+
+def _text(value):
+    """A number written where text is expected (``target_params: 0.667``) is read as its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+Int = Annotated[int, Strict()]
+"""an integer; ``"32"``, ``32.0``, ``true`` and ``1K`` are refused"""
+Count = Annotated[int, Strict(), Field(ge=1)]
+"""an integer >= 1"""
+Bool = Annotated[bool, Strict()]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+"""a fraction in [0, 1)"""
+class TokenCount:
+    """Marks a token-count field (its CLI flag parses 400K/2M too)."""
+
+
+Tokens = Annotated[int, BeforeValidator(_tokens), TokenCount()]
+"""a token count: 262144, 256K, 2M or 1.5e6"""
+ParamTarget = Annotated[str, BeforeValidator(_text)]
+"""a parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+# ---- distillation -----------------------------------------------------------------------------------
+
+@dataclass(config=CONFIG)
+class LossArgs:
+    """What the student learns from."""
+
+    loss: str = "forward_kl"
+    """logit loss: forward_kl (KL(teacher||student), the paper's best), reverse_kl, js, mse, cosine"""
+    temperature: float = 1.0
+    """softmax temperature τ of the logit loss (the loss is multiplied by τ²)"""
+    top_k: Int | None = None
+    """use only the teacher's K largest logits (forward_kl only; the paper finds K <= 100 hurts)"""
+    js_beta: float = 0.5
+    """β of the Jensen–Shannon loss"""
+    clm_weight: float = 0.0
+    """weight of the student's next-token cross-entropy added to the logit loss (paper: 0)"""
+    chunk_size: Int = 512
+    """tokens per chunk of LM head + loss, bounding the fp32 (tokens x vocab) memory; 0 = no chunking"""
+    intermediate: Literal["auto", "on", "off"] = "auto"
+    """intermediate-state loss: auto (on when the student has fewer layers than the teacher), on, off"""
+    layer_map: list[Int] | None = None
+    """teacher layer index of every student layer (default: prune_plan.json kept.layers)"""
+
+
+@dataclass(config=CONFIG)
+class TrainArgs:
+    """How the student is optimised; defaults follow docs/method.md, scaled to short runs."""
+
+    lr: float = 1e-4
+    """peak learning rate (AdamW, cosine schedule)"""
+    min_lr: float = 1e-5
+    """learning rate at the end of the cosine decay"""
+    warmup_steps: Int | None = None
+    """linear warm-up steps (default: min(40, 10% of the steps))"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    batch_size: Count = 8
+    """global batch in sequences per optimizer step (all processes, all accumulation steps)"""
+    micro_batch_size: Count = 4
+    """sequences per forward/backward on one process; gradient accumulation makes up the rest"""
+    max_steps: Int | None = None
+    """optimizer steps (default: as many as the token budget buys, or one pass over the training blocks)"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this value (0 = off)"""
+    precision: Precision = "auto"
+    """auto (bf16 where the device runs it natively and a micro-benchmark of this model's GEMMs finds it faster,
+    else fp32), bf16 (autocast, fp32 master weights) or fp32"""
+    teacher_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """teacher weights: bf16, fp32 or auto (bf16 when the training precision is bf16)"""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto (the local rank's GPU if any)"""
+    seed: Int = 0
+    """seed of the data order and of any random initialisation"""
+    val_every: Int = 50
+    """validate on the held-out blocks every N steps (and at start and end; 0 = start and end only)"""
+    checkpoint_every: Int = 50
+    """write a checkpoint every N steps (and on SIGINT/SIGTERM; 0 = only then and at the end)"""
+    keep_checkpoints: Int = 2
+    """number of newest checkpoints kept"""
+    export_checkpoints: Bool = False
+    """also write a loadable Hugging Face export inside every checkpoint"""
+    log_to: str = ""
+    """extra metric loggers besides metrics.jsonl: tensorboard, wandb (comma-separated)"""
+
+    def warmup(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return max(1, min(40, total_steps // 10))
+
+
+# ---- architecture and search ------------------------------------------------------------------------
+
+@dataclass(config=CONFIG)
+class ArchitectureArgs:
+    """Target sizes by their Hugging Face config names; an axis left out keeps the source size."""
+
+    hidden_size: Count | None = None
+    """hidden (embedding) channels"""
+    intermediate_size: Count | None = None
+    """MLP neurons per layer"""
+    num_attention_heads: Count | None = None
+    """query heads (a multiple of the KV groups)"""
+    num_key_value_heads: Count | None = None
+    """KV groups (whole groups are dropped)"""
+    num_hidden_layers: Count | None = None
+    """decoder layers"""
+
+
+@dataclass(config=CONFIG)
+class SearchSpaceArgs:
+    """Sizes to try per axis; an axis left out keeps the teacher's size."""
+
+    hidden_size: list[Count] | None = None
+    """hidden sizes to try"""
+    intermediate_size: list[Int] | None = None
+    """MLP sizes to try"""
+    num_attention_heads: list[Int] | None = None
+    """query-head counts to try"""
+    num_key_value_heads: list[Int] | None = None
+    """KV-group counts to try"""
+    num_hidden_layers: list[Int] | None = None
+    """layer counts to try"""
+
+    def given(self) -> dict[str, list[int]]:
+        return {a: v for a, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(config=CONFIG)
+class SearchArgs:
+    """What to search and how to rank."""
+
+    target_params: ParamTarget = "0.667"
+    """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
+    tolerance: Fraction = 0.05
+    """candidates lie within target x (1 ± tolerance) (paper: 5%)"""
+    space: SearchSpaceArgs | None = None
+    """explicit sizes per axis ({hidden_size: [...], ...}); axes left out keep the teacher's size; None derives one"""
+    max_depth_cut: Fraction = 0.2
+    """derived space: remove at most this fraction of the layers"""
+    prune_kv_heads: Bool = False
+    """derived space: also try fewer KV groups"""
+    max_candidates: Count | None = 24
+    """keep at most this many candidates, those nearest the target (bounds the proxy's cost)"""
+    top_k: Annotated[int, Strict(), Field(ge=0)] = 3
+    """candidates, best by proxy, that get the short distillation; 0 picks the best proxy"""
+    distill_tokens: Tokens = 65536
+    """tokens of the short distillation each of the top_k candidates gets (the same for all)"""
+    aggregation: str = DEFAULT_AGGREGATION
+    """batch,seq aggregation of the activation scores used to prune each candidate"""
+    depth_metric: str = "bi"
+    """layers to drop: bi, loss or block (or task:<name> when the scores hold that task)"""
+
+
+# ---- recipe sections ---------------------------------------------------------------------------------
+
+@dataclass(config=CONFIG)
+class DataSection:
+    source: str = "exllamav2:wiki"
+    """text: .txt/.jsonl file or folder, saved dataset, Hugging Face datasets name, exllamav2:<corpus>"""
+    config: str | None = None
+    """datasets config name (e.g. wikitext-2-raw-v1)"""
+    split: str = "train"
+    """datasets split"""
+    text_field: str = "text"
+    """text column / jsonl field"""
+    seq_len: Annotated[int, Strict(), Field(ge=2)] = 512
+    """tokens per block"""
+    heldout_samples: Count = 16
+    """blocks kept out of training: search proxy, validation and held-out perplexity"""
+    seed: Int = 0
+    """seed of the train/held-out split"""
+
+
+@dataclass(config=CONFIG)
+class CorrectionSection:
+    tokens: Tokens = 0
+    """teacher correction: fine-tune the teacher on the data for this many tokens first (0 = off)"""
+    lr: float = 2e-5
+    """peak learning rate of the correction (the follow-up paper: 1/5 of the original)"""
+    batch_size: Count = 8
+    micro_batch_size: Count = 4
+
+
+@dataclass(config=CONFIG)
+class ImportanceSection:
+    samples: Count = 64
+    """training blocks for the activation statistics"""
+    batch_size: Count = 8
+    """sequences per forward pass"""
+    layer_loss_samples: Int = 8
+    """blocks for the 'LM loss with layer i removed' metric (0 skips it)"""
+    seq_aggregations: str = "mean"
+    """sequence statistics to record (mean serves every BATCH,mean aggregation)"""
+
+
+@dataclass(config=CONFIG)
+class DistillSection:
+    tokens: Tokens = 262144
+    """distillation tokens of the chosen student"""
+    init: Literal["search", "pruned"] = "search"
+    """start from the search's short distillation of the winner (search) or from the plain prune (pruned)"""
+    loss: LossArgs = dataclasses.field(default_factory=LossArgs)
+    train: TrainArgs = dataclasses.field(default_factory=TrainArgs)
+
+
+@dataclass(config=CONFIG)
+class StepSection:
+    name: str = "student"
+    """folder of this step in the run directory"""
+    target_params: ParamTarget | None = "0.667"
+    """parameter budget of the search: a count (90M) or a fraction of this step's teacher (0.667)"""
+    architecture: ArchitectureArgs | None = None
+    """a fixed architecture instead of a search ({hidden_size: 512, num_hidden_layers: 24, ...})"""
+    search: SearchArgs = dataclasses.field(default_factory=SearchArgs)
+    distill: DistillSection = dataclasses.field(default_factory=DistillSection)
+
+
+@dataclass(config=CONFIG)
+class EvalSection:
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["ppl:exllamav2:c4"])
+    """compactlm eval task names (ppl:<text> for perplexity of other text)"""
+    limit: Count | None = 32
+    """examples (or perplexity windows) per task"""
+    window: Count = 512
+    """perplexity window in tokens"""
+    batch_size: Int = 8
+
+
+@dataclass(config=CONFIG)
+class ExportSection:
+    gguf: list[str] = dataclasses.field(default_factory=list)
+    """GGUF files of the final student for llama.cpp, one per type (e.g. [q8_0] or [f16, q8_0, q4_0]); [] = none"""
+    tokenizer_pre: str | None = None
+    """llama.cpp pre-tokenizer name, only needed when the teacher is not a GGUF file (its tokenizer is then converted)"""
+    evaluate: Bool = True
+    """score each GGUF file too (held-out perplexity and the eval tasks, through transformers' GGUF loader)"""
+
+
+@dataclass(config=CONFIG)
+class Recipe:
+    teacher: str = DEFAULT_MODEL
+    """built-in name, local checkpoint dir, .gguf file or Hugging Face id"""
+    dtype: str = "float32"
+    device: str = "cpu"
+    precision: Precision = "auto"
+    """importance, search proxy and evaluation: auto (bf16 where native and measured faster), bf16 or fp32;
+    distillation has its own steps[i].distill.train.precision (also auto by default)"""
+    trust_remote_code: Bool = False
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    correction: CorrectionSection = dataclasses.field(default_factory=CorrectionSection)
+    importance: ImportanceSection = dataclasses.field(default_factory=ImportanceSection)
+    steps: list[StepSection] = dataclasses.field(default_factory=lambda: [StepSection()])
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    export: ExportSection = dataclasses.field(default_factory=ExportSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- validation with errors that name the key ----------------------------------------------------------
+
+_EXPECTED = {"int_type": "expected an integer", "int_parsing": "expected an integer",
+             "int_from_float": "expected an integer", "float_type": "expected a float (e.g. 3e-4)",
+             "float_parsing": "expected a float (e.g. 3e-4)", "bool_type": "expected true or false",
+             "string_type": "expected text", "list_type": "expected a list",
+             "dataclass_type": "expected a mapping", "dataclass_args_type": "expected a mapping",
+             "unexpected_keyword_argument": "unknown key"}
+
+
+def key_path(loc: tuple, prefix: str = "") -> str:
+    """``('steps', 0, 'distill', 'tokens')`` → ``steps[0].distill.tokens``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal[")))):
+            path += f".{part}" if path else str(part)   # skips pydantic's union/validator labels
+    return path or "top level"
+
+
+def _message(error: dict, prefix: str, fields: dict[str, tuple[str, ...]]) -> str:
+    where = key_path(error["loc"], prefix)
+    kind = error["type"]
+    if kind == "unexpected_keyword_argument":
+        from .errors import unknown_name
+
+        parent, name = where.rpartition(".")[0], str(error["loc"][-1])
+        known = fields.get(re.sub(r"\[\d+\]", "", parent), ())
+        return f"'{clip(where, 80)}': " + str(unknown_name("key", clip(name, 80), known)).rstrip(".")
+    expected = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
+    expected = expected.rstrip(".")
+    if kind == "value_error":
+        return f"'{where}': {expected}"
+    return f"'{where}': {expected}, got {clip(repr(error.get('input')), 80)}"
+
+
+def _known_fields(cls: type, prefix: str = "", out: dict | None = None) -> dict[str, tuple[str, ...]]:
+    """Field names of ``cls`` and of every section inside it, by key path without indices."""
+    out = {} if out is None else out
+    out[prefix] = tuple(f.name for f in dataclasses.fields(cls))
+    for f in dataclasses.fields(cls):
+        inner = getattr(cls, "__pydantic_fields__")[f.name].annotation
+        for candidate in _section_types(inner):
+            _known_fields(candidate, f"{prefix}.{f.name}" if prefix else f.name, out)
+    return out
+
+
+def _section_types(hint) -> list[type]:
+    import typing
+
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return [hint]
+    return [t for a in typing.get_args(hint) for t in _section_types(a)]
+
+
+def validate(cls: type, values: dict | None, what: str = "recipe key", prefix: str = ""):
+    """An instance of the option class ``cls`` from a mapping; every problem names its key path and value."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise CompactLMError(f"{what} '{prefix or 'top level'}': expected a mapping, got {clip(values)}.")
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as err:
+        fields = _known_fields(cls)
+        problems = [_message(e, prefix, fields) for e in err.errors()]
+        raise CompactLMError(f"{what} " + f"; {what} ".join(problems) + ".") from None
+
+
+def replace(options, what: str = "option", **changes):
+    """``dataclasses.replace`` whose validation errors name the option (``what`` names the caller's vocabulary)."""
+    try:
+        return dataclasses.replace(options, **changes)
+    except ValidationError as err:
+        problems = [_message(e, "", {}) for e in err.errors()]
+        raise CompactLMError(f"{what} " + f"; {what} ".join(problems) + ".") from None
+
+
+__all__ = ["AXES", "ArchitectureArgs", "CorrectionSection", "DataSection", "DistillSection", "EvalSection",
+           "ExportSection", "ImportanceSection", "LossArgs", "Recipe", "SearchArgs", "SearchSpaceArgs",
+           "StepSection", "TrainArgs", "Tokens", "parse_tokens", "validate"]
