@@ -111,7 +111,7 @@ class LossArgs:
 
 @dataclass(config=CONFIG)
 class TrainArgs:
-    """How the student is optimised; defaults follow docs/method.md, scaled to short runs."""
+    """How the student is optimised; defaults follow docs/method.md §4, scaled to short runs."""
 
     lr: float = 1e-4
     """peak learning rate (AdamW, cosine schedule)"""
@@ -216,6 +216,37 @@ class SearchArgs:
     """batch,seq aggregation of the activation scores used to prune each candidate"""
     depth_metric: str = "bi"
     """layers to drop: bi, loss or block (or task:<name> when the scores hold that task)"""
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+
+@dataclass(config=CONFIG)
+class EvalArgs:
+    """How ``compactlm eval`` scores a model (the recipe's ``eval`` section is the short form of this)."""
+
+    tasks: list[str] = dataclasses.field(default_factory=lambda: [
+        "wikitext2", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "piqa", "lambada", "boolq", "mmlu"])
+    """comma-separated task names, or ppl:FILE / ppl:DATASET:CONFIG:SPLIT"""
+    limit: Count | None = None
+    """examples per task (per subject for mmlu, windows for perplexity)"""
+    first_n: Bool = False
+    """with --limit take the first N examples, as lm-eval --limit does, instead of a seeded random subset"""
+    seed: Int = 1234
+    """subsampling seed for --limit"""
+    batch_size: Count = 16
+    """sequences per forward pass"""
+    precision: Precision = "auto"
+    """auto | bf16 | fp32: bf16 autocast where the device runs it natively and it is measured faster at this
+    model's shapes (auto), always, or never"""
+    window: Annotated[int, Strict(), Field(ge=2)] = 2048
+    """perplexity window length in tokens"""
+    stride: Count | None = None
+    """perplexity window step (default: the window, i.e. no overlap)"""
+    share_prefix: Bool = True
+    """score the shared context of a question's options once (--no-share-prefix: every option in full, in the
+    harness's order; slower, for cross-checks)"""
+    data_dir: str | None = None
+    """folder with local task files (default: $COMPACTLM_DATA_DIR)"""
 
 
 # ---- recipe sections ---------------------------------------------------------------------------------
@@ -404,5 +435,5 @@ def replace(options, what: str = "option", **changes):
 
 
 __all__ = ["AXES", "ArchitectureArgs", "CorrectionSection", "DataSection", "DistillSection", "EvalSection",
-           "ExportSection", "ImportanceSection", "LossArgs", "Recipe", "SearchArgs", "SearchSpaceArgs",
+           "EvalArgs", "ExportSection", "ImportanceSection", "LossArgs", "Recipe", "SearchArgs", "SearchSpaceArgs",
            "StepSection", "TrainArgs", "Tokens", "parse_tokens", "validate"]

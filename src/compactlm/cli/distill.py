@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_distill)
 
     p = sub.add_parser("finetune", help="fine-tune a model with the plain LM loss (teacher correction)",
-                       description="Next-token cross-entropy with the distillation trainer; METHOD.md §4 uses it to "
+                       description="Next-token cross-entropy with the distillation trainer; docs/method.md §4 uses it to "
                                    "adapt the teacher to the distillation data before pruning.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model to fine-tune (default: %(default)s)")
     _add_common(p)

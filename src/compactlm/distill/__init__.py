@@ -1,4 +1,4 @@
-"""Distillation: retrain a pruned student against its teacher (METHOD.md §4), or fine-tune a model.
+"""Distillation: retrain a pruned student against its teacher (docs/method.md §4), or fine-tune a model.
 
 ``losses``        logit losses registered by name; chunked LM-head + loss evaluation
 ``intermediate``  hidden-state matching for depth-pruned students

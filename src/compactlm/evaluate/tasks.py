@@ -160,7 +160,7 @@ LAMBADA_OPENAI = TargetTask(
     description="LAMBADA (OpenAI) test, last word: greedy acc and perplexity",
 )
 
-# --- WikiText-2: rows joined with "\n\n", tokenised once (METHOD.md section 7) -------------
+# --- WikiText-2: rows joined with "\n\n", tokenised once (docs/method.md §6) ----------
 
 
 def _read_wikitext(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Activation-based importance of heads, neurons, hidden channels and layers (METHOD.md §2)."""
+"""Activation-based importance of heads, neurons, hidden channels and layers (docs/method.md §2)."""
 
 from .aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, parse_aggregation
 from .estimate import estimate_importance, lm_loss

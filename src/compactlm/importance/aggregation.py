@@ -1,4 +1,4 @@
-"""Streaming aggregation of activations into per-channel importance (METHOD.md §2).
+"""Streaming aggregation of activations into per-channel importance (docs/method.md §2).
 
 An activation tensor ``x`` of shape (B, S, C) is reduced first over the sequence, per row
 (``seq`` aggregation), then over rows, per channel (``batch`` aggregation). Both take

@@ -1,4 +1,4 @@
-"""The importance pass: forward-only calibration over token blocks (METHOD.md §2)."""
+"""The importance pass: forward-only calibration over token blocks (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Forward hooks that stream activations into importance statistics (no gradients, no storage).
 
-Sites (METHOD.md §2): the input of ``down_proj`` (MLP neurons), the input of ``o_proj``
+Sites (docs/method.md §2): the input of ``down_proj`` (MLP neurons), the input of ``o_proj``
 (concatenated head outputs), the outputs of the two hidden norms of every layer (hidden
 channels), and the residual stream before/after every layer (Block Importance).
 """

@@ -1,4 +1,4 @@
-"""Structured pruning along width (hidden, heads, KV groups, MLP) and depth (METHOD.md §3)."""
+"""Structured pruning along width (hidden, heads, KV groups, MLP) and depth (docs/method.md §3)."""
 
 from .apply import apply_plan, prune_state_dict
 from .plan import PLAN_FILE, PrunePlan

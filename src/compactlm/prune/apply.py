@@ -3,7 +3,7 @@
 Pruning is a pure state-dict transformation followed by ``from_config`` +
 ``load_state_dict(strict=True)``: the new model is an ordinary transformers model with
 renumbered ``layer_idx``, correct tying and no custom code. Which rows/columns each weight
-loses is decided here from the adapter's module names (METHOD.md §3):
+loses is decided here from the adapter's module names (docs/method.md §3):
 
 =================  =====================  ==========================
 weight             rows (dim 0)           columns (dim 1)

@@ -1,4 +1,4 @@
-"""The prune plan: the single, replayable record of what was cut (METHOD.md §3).
+"""The prune plan: the single, replayable record of what was cut (docs/method.md §3).
 
 JSON layout::
 

@@ -1,4 +1,4 @@
-"""From scores to a prune plan: which units each axis keeps (METHOD.md §3).
+"""From scores to a prune plan: which units each axis keeps (docs/method.md §3).
 
 ``select_units`` works on plain score tensors, so any criterion (activations, weight
 magnitude, random, gradients) can drive it; ``make_plan`` feeds it activation importance.

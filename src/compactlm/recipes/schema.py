@@ -6,7 +6,7 @@ errors that name the key path, the value and what was expected.
 A recipe is teacher + data + (teacher correction) + one or more compression steps + evaluation.
 Each step prunes the previous model (the teacher, then the previous step's student) to a
 parameter budget, found by search or given as a fixed architecture, and distills it. Several
-steps make iterative compression (teacher → medium → small, docs/method.md, best practice #1).
+steps make iterative compression (teacher → medium → small, docs/method.md §8, best practice 1).
 """
 
 from __future__ import annotations

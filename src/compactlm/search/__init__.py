@@ -1,4 +1,4 @@
-"""Architecture search within a parameter budget (METHOD.md §5).
+"""Architecture search within a parameter budget (docs/method.md §5).
 
 ``params``   exact analytic parameter count of any architecture of a supported family
 ``space``    search space (recipe lists or derived from the teacher) and candidate enumeration

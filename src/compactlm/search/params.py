@@ -1,4 +1,4 @@
-"""Exact parameter arithmetic for an architecture of a supported family (METHOD.md §5).
+"""Exact parameter arithmetic for an architecture of a supported family (docs/method.md §5).
 
 The search enumerates hundreds of architectures; building each model to count its weights
 would be slow, so the count is analytic. It is tested equal to ``parameter_breakdown`` of the

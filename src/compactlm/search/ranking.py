@@ -1,4 +1,4 @@
-"""Rank candidates: zero-shot proxy for all, the same short distillation for the best few (METHOD.md §5).
+"""Rank candidates: zero-shot proxy for all, the same short distillation for the best few (docs/method.md §5).
 
 Every candidate is pruned from the saved scores and scored by its held-out LM loss without
 retraining (the proxy). The ``top_k`` best by proxy each get the same short distillation; the

@@ -1,4 +1,4 @@
-"""The search space: candidate architectures within a parameter budget (METHOD.md §5).
+"""The search space: candidate architectures within a parameter budget (docs/method.md §5).
 
 A space is a list of sizes per axis, written in a recipe or derived from the teacher; the
 candidates are every combination that transformers accepts and whose exact parameter count
