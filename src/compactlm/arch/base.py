@@ -79,10 +79,6 @@ class ArchAdapter:
         """The transformer without the LM head (``model.model``)."""
         return model.get_submodule(self.layers.rsplit(".", 1)[0])
 
-    # -- parameter names ---------------------------------------------------------------
-    def layer_prefix(self, i: int) -> str:
-        return f"{self.layers}.{i}."
-
     # -- architecture & config ---------------------------------------------------------
     def architecture(self, config) -> Architecture:
         heads = config.num_attention_heads
