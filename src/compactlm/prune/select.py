@@ -8,27 +8,21 @@ Higher score = more important = kept.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
+from pydantic.dataclasses import dataclass
 
 from ..arch import Architecture, adapter_for
-from ..config import AXES
+from ..config import AXES, CONFIG, ArchitectureArgs
 from ..errors import CompactLMError, unknown_name
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation
 from .plan import PrunePlan
 
 
-@dataclass(frozen=True)
-class PruneTarget:
-    """Requested sizes; None keeps the source size on that axis."""
-
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    num_hidden_layers: int | None = None
+@dataclass(config=CONFIG)
+class PruneTarget(ArchitectureArgs):
+    """Requested sizes (the fields of :class:`compactlm.config.ArchitectureArgs`); None keeps the source size."""
 
     def resolve(self, source: Architecture, where: str = "") -> Architecture:
         """Validate against ``source`` and return the full target architecture; ``where`` says where ``source`` came from."""
