@@ -1,23 +1,22 @@
-"""Figures of a run (matplotlib, Agg backend): importance, search, training curves.
+"""Figures of a run: importance, search, training curves.
 
-Each function takes plain data and returns a ``Figure``; :mod:`.html` embeds them as PNG.
+Each function takes plain data and returns a ``matplotlib.figure.Figure``; :mod:`.html` embeds
+them as PNG. Figures are built with the object-oriented API, not pyplot: no global figure
+state to close and no backend chosen at import time (``savefig`` renders PNG with Agg).
 """
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import torch
+from matplotlib.figure import Figure
 
 KEPT, DROPPED = "#1f77b4", "#d62728"
 
 
 def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers: list[int]) -> Figure:
     """(L, I) neuron and (L, H) head scores per layer; each row normalised by its max, layers dropped marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.18 * neurons.shape[0] + 2), width_ratios=[3, 1])
+    fig = Figure(figsize=(12, 0.18 * neurons.shape[0] + 2))
+    axes = fig.subplots(1, 2, width_ratios=[3, 1])
     for ax, scores, title, unit in ((axes[0], neurons, "MLP neuron importance", "neuron"),
                                     (axes[1], heads, "query head importance", "head")):
         rows = scores.float() / scores.float().amax(dim=1, keepdim=True).clamp_min(1e-12)
@@ -35,7 +34,8 @@ def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers:
 
 def channel_importance(channels: torch.Tensor, kept: list[int] | None) -> Figure:
     """(E,) hidden-channel scores sorted, kept channels in blue, pruned in red."""
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig = Figure(figsize=(8, 3))
+    ax = fig.subplots()
     order = torch.argsort(channels, descending=True)
     kept_set = set(kept) if kept is not None else set(range(channels.numel()))
     colors = [KEPT if int(i) in kept_set else DROPPED for i in order]
@@ -52,7 +52,8 @@ def layer_importance(bi: torch.Tensor, loss: torch.Tensor | None, base_loss: flo
                      kept_layers: list[int]) -> Figure:
     """Block Importance and LM-loss increase when each layer alone is removed; dropped layers in red."""
     panels = 2 if loss is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3), squeeze=False)
+    fig = Figure(figsize=(6 * panels, 3))
+    axes = fig.subplots(1, panels, squeeze=False)
     colors = [KEPT if i in kept_layers else DROPPED for i in range(bi.numel())]
     axes[0][0].bar(range(bi.numel()), bi.numpy(), color=colors)
     axes[0][0].set_title("Block Importance 1 − cos(h_i, h_i+1)")
@@ -70,7 +71,8 @@ def layer_importance(bi: torch.Tensor, loss: torch.Tensor | None, base_loss: flo
 
 def search_scatter(rows: list[dict]) -> Figure:
     """Proxy loss against parameters for every candidate; retrained ones and the winner marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     params = [r["params"] / 1e6 for r in rows]
     ax.scatter(params, [r["proxy_loss"] for r in rows], color="#999999", label="proxy (pruned, no retraining)")
     retrained = [r for r in rows if r.get("retrained_loss") is not None]
@@ -97,7 +99,8 @@ def training_curves(runs: dict[str, tuple[list[dict], int]]) -> Figure:
     ``runs`` maps a label to (metrics.jsonl records, tokens the model had already seen when the
     run started): a student that continues a search candidate's distillation starts further right.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+    fig = Figure(figsize=(12, 3.5))
+    axes = fig.subplots(1, 2)
     for label, (records, offset) in runs.items():
         train = [(offset + r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r]
         tokens_per_step = (train[0][0] - offset) / max(1, next(r["step"] for r in records if "loss" in r)) if train else 0
