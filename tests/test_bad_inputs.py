@@ -27,7 +27,7 @@ import yaml
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
 
-from conftest import make_char_tokenizer, make_tiny_model
+from helpers import make_char_tokenizer, make_tiny_model
 from recipes.run_fixtures import write_tiny_recipe
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Pruning keeps the important neurons. "

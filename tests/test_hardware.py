@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from compactlm import hardware
 from compactlm.errors import CompactLMError

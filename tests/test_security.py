@@ -18,7 +18,7 @@ import yaml
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from distill.distill_fixtures import one_thread  # noqa: F401  (autouse)
 from recipes.run_fixtures import write_tiny_recipe
 

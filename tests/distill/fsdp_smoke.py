@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_tiny_model  # noqa: E402
+from helpers import make_tiny_model  # noqa: E402
 
 from compactlm.distill.losses import ChunkedLogitLoss, make_loss  # noqa: E402
 from compactlm.distill.student import DistillModule  # noqa: E402

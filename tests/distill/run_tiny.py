@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest
-from conftest import make_tiny_model  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for helpers
+from helpers import make_tiny_model  # noqa: E402
 
 from compactlm.distill import LossArgs, TrainArgs, distill  # noqa: E402
 

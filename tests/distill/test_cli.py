@@ -7,7 +7,7 @@ import json
 import pytest
 from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
-from conftest import make_tiny_model, smollm2_available
+from helpers import make_tiny_model, smollm2_available
 
 from compactlm.cli import main
 from compactlm.cli.distill import parse_tokens

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, smollm2_available
+from helpers import SHARED_DATA, smollm2_available
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_quality.py"
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from transformers import AutoModelForCausalLM
 
 from compactlm.distill import TrainArgs, TrainingDiverged, distill, finetune

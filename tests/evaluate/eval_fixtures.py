@@ -19,6 +19,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tiny_lm():
     """A random 4-layer float64 Llama over the SmolLM2 vocabulary (49,152 tokens)."""
-    from conftest import make_tiny_model
+    from helpers import make_tiny_model
 
     return make_tiny_model("llama", vocab_size=49152, max_position_embeddings=512)

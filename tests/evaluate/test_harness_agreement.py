@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import smollm2_available
+from helpers import smollm2_available
 
 ROOT = Path(__file__).resolve().parents[2]
 

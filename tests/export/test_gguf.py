@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError

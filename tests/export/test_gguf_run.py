@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from compactlm.cli import main
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from compactlm.arch import adapter_for
 from compactlm.importance import AGGREGATIONS, ImportanceScores, estimate_importance, lm_loss

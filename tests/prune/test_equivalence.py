@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 from compactlm.arch import adapter_for
 from compactlm.importance.hooks import SkipLayer

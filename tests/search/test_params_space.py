@@ -13,7 +13,7 @@ from compactlm.prune.apply import apply_plan
 from compactlm.search import (SearchSpace, count_parameters, enumerate_candidates, parameter_counts,
                               parameter_layout, parse_param_target, spearman)
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 
 TARGETS = [
     {},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import smollm2_available
+from helpers import smollm2_available
 
 from compactlm import estimate_importance, lm_loss, load_model, prune
 from compactlm.export.gguf import export_gguf

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import smollm2_available
+from helpers import smollm2_available
 
 from compactlm.cli import main
 
