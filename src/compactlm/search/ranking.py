@@ -165,13 +165,10 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     by_proxy = sorted(candidates, key=lambda c: state["proxy"][c.name])
 
     # ---- the same short distillation for the top_k ------------------------------------------------------
-    # The trainer casts the teacher to bf16 in place, so every student is pruned before the first run:
-    # all candidates then start from the same full-precision weights.
-    pending = [c for c in by_proxy[:args.top_k] if c.name not in state["retrained"]]
-    students = {c.name: prune_candidate(teacher, scores, c, args) for c in pending}
-    for candidate in pending:
+    # The trainer leaves the teacher as it was, so each student is pruned just before its run (one in memory).
+    for candidate in [c for c in by_proxy[:args.top_k] if c.name not in state["retrained"]]:
         logger.info("search: distilling %s for %d steps", candidate.name, steps)
-        student, plan = students.pop(candidate.name)
+        student, plan = prune_candidate(teacher, scores, candidate, args)
         run_dir = out_dir / candidate.name
         run_dir.mkdir(parents=True, exist_ok=True)
         plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
