@@ -32,6 +32,7 @@ import torch
 
 from compactlm.distill.losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
 from compactlm.distill.student import DistillModule
+from compactlm.distill.teacher import TeacherOutputs
 from compactlm.hardware import (PRECISIONS, choose_precision, device_kind, forward_flops_per_token, measured_rates,
                                  mfu, train_flops_per_token)
 from compactlm.models import load_model
@@ -137,8 +138,8 @@ def main() -> None:
         with torch.no_grad(), amp:
             t_hidden = teacher.model(input_ids=ids, use_cache=False).last_hidden_state
         with amp:
-            out = kd(ids, t_hidden, teacher.lm_head, None, labels, mask, 1.0 / n, 0.0)
-        out["loss"].backward()
+            out = kd(ids, labels, mask, TeacherOutputs(t_hidden, teacher.lm_head), kd_scale=1.0 / n, clm_scale=0.0)
+        out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -182,8 +182,7 @@ class Context:
                              eval_windows=args.eval_windows or (2 if q else 32), calibration_blocks=4 if q else 32,
                              layer_loss_samples=2 if q else 8, taylor_batches=1 if q else 4,
                              candidates=3 if q else 6, lr=args.lr)
-        self.teacher, self.tok = load_model(args.model)
-        self.fp32_state = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
+        self.teacher, self.tok = load_model(args.model)   # distill() borrows it and hands it back unchanged
         self.adapter = adapter_for(self.teacher.config)
         self.source = self.adapter.architecture(self.teacher.config)
         self.layout = parameter_layout(self.teacher.config)
@@ -205,21 +204,13 @@ class Context:
     def scores(self):
         """Activation importance, once per run, with all three sequence aggregations recorded."""
         if self._scores is None:
-            self.restore()
             self._scores = estimate_importance(self.teacher, self.calibration, batch_size=4,
                                                layer_loss_samples=self.budget.layer_loss_samples,
                                                seq_aggregations="mean,l2,var", show_progress=False)
         return self._scores
 
-    def restore(self):
-        """``distill`` casts the teacher to bf16 in place: bring back the exact fp32 weights."""
-        if next(self.teacher.parameters()).dtype != torch.float32:
-            self.teacher.to(torch.float32)
-            self.teacher.load_state_dict(self.fp32_state)
-        return self.teacher.eval()
-
     def prune(self, plan: PrunePlan):
-        return apply_plan(self.restore(), plan)
+        return apply_plan(self.teacher, plan)
 
     def plan(self, target: PruneTarget, **kwargs) -> PrunePlan:
         return make_plan(self.scores, target, **kwargs)
@@ -310,7 +301,7 @@ def aggregation(ctx: Context) -> dict:
 @experiment("criteria", "activation-based importance beats random, weight magnitude and first-order Taylor "
             "(LLM-Pruner-style) importance, before and after retraining")
 def criteria(ctx: Context) -> dict:
-    teacher = ctx.restore()
+    teacher = ctx.teacher
     generator = torch.Generator().manual_seed(ctx.args.seed)
     s = ctx.source
     random = (torch.rand(s.num_hidden_layers, s.intermediate_size, generator=generator),
@@ -454,7 +445,7 @@ def ranking(ctx: Context) -> dict:
     marks = sorted({0, n // 4, n // 2, n})
     rows, curves = [], {}
     for candidate in _spread(candidates, ctx.budget.candidates):
-        student, plan = prune_candidate(ctx.restore(), ctx.scores, candidate, search_args)
+        student, plan = prune_candidate(ctx.teacher, ctx.scores, candidate, search_args)
         curve = {0: ctx.evaluate(student)}
 
         def on_step(step: int, student=student, curve=curve) -> None:

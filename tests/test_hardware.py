@@ -112,9 +112,9 @@ def test_trainer_records_and_resumes_in_the_chosen_precision(tmp_path, fake_rate
     assert settings["gemm_gflops"] == {"fp32": 100, "bf16": 400}
     # the same run resumed where auto would choose fp32 keeps bf16: resuming equals never stopping
     fake_rates(fp32=400, bf16=100, native=False)
-    from compactlm.distill.trainer import _recorded_precision
+    from compactlm.distill.checkpoint import recorded_precision
 
-    assert _recorded_precision(tmp_path / "run") == "bf16"
+    assert recorded_precision(tmp_path / "run") == "bf16"
 
 
 def test_native_bf16_override(monkeypatch):

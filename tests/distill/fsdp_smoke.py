@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import make_tiny_model  # noqa: E402
 
 from compactlm.distill.losses import ChunkedLogitLoss, make_loss  # noqa: E402
+from compactlm.distill.steps import next_token_labels  # noqa: E402
 from compactlm.distill.student import DistillModule  # noqa: E402
-from compactlm.distill.trainer import _labels  # noqa: E402
+from compactlm.distill.teacher import TeacherOutputs  # noqa: E402
 
 
 def main() -> None:
@@ -34,12 +35,12 @@ def main() -> None:
     n = ids.numel()
 
     def step(module: DistillModule, batch: torch.Tensor) -> torch.Tensor:
-        labels, mask = _labels(batch)
+        labels, mask = next_token_labels(batch)
         with torch.no_grad():
             t_hidden = teacher.model(input_ids=batch, use_cache=False).last_hidden_state
-        out = module(batch, t_hidden, teacher.lm_head, None, labels, mask, 1.0 / n, 0.1 / n)
-        out["loss"].backward()
-        return out["loss"].detach()
+        out = module(batch, labels, mask, TeacherOutputs(t_hidden, teacher.lm_head), kd_scale=1.0 / n, clm_scale=0.1 / n)
+        out.loss.backward()
+        return out.loss.detach()
 
     reference = DistillModule(copy.deepcopy(student), ChunkedLogitLoss(make_loss("forward_kl"), 5))
     ref_loss = step(reference, ids)

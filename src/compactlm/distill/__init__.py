@@ -2,9 +2,13 @@
 
 ``losses``        logit losses registered by name; chunked LM-head + loss evaluation
 ``intermediate``  hidden-state matching for depth-pruned students
-``trainer``       the recipe: AdamW + cosine, accumulation, bf16 autocast, validation, export
+``teacher``       the borrowed, frozen teacher (never cast in place) and its outputs
+``student``       student + losses in one module (what DDP wraps)
+``setup``         the run built once: precision, modules, optimizer, resume
+``steps``         one optimizer step's micro-batches, validation, a checkpoint
+``trainer``       the recipe: AdamW + cosine loop, NaN stop, signals, export
 ``checkpoint``    atomic, resumable checkpoints
-``distributed``   torchrun/accelerate process groups and the resumable sampler
+``distributed``   torchrun/accelerate process groups, the model wrapping, the resumable sampler
 """
 
 from .config import LossArgs, TrainArgs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,11 @@ from ..io import atomic_dir, write_json_atomic
 from ..readers import load_safetensors, read_json_object, reading
 
 logger = logging.getLogger(__name__)
+
+# Settings that change the arithmetic: a resumed run must use the same ones.
+RESUME_KEYS = ("loss", "temperature", "top_k", "js_beta", "clm_weight", "intermediate", "layer_map", "lr", "min_lr",
+               "warmup_steps", "weight_decay", "batch_size", "grad_clip", "precision", "teacher_dtype", "seed",
+               "total_steps", "num_blocks", "seq_len", "distill", "teacher_fingerprint", "data_fingerprint")
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -178,3 +184,43 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
         with reading(path / "optimizer.pt", "checkpoint optimizer file"):
             optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     return state, rng
+
+
+def recorded_precision(run_dir: str | Path) -> str | None:
+    """The precision the newest readable checkpoint was trained in (``auto`` is resolved once per run)."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_state(ckpt)["settings"].get("precision_used")
+        except CompactLMError:
+            continue
+    return None
+
+
+def resume_from(run_dir: str | Path, settings: dict, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                is_main: bool) -> tuple[Path, dict, list[dict]]:
+    """Load the newest checkpoint that loads: a damaged newest one is set aside (with a warning) for the one before.
+
+    Returns ``(checkpoint, trainer_state, per-rank rng states)``; refuses a checkpoint whose
+    :data:`RESUME_KEYS` settings differ from ``settings``.
+    """
+    found = list_checkpoints(run_dir)
+    for i, ckpt in enumerate(reversed(found)):
+        try:
+            state = read_state(ckpt)
+            changed = [f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS
+                       if state["settings"].get(k) != settings.get(k)]
+            if changed:
+                raise CheckpointMismatch(f"Cannot resume from '{ckpt}': settings differ ({'; '.join(changed)}). "
+                                         f"Use the original settings, teacher and data, or start afresh without "
+                                         f"--resume.")
+            state, rngs = load_checkpoint(ckpt, modules=modules, optimizer=optimizer)
+            return ckpt, state, rngs
+        except CheckpointMismatch:
+            raise
+        except CompactLMError as err:   # a damaged file: the checkpoint before it may be whole
+            if i == len(found) - 1:
+                raise
+            logger.warning("checkpoint %s cannot be loaded (%s); falling back to the one before it", ckpt, err)
+            if is_main:
+                ckpt.rename(ckpt.with_name(f".{ckpt.name}.damaged-{int(time.time())}"))
+    raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh.")

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..errors import CompactLMError
 
@@ -74,18 +76,29 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def wrap_model(module: nn.Module, info: DistInfo) -> nn.Module:
+    """``module`` as the training step calls it: itself for one process, DDP for several.
+
+    The one place that knows how the trainable module is parallelised: FSDP (sharding the
+    decoder layers, then the root, as ``tests/distill/fsdp_smoke.py`` does) plugs in here. The
+    step calls the result; validation, checkpoints and the export read the unwrapped ``module``.
+    """
+    if not info.distributed:
+        return module
+    device = info.device
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def no_sync(model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP); a no-op otherwise."""
+    if last_micro_batch or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 class StepSampler:

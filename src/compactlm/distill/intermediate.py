@@ -1,4 +1,4 @@
-"""Intermediate-state matching for depth-pruned students (METHOD.md §4, best practice #6).
+"""Intermediate-state matching for depth-pruned students (``docs/method.md`` §4, best practice #6).
 
 Student layer j came from teacher layer ``kept_layers[j]`` (the prune plan says so); the loss
 is the cosine distance between their outputs, plus the same for the embedding outputs. When
@@ -8,6 +8,8 @@ teacher width; that projection is trained and checkpointed but never exported.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -53,17 +55,29 @@ def layer_map_from_plan(plan: dict | None, student_layers: int, teacher_layers: 
 class StateRecorder:
     """Hooks that record the embedding output and chosen layer outputs on every forward.
 
+    Hooks exist only inside ``with recorder.attached():`` and are removed on exit, also on an
+    exception, so a model reused across runs never collects them (nor the activations they hold).
     ``pop()`` returns the ``1 + len(layers)`` recorded ``(B, T, H)`` tensors and clears them.
-    Hooks stay installed until :meth:`remove`.
     """
 
     def __init__(self, model: nn.Module, layers: list[int]) -> None:
-        adapter = adapter_for(model.config)
-        decoder_layers = adapter.decoder_layers(model)
+        self.model = model
         self.layers = list(layers)
         self._records: dict[int, torch.Tensor] = {}
-        self._handles = [model.get_submodule(adapter.embed_tokens).register_forward_hook(self._hook(-1))]
-        self._handles += [decoder_layers[i].register_forward_hook(self._hook(i)) for i in sorted(set(layers))]
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator["StateRecorder"]:
+        adapter = adapter_for(self.model.config)
+        decoder_layers = adapter.decoder_layers(self.model)
+        handles = []
+        try:
+            handles.append(self.model.get_submodule(adapter.embed_tokens).register_forward_hook(self._hook(-1)))
+            handles += [decoder_layers[i].register_forward_hook(self._hook(i)) for i in sorted(set(self.layers))]
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._records.clear()
 
     def _hook(self, key: int):
         def save(_module, _inputs, output):
@@ -74,13 +88,6 @@ class StateRecorder:
         states = [self._records[-1]] + [self._records[i] for i in self.layers]
         self._records.clear()
         return states
-
-    def clear(self) -> None:
-        self._records.clear()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
 
 
 class IntermediateStateLoss(nn.Module):

@@ -1,18 +1,15 @@
-"""The trainable side of a run: student + loss modules in one ``nn.Module``, and the export.
+"""The trainable side of a run: student + loss modules in one ``nn.Module``.
 
 Wrapping student, LM-head loss and intermediate-state projection in one module lets DDP see
 every trainable parameter, including the LM head that the chunked loss applies outside the
-student's own ``forward``.
+student's own ``forward``. The trained student is exported by
+:func:`compactlm.export.write_model_dir`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import sys
-import time
-from pathlib import Path
+import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,18 +17,30 @@ from torch import nn
 from ..arch import adapter_for
 from .intermediate import IntermediateStateLoss, StateRecorder
 from .losses import ChunkedLogitLoss
+from .teacher import TeacherOutputs
 
-PLAN_FILE = "prune_plan.json"
-PROVENANCE_FILE = "compactlm_provenance.json"
+
+@dataclass
+class DistillOutput:
+    """What :class:`DistillModule` returns for one micro-batch: the loss to backpropagate and its detached parts."""
+
+    loss: torch.Tensor
+    """scalar, differentiable: this micro-batch's share of the global-batch mean"""
+    kd_sum: torch.Tensor
+    """sum over tokens of the logit loss (scalar)"""
+    clm_sum: torch.Tensor
+    """sum over labelled tokens of the student's cross-entropy (scalar)"""
+    is_sum: torch.Tensor | None = None
+    """sum over tokens of the intermediate-state loss, when it is on and gradients are enabled"""
+    alpha: torch.Tensor | None = None
+    """its weight α = L_logits / L_is (detached)"""
 
 
 class DistillModule(nn.Module):
-    """Student forward + losses. ``forward`` returns the normalised loss to backpropagate and its parts.
+    """Student forward + losses in one module (what DDP, and later FSDP, wraps).
 
-    Arguments of ``forward``: ``input_ids`` (B, T); ``teacher_hidden`` (B, T, H_t) final teacher
-    states or None; ``teacher_head``; ``teacher_states`` list of (B, T, H_t) matched states or None;
-    ``labels`` (B, T) with -100 where there is no next token; ``mask`` (B, T) float; and the
-    normalisers ``kd_scale`` / ``clm_scale`` (weight over the global token count of the step).
+    ``student_layers`` (with ``intermediate``) names the student layers whose outputs the
+    intermediate-state loss reads; their hooks exist only inside :meth:`recording`.
     """
 
     def __init__(self, student: nn.Module, logit_loss: ChunkedLogitLoss,
@@ -53,52 +62,29 @@ class DistillModule(nn.Module):
     def head(self) -> nn.Module:
         return self.student.get_submodule(self.adapter.lm_head)
 
-    def forward(self, input_ids: torch.Tensor, teacher_hidden: torch.Tensor | None, teacher_head: nn.Module | None,
-                teacher_states: list[torch.Tensor] | None, labels: torch.Tensor, mask: torch.Tensor,
-                kd_scale: float, clm_scale: float) -> dict[str, torch.Tensor]:
+    def recording(self) -> contextlib.AbstractContextManager:
+        """Attach the student's state hooks for a run (a no-op without the intermediate-state loss)."""
+        return self.recorder.attached() if self.recorder is not None else contextlib.nullcontext()
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                teacher: TeacherOutputs | None = None, *, kd_scale: float, clm_scale: float) -> DistillOutput:
+        """``input_ids`` and ``labels`` (B, T), ``labels`` -100 where there is no next token; ``mask`` (B, T) float.
+
+        ``kd_scale`` / ``clm_scale``: weight over the global token count of the step, so the
+        returned loss is already this micro-batch's share of the global mean. Without
+        ``teacher`` only the LM term is computed.
+        """
         hidden = self.body(input_ids=input_ids).last_hidden_state                       # (B, T, H_s)
-        t_flat = teacher_hidden.flatten(0, 1) if teacher_hidden is not None else None   # (B*T, H_t)
-        terms = self.logit_loss(hidden.flatten(0, 1), self.head, t_flat, teacher_head,
+        t_flat = teacher.hidden.flatten(0, 1) if teacher is not None else None           # (B*T, H_t)
+        terms = self.logit_loss(hidden.flatten(0, 1), self.head, t_flat, teacher.head if teacher is not None else None,
                                 labels.flatten(), mask.flatten(), kd_scale, clm_scale)
-        out = {"loss": terms.total, "kd_sum": terms.kd_sum, "clm_sum": terms.clm_sum}
+        out = DistillOutput(terms.total, terms.kd_sum, terms.clm_sum)
         if self.recorder is not None:
             states = self.recorder.pop()
-            if self.intermediate is not None and teacher_states is not None and torch.is_grad_enabled():
+            if teacher is not None and teacher.states is not None and torch.is_grad_enabled():
                 # L = L_logits + α·L_is with α = L_logits / L_is (detached): both terms weigh the same.
-                l_is = self.intermediate(states, teacher_states, mask) * kd_scale
+                l_is = self.intermediate(states, teacher.states, mask) * kd_scale
                 alpha = terms.total.detach() / l_is.detach().clamp_min(1e-12)
-                out.update(loss=terms.total + alpha * l_is, is_sum=l_is.detach() / kd_scale, alpha=alpha)
+                out = DistillOutput(terms.total + alpha * l_is, terms.kd_sum, terms.clm_sum, l_is.detach() / kd_scale,
+                                    alpha)
         return out
-
-
-def export_student(student: nn.Module, tokenizer, dest: Path, *, plan_dir: str | Path | None = None,
-                   provenance: dict | None = None) -> None:
-    """Write a plain Hugging Face checkpoint (safetensors, config, tokenizer, prune plan) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(dest, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(dest)
-    if plan_dir is not None and (Path(plan_dir) / PLAN_FILE).is_file():
-        shutil.copy2(Path(plan_dir) / PLAN_FILE, dest / PLAN_FILE)
-    record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv), **(provenance or {})}
-    (dest / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
-def publish_export(run_dir: Path, write) -> None:
-    """Export into ``run_dir`` itself, next to checkpoints/ and metrics.jsonl, so the run loads as a model.
-
-    Files go to a hidden temp folder first and are renamed into place one by one, config.json last:
-    a directory whose config.json is present holds a complete export.
-    """
-    tmp = run_dir / ".export-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    names = sorted(p.name for p in tmp.iterdir())
-    names.sort(key=lambda n: n == "config.json")
-    if (run_dir / "config.json").exists():
-        os.unlink(run_dir / "config.json")  # the export is incomplete until config.json is back
-    for name in names:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp / name, run_dir / name)
-    shutil.rmtree(tmp, ignore_errors=True)

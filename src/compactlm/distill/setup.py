@@ -1,0 +1,224 @@
+"""Everything a training run needs, checked and built once before the first step (litgpt's ``setup``).
+
+:func:`setup` validates the inputs, prepares the run directory, resolves the precision, borrows
+the teacher (:func:`~compactlm.distill.teacher.frozen_teacher`), builds the loss modules, the
+optimizer and the wrapped model (:func:`~compactlm.distill.distributed.wrap_model`), and loads a
+checkpoint to resume from. It is a context manager: on exit, also by an exception, the state
+hooks are removed, the teacher is handed back as it came and the metric loggers are closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CompactLMError
+from ..export.save import write_model_dir
+from ..hardware import (PrecisionChoice, autocast, choose_precision, forward_flops_per_token, peak_gflops,
+                        train_flops_per_token)
+from ..importance.scores import model_fingerprint
+from ..io import check_output_dir
+from .checkpoint import (latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints,
+                         resume_from)
+from .config import LossArgs, TrainArgs, as_dict
+from .distributed import DistInfo, StepSampler, barrier, set_rng_state, setup_distributed, wrap_model
+from .intermediate import IntermediateStateLoss, layer_map_from_plan, read_prune_plan
+from .losses import ChunkedLogitLoss, make_loss
+from .metrics import build_loggers
+from .student import DistillModule
+from .teacher import Teacher, frozen_teacher
+from .validate import blocks_fingerprint, check_training
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSetup:
+    """One run, built once by :func:`setup`; the step, :func:`validate` and :func:`checkpoint` read it."""
+
+    info: DistInfo
+    run_dir: Path
+    loss: LossArgs
+    args: TrainArgs
+    train_blocks: torch.Tensor                 # (N, T) token ids
+    heldout: torch.Tensor | None               # (M, T) token ids
+    student: nn.Module
+    teacher: Teacher | None                    # None: plain fine-tuning
+    module: DistillModule                      # student + losses, unwrapped: validation, checkpoints, export
+    model: nn.Module                           # ``module`` as the step calls it (itself or DDP)
+    trainable: dict[str, nn.Module]            # what a checkpoint holds
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    sampler: StepSampler
+    choice: PrecisionChoice
+    settings: dict                             # trainer_state.json "settings"; RESUME_KEYS must match on resume
+    total_steps: int
+    flops_per_token: int                       # 6N student (+ 2N teacher), see compactlm.hardware
+    peak: float | None                         # measured GEMM GFLOP/s of all processes, the MFU yardstick
+    tokenizer: object = None
+    student_dir: Path | str | None = None
+    provenance: dict = field(default_factory=dict)
+    loggers: list = field(default_factory=list)
+    start_step: int = 0
+    elapsed: float = 0.0                       # training seconds of the sessions before this one (resume)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def distilling(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def seq_len(self) -> int:
+        return self.train_blocks.shape[1]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.args.batch_size * self.seq_len
+
+    @property
+    def kd_scale(self) -> float:
+        """Weight of the summed logit loss: one over the global token count of a step."""
+        return 1.0 / self.tokens_per_step if self.distilling else 0.0
+
+    @property
+    def clm_scale(self) -> float:
+        """Weight of the summed LM loss: ``clm_weight`` over the global count of labelled tokens."""
+        return self.loss.clm_weight / (self.args.batch_size * (self.seq_len - 1))
+
+    @property
+    def uses_intermediate(self) -> bool:
+        return self.module.intermediate is not None
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        """The run's autocast (bf16 or none) for the forward passes of teacher and student."""
+        return autocast(self.device, self.choice.bf16)
+
+    def say(self, *args) -> None:
+        """Log on rank 0, which speaks for all processes."""
+        if self.info.is_main:
+            logger.info(*args)
+
+    def log(self, metrics: dict, step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def export(self, dest: Path) -> None:
+        """Write the student as a plain Hugging Face model directory into ``dest``."""
+        write_model_dir(dest, self.student, self.tokenizer, plan=self.student_dir,
+                        provenance={**self.provenance, "distill": self.settings})
+
+
+def _prepare_run_dir(run_dir: Path, info: DistInfo, resume: bool, overwrite: bool, student_dir) -> None:
+    """Refuse what would be lost, then (rank 0) clear the directory of a fresh run and stale partial checkpoints."""
+    if resume and latest_checkpoint(run_dir) is None:
+        earlier = run_dir.is_dir() and any(run_dir.iterdir())
+        raise CompactLMError(f"--resume: no checkpoint in '{run_dir}/checkpoints'. Run without --resume to start afresh"
+                             f"{' (with --overwrite: it holds an earlier run)' if earlier else ''}.")
+    if not resume:
+        if not overwrite and nothing_saved(run_dir):
+            logger.info("'%s' holds only what a run stopped before its first checkpoint left; starting afresh", run_dir)
+            overwrite = True
+        check_output_dir(run_dir, overwrite, inputs=[student_dir])
+    barrier(info)
+    if info.is_main:
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(run_dir)
+
+
+def _layer_map(student: nn.Module, teacher: nn.Module | None, loss: LossArgs, student_dir) -> list[int] | None:
+    """Teacher layer of every student layer when the intermediate-state loss is on (auto: depth-pruned), else None."""
+    if teacher is None:
+        return None
+    s_layers, t_layers = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+    if loss.intermediate == "off" or (loss.intermediate == "auto" and s_layers >= t_layers):
+        return None
+    plan = read_prune_plan(student_dir) if student_dir is not None else None
+    return layer_map_from_plan(plan, s_layers, t_layers, loss.layer_map)
+
+
+def _intermediate_loss(student: nn.Module, teacher: nn.Module, student_dir, seed: int,
+                       device: torch.device) -> IntermediateStateLoss:
+    plan = read_prune_plan(student_dir) if student_dir is not None else None
+    hidden_kept = ((plan or {}).get("kept") or {}).get("hidden")
+    torch.manual_seed(seed)
+    return IntermediateStateLoss(student.config.hidden_size, teacher.config.hidden_size, hidden_kept).to(device)
+
+
+def _resume(s: TrainSetup) -> None:
+    """Weights, optimizer and RNG from the newest checkpoint; the step alone fixes the LR and the data position."""
+    ckpt, state, rngs = resume_from(s.run_dir, s.settings, s.trainable, s.optimizer, s.info.is_main)
+    set_rng_state(rngs[s.info.rank] if s.info.rank < len(rngs) else rngs[0])
+    s.start_step, s.elapsed = state["step"], state.get("elapsed_s", 0.0)
+    s.say("resuming from %s (step %d of %d)", ckpt, s.start_step, s.total_steps)
+
+
+@contextlib.contextmanager
+def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teacher: nn.Module | None,
+          loss: LossArgs, args: TrainArgs, tokenizer=None, heldout: torch.Tensor | None = None,
+          student_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+          provenance: dict | None = None) -> Iterator[TrainSetup]:
+    """Check every input, build the run (see the module docstring) and undo what it borrowed on exit."""
+    info = setup_distributed(args.device)
+    check_training(train_blocks, heldout, teacher, student, loss, args, info)
+    if loss.intermediate == "on" and teacher is None:
+        raise CompactLMError("--intermediate on needs a teacher; fine-tuning has no intermediate states to match.")
+    _prepare_run_dir(run_dir, info, resume, overwrite, student_dir)
+    fingerprints = {"teacher_fingerprint": model_fingerprint(teacher) if teacher is not None else None,
+                    "data_fingerprint": blocks_fingerprint(train_blocks, heldout)}
+    total_steps = args.max_steps or train_blocks.shape[0] // args.batch_size
+    device, seq_len = info.device, train_blocks.shape[1]
+    # auto resolves once per run; a resumed run keeps the precision its checkpoints were made in
+    recorded = recorded_precision(run_dir) if resume else None
+    choice = choose_precision(recorded if recorded in ("bf16", "fp32") else args.precision, student.config, device,
+                              next(student.parameters()).dtype)
+    student.to(device).train()   # fp32 master weights, trained in place: the student is the product
+    layer_map = _layer_map(student, teacher, loss, student_dir)
+    with contextlib.ExitStack() as stack:
+        frozen = (stack.enter_context(frozen_teacher(teacher, device, args.teacher_dtype, layer_map))
+                  if teacher is not None else None)
+        intermediate = None
+        if layer_map is not None:
+            intermediate = _intermediate_loss(student, teacher, student_dir, args.seed, device)
+            if info.is_main:
+                logger.info("intermediate-state loss on %d matched layers (+ embeddings): student j <- teacher %s",
+                            len(layer_map), layer_map)
+        kd_loss = make_loss(loss.loss, loss.temperature, loss.top_k, loss.js_beta) if teacher is not None else None
+        s_layers = list(range(student.config.num_hidden_layers)) if layer_map is not None else None
+        module = DistillModule(student, ChunkedLogitLoss(kd_loss, loss.chunk_size or None), intermediate, s_layers)
+        stack.enter_context(module.recording())
+        trainable = {"student": student, **({"intermediate": intermediate} if intermediate is not None
+                                            and intermediate.projection is not None else {})}
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+        settings = {**as_dict(loss, args), "warmup_steps": args.warmup(total_steps), "total_steps": total_steps,
+                    "num_blocks": train_blocks.shape[0], "seq_len": seq_len, "distill": teacher is not None,
+                    "layer_map": layer_map, "precision_used": choice.precision, "gemm_gflops": choice.gflops,
+                    "device_kind": choice.device, **fingerprints}
+        peak = peak_gflops(choice, student.config, device, args.micro_batch_size * seq_len)
+        flops = train_flops_per_token(student) + (forward_flops_per_token(teacher) if teacher is not None else 0)
+        s = TrainSetup(info=info, run_dir=run_dir, loss=loss, args=args, train_blocks=train_blocks, heldout=heldout,
+                       student=student, teacher=frozen, module=module, model=module, trainable=trainable,
+                       params=params, optimizer=optimizer, choice=choice, settings=settings, total_steps=total_steps,
+                       sampler=StepSampler(train_blocks.shape[0], args.batch_size, args.micro_batch_size, args.seed,
+                                           info),
+                       flops_per_token=flops, peak=peak * info.world_size if peak else None, tokenizer=tokenizer,
+                       student_dir=student_dir, provenance=provenance or {})
+        if resume:
+            _resume(s)
+        s.model = wrap_model(module, info)
+        if info.is_main:
+            s.loggers = build_loggers(args.log_to, run_dir, settings, s.start_step if resume else None)
+            stack.callback(lambda: [lg.close() for lg in s.loggers])
+        yield s
