@@ -1,5 +1,5 @@
 """Export: a standard Hugging Face checkpoint plus compactlm's provenance."""
 
-from .save import PROVENANCE_FILE, save_student
+from .save import PROVENANCE_FILE, publish_export, save_student, software_versions, write_model_dir
 
-__all__ = ["PROVENANCE_FILE", "save_student"]
+__all__ = ["PROVENANCE_FILE", "publish_export", "save_student", "software_versions", "write_model_dir"]
