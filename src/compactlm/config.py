@@ -133,7 +133,8 @@ class TrainArgs:
     """auto (bf16 where the device runs it natively and a micro-benchmark of this model's GEMMs finds it faster,
     else fp32), bf16 (autocast, fp32 master weights) or fp32"""
     teacher_dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    """teacher weights: bf16, fp32 or auto (bf16 when the training precision is bf16)"""
+    """teacher weights: auto (the teacher's own dtype, run under the training autocast), bf16 or fp32 (a converted
+    copy when the teacher is held in another dtype; the given teacher is never changed)"""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto (the local rank's GPU if any)"""
     seed: Int = 0
