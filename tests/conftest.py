@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import FAMILIES, SHARED_DATA, make_char_tokenizer, make_tiny_model
 
 

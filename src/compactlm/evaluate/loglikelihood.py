@@ -57,7 +57,8 @@ def _encode_many(tokenizer, strings: Sequence[str]) -> dict[str, list[int]]:
     return dict(zip(unique, ids))
 
 
-def encode_requests(tokenizer, requests: Sequence[Request], prefix_token_id: int | None = None) -> list[tuple[list[int], list[int]]]:
+def encode_requests(tokenizer, requests: Sequence[Request],
+                    prefix_token_id: int | None = None) -> list[tuple[list[int], list[int]]]:
     """Token ids ``(context, continuation)`` per request, split the way the harness splits them."""
     if prefix_token_id is None:
         prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

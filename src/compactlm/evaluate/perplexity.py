@@ -60,7 +60,8 @@ def perplexity(
     """
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and window > max_positions:
-        raise CompactLMError(f"Perplexity window {window} is longer than the model's {max_positions} positions; pass --window {max_positions} or less.")
+        raise CompactLMError(f"Perplexity window {window} is longer than the model's {max_positions} positions; "
+                             f"pass --window {max_positions} or less.")
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)  # (N,)
     spans = windows(len(ids), window, stride)
     if limit is not None:

@@ -14,9 +14,9 @@ import numpy as np
 
 from ..errors import CompactLMError
 from ..readers import reading
+from .kinds import ChoiceTask, PerplexityTask, TargetTask, Task
 from .loglikelihood import score_requests
 from .perplexity import perplexity
-from .kinds import ChoiceTask, PerplexityTask, Task, TargetTask
 from .registry import get_task
 from .sources import load_hf_rows, load_rows
 
