@@ -53,7 +53,7 @@ from compactlm.distill.config import parse_tokens, steps_for_tokens
 from compactlm.errors import CompactLMError, unknown_name
 from compactlm.evaluate import MissingData, get_task, windows
 from compactlm.evaluate.sources import load_rows
-from compactlm.importance import AGGREGATIONS, estimate_importance, lm_loss
+from compactlm.importance import AGGREGATIONS, CRITERIA, CriterionOptions, estimate_importance, lm_loss
 from compactlm.io import write_json_atomic, write_text_atomic
 from compactlm.prune import PrunePlan, PruneTarget, apply_plan, make_plan, select_units
 from compactlm.search import SearchArgs, SearchSpace, count_parameters, enumerate_candidates, parameter_layout, spearman
@@ -142,32 +142,6 @@ def eval_text(spec: str | None) -> tuple[str, str]:
     else:
         text = path.read_text(encoding="utf-8")
     return text, spec
-
-
-def unit_scores(model, elem: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sum ``elem(weight)`` (same shape as the weight) over each unit's weights.
-
-    Returns neurons (L, I): gate/up rows + down columns; heads (L, H): q_proj rows + o_proj
-    columns of the head (k/v are shared by a KV group); channels (E,): every weight column/row
-    that reads or writes the channel, embeddings and an untied LM head included.
-    """
-    a = adapter_for(model.config)
-    arch = a.architecture(model.config)
-    H, d = arch.num_attention_heads, arch.head_dim
-    neurons, heads = [], []
-    channels = torch.zeros(arch.hidden_size, dtype=torch.float64)
-    for layer in a.decoder_layers(model):
-        w = {n: elem(a.layer_module(layer, n).weight).double()
-             for n in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.gate_proj, a.up_proj, a.down_proj)}
-        neurons.append(w[a.gate_proj].sum(1) + w[a.up_proj].sum(1) + w[a.down_proj].sum(0))            # (I,)
-        heads.append(w[a.q_proj].view(H, d, -1).sum((1, 2)) + w[a.o_proj].view(-1, H, d).sum((0, 2)))  # (H,)
-        channels += sum(w[n].sum(0) for n in (a.q_proj, a.k_proj, a.v_proj, a.gate_proj, a.up_proj))
-        channels += w[a.o_proj].sum(1) + w[a.down_proj].sum(1)
-    embed, head = model.get_submodule(a.embed_tokens).weight, model.get_submodule(a.lm_head).weight
-    channels += elem(embed).double().sum(0)
-    if head is not embed:
-        channels += elem(head).double().sum(0)
-    return torch.stack(neurons), torch.stack(heads), channels
 
 
 class Context:
@@ -302,22 +276,10 @@ def aggregation(ctx: Context) -> dict:
             "(LLM-Pruner-style) importance, before and after retraining")
 def criteria(ctx: Context) -> dict:
     teacher = ctx.teacher
-    generator = torch.Generator().manual_seed(ctx.args.seed)
-    s = ctx.source
-    random = (torch.rand(s.num_hidden_layers, s.intermediate_size, generator=generator),
-              torch.rand(s.num_hidden_layers, s.num_attention_heads, generator=generator),
-              torch.rand(s.hidden_size, generator=generator))
-    magnitude = tuple(t.sqrt() for t in unit_scores(teacher, lambda w: w.detach().square()))  # L2 norm per unit
-    # First-order Taylor: |w * dL/dw| summed over the unit, gradient of the LM loss on calibration blocks.
-    teacher.requires_grad_(True)
-    teacher.zero_grad(set_to_none=True)
-    batches = ctx.calibration[:ctx.budget.taylor_batches * ctx.budget.micro_batch_size].split(ctx.budget.micro_batch_size)
-    with torch.enable_grad():
-        for ids in batches:
-            (teacher(input_ids=ids, labels=ids, use_cache=False).loss / len(batches)).backward()
-    taylor = unit_scores(teacher, lambda w: (w.detach() * w.grad).abs())
-    teacher.zero_grad(set_to_none=True)
-    teacher.requires_grad_(False)
+    s, b = ctx.source, ctx.budget
+    calibration = ctx.calibration[:b.taylor_batches * b.micro_batch_size]
+    options = CriterionOptions(batch_size=b.micro_batch_size, seed=ctx.args.seed, show_progress=False)
+    random, magnitude, taylor = (CRITERIA[name](teacher, calibration, options) for name in ("random", "magnitude", "taylor"))
     agg = ("l2", "mean")
     activation = (ctx.scores.neurons(agg), ctx.scores.heads(agg), ctx.scores.channels(agg))
     criteria_scores = {"activation": activation, "random": random, "magnitude": magnitude, "taylor": taylor}
@@ -328,7 +290,7 @@ def criteria(ctx: Context) -> dict:
         for name, (neurons, heads, channels) in criteria_scores.items():
             plan = select_units(s, arch, layers=list(range(s.num_hidden_layers)), neurons=neurons, heads=heads,
                                 channels=channels)
-            plan.criteria = {"importance": name}
+            plan.criteria = {"criterion": name}
             arms.append(ctx.prune_and_retrain(f"{tname} {name}", plan, target=tname, criterion=name))
         rows += arms
         for key in ("loss_before", "loss_after"):

@@ -49,7 +49,8 @@ def hooked_activations(model, x):
     store = {"down_in": [], "o_in": [], "norm_out": []}
     handles = []
     for layer in a.decoder_layers(model):
-        handles.append(layer.get_submodule(a.down_proj).register_forward_pre_hook(lambda m, args: store["down_in"].append(args[0])))
+        down = layer.get_submodule(a.down_proj)
+        handles.append(down.register_forward_pre_hook(lambda m, args: store["down_in"].append(args[0])))
         handles.append(layer.get_submodule(a.o_proj).register_forward_pre_hook(lambda m, args: store["o_in"].append(args[0])))
         for norm in a.hidden_norms(layer):
             handles.append(norm.register_forward_hook(lambda m, args, out: store["norm_out"].append(out)))

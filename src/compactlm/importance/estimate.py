@@ -1,38 +1,28 @@
-"""The importance pass: forward-only calibration over token blocks (docs/method.md §2)."""
+"""The importance pass: calibration over token blocks, then the width criterion and layer metrics (docs/method.md §2)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
 from ..hardware import autocast, forward_flops_per_token, mfu, peak_gflops, precision_for
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
-from .hooks import ImportanceRecorder, layers_removed
+from .criteria import CRITERIA, CriterionOptions, check_criterion
+from .depth import block_lengths, layer_losses, task_block_accuracy, task_tensor_name
+from .hooks import ImportanceRecorder
+from .loss import Batch, batches, lm_loss
 from .scores import ImportanceScores, model_fingerprint
 
+__all__ = ["estimate_importance", "lm_loss"]
+
 logger = logging.getLogger(__name__)
-
-Batch = torch.Tensor | dict[str, torch.Tensor]
-
-
-def _batches(data: torch.Tensor | Iterable[Batch], batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield (input_ids (B, S), attention_mask (B, S) or None) from blocks or ready batches."""
-    if isinstance(data, torch.Tensor):
-        for start in range(0, data.shape[0], batch_size):
-            yield data[start:start + batch_size], None
-        return
-    for item in data:
-        if isinstance(item, dict):
-            yield item["input_ids"], item.get("attention_mask")
-        else:
-            yield item, None
 
 
 def _num_tokens(data) -> int | None:
@@ -45,69 +35,19 @@ def _block_len(data) -> int:
 
 
 @torch.inference_mode()
-def lm_loss(model, data, batch_size: int = 8, bf16: bool = False) -> float:
-    """Mean next-token cross-entropy over real tokens (nats); ``bf16`` runs the forward under bf16 autocast."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for ids, mask in _batches(data, batch_size):
-        ids = ids.to(device)
-        mask = None if mask is None else mask.to(device)
-        with autocast(device, bf16):
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-        labels = ids[:, 1:].clone()
-        if mask is not None:
-            labels[mask[:, 1:] == 0] = -100
-        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-        total += float(loss)
-        count += int((labels != -100).sum())
-    return total / max(count, 1)
+def _calibration_pass(model, recorder: ImportanceRecorder, data, batch_size: int, bf16: bool,
+                      show_progress: bool) -> tuple[int, float]:
+    """Forward ``data`` through the decoder body (no LM head: importance needs no logits) with ``recorder`` attached.
 
-
-@torch.inference_mode()
-def estimate_importance(
-    model,
-    data: torch.Tensor | Iterable[Batch],
-    *,
-    batch_size: int = 8,
-    layer_loss_samples: int = 8,
-    layers_only: bool = False,
-    seq_aggregations: str | tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS,
-    show_progress: bool = True,
-    meta: dict | None = None,
-    precision: str = "auto",
-) -> ImportanceScores:
-    """Score every prunable unit of ``model`` from activations on ``data``.
-
-    Args:
-        model: a causal LM of a supported family (see :mod:`compactlm.arch`).
-        data: (N, S) token blocks, or an iterable of (B, S) tensors or
-            ``{"input_ids", "attention_mask"}`` dicts (padded tokens are excluded).
-        batch_size: blocks per forward pass when ``data`` is a tensor.
-        layer_loss_samples: blocks used for the "LM loss with layer i removed" metric
-            (L + 1 extra forward passes over them); 0 skips it.
-        layers_only: record only the residual stream (depth metrics), not width statistics.
-        seq_aggregations: sequence aggregations to record (``"mean"`` by default, serving
-            every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
-        precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
-            :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
-
-    Returns:
-        :class:`ImportanceScores` holding raw moments for all nine aggregations, Block
-        Importance for every contiguous block, and the per-layer loss metric.
+    Returns (real tokens seen, seconds).
     """
-    adapter = adapter_for(model.config)
-    body = adapter.decoder_body(model)  # no LM head: importance needs no logits
+    body = recorder.adapter.decoder_body(model)
     device = next(model.parameters()).device
-    seq_aggregations = parse_seq_aggregations(seq_aggregations)
-    choice = precision_for(precision, model)
-    amp = autocast(device, choice.bf16)
-    recorder = ImportanceRecorder(model, adapter, layers_only=layers_only, seq_aggregations=seq_aggregations)
-    total = _num_tokens(data)
-    seen = 0
-    start = time.perf_counter()
-    with recorder.attached(), progress(total=total, unit="tok", unit_scale=True, desc="importance",
+    amp = autocast(device, bf16)
+    seen, start = 0, time.perf_counter()
+    with recorder.attached(), progress(total=_num_tokens(data), unit="tok", unit_scale=True, desc="importance",
                                        disable=None if show_progress else True) as bar:
-        for ids, mask in _batches(data, batch_size):
+        for ids, mask in batches(data, batch_size):
             recorder.mask = None if mask is None else mask.to(device)
             with amp:
                 body(input_ids=ids.to(device), attention_mask=recorder.mask, use_cache=False)
@@ -116,36 +56,116 @@ def estimate_importance(
             bar.update(n)
     if seen == 0:
         raise CompactLMError("The calibration data gave no tokens. Provide a non-empty --data source.")
-    seconds = time.perf_counter() - start
-    tensors = recorder.tensors()
+    return seen, time.perf_counter() - start
 
+
+def _check_depth_tasks(model, tokenizer, depth_tasks: Sequence[str], examples: int, lengths) -> None:
+    """Refuse bad depth-task options before any heavy work."""
+    if not depth_tasks:
+        return
+    from ..evaluate import get_task
+
+    for name in depth_tasks:
+        get_task(name)
+    if tokenizer is None:
+        raise CompactLMError("depth_tasks need the model's tokenizer to score the tasks: pass tokenizer=...")
+    if examples <= 0:
+        raise CompactLMError(f"--depth-task-examples must be > 0 (got {examples}).")
+    block_lengths(model.config.num_hidden_layers, lengths)
+
+
+def estimate_importance(
+    model,
+    data: torch.Tensor | Iterable[Batch],
+    *,
+    criterion: str = "activation",
+    seed: int = 0,
+    batch_size: int = 8,
+    layer_loss_samples: int = 8,
+    depth_tasks: Sequence[str] = (),
+    depth_task_examples: int = 64,
+    depth_task_lengths: Sequence[int] | None = None,
+    tokenizer=None,
+    data_dir: str | os.PathLike | None = None,
+    layers_only: bool = False,
+    seq_aggregations: str | tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS,
+    show_progress: bool = True,
+    meta: dict | None = None,
+    precision: str = "auto",
+) -> ImportanceScores:
+    """Score every prunable unit of ``model`` on ``data``, and every layer.
+
+    Args:
+        model: a causal LM of a supported family (see :mod:`compactlm.arch`).
+        data: (N, S) token blocks, or an iterable of (B, S) tensors or
+            ``{"input_ids", "attention_mask"}`` dicts (padded tokens are excluded).
+        criterion: width importance, one of :data:`~compactlm.importance.criteria.CRITERIA`:
+            ``activation`` (hook statistics), ``magnitude``, ``taylor`` (one extra forward and
+            backward over ``data``) or ``random`` (seeded by ``seed``).
+        batch_size: blocks per forward pass when ``data`` is a tensor (and per task batch).
+        layer_loss_samples: blocks used for the "LM loss with layer i removed" metric
+            (L + 1 extra forward passes over them); 0 skips it.
+        depth_tasks: zero-shot tasks (e.g. ``("winogrande",)``) scored with every contiguous
+            block of ``depth_task_lengths`` layers (default: every length) removed, on
+            ``depth_task_examples`` examples each; needs ``tokenizer``, task data from
+            ``data_dir`` (or ``$COMPACTLM_DATA_DIR``, the Hub, the bundle: see compactlm.evaluate).
+        layers_only: record only the layer metrics, no width scores.
+        seq_aggregations: sequence aggregations to record (``"mean"`` by default, serving
+            every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
+        precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
+            :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
+
+    Returns:
+        :class:`ImportanceScores`: width scores (raw moments for ``activation``), Block
+        Importance for every contiguous block, and the layer-removal metrics asked for.
+    """
+    check_criterion(criterion)
+    _check_depth_tasks(model, tokenizer, depth_tasks, depth_task_examples, depth_task_lengths)
+    if criterion == "taylor" and not isinstance(data, torch.Tensor) and iter(data) is data:
+        data = list(data)  # an iterator would be spent by the calibration pass
+    adapter = adapter_for(model.config)
+    seq_aggregations = parse_seq_aggregations(seq_aggregations)
+    choice = precision_for(precision, model)
+    recorder = ImportanceRecorder(model, adapter, layers_only=layers_only or criterion != "activation",
+                                  seq_aggregations=seq_aggregations)
+    seen, seconds = _calibration_pass(model, recorder, data, batch_size, choice.bf16, show_progress)
+    tensors = recorder.tensors()
+    if criterion != "activation" and not layers_only:
+        options = CriterionOptions(batch_size=batch_size, seed=seed, bf16=choice.bf16, show_progress=show_progress)
+        unit = CRITERIA[criterion](model, data, options)
+        tensors |= {f"{axis}.score": t.float() for axis, t in unit._asdict().items()}
     if layer_loss_samples > 0:
         if not isinstance(data, torch.Tensor):
             raise CompactLMError("layer_loss_samples needs data given as an (N, S) tensor of blocks; pass 0 to skip.")
-        subset = data[:layer_loss_samples]
-        layers = adapter.decoder_layers(model)
-        losses = []
-        for i in progress(range(len(layers)), desc="layer loss", disable=None if show_progress else True):
-            with layers_removed(layers, [i]):
-                losses.append(lm_loss(model, subset, batch_size, choice.bf16))
-        losses.append(lm_loss(model, subset, batch_size, choice.bf16))
-        tensors["layers.loss"] = torch.tensor(losses, dtype=torch.float64)
+        with torch.inference_mode():
+            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, choice.bf16, show_progress)
+    tasks = {}
+    for name in depth_tasks:
+        acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=depth_task_examples,
+                                               lengths=depth_task_lengths, batch_size=batch_size, bf16=choice.bf16,
+                                               data_dir=data_dir, show_progress=show_progress)
+        tensors[task_tensor_name(name)] = acc
+    info = _metadata(model, adapter, data, seen, seconds, choice, batch_size)
+    info |= {"criterion": criterion, **({"seed": seed} if criterion == "random" else {}),
+             "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
+             "depth_tasks": tasks, "layers_only": layers_only, "seq_aggregations": list(seq_aggregations),
+             **(meta or {})}
+    logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))
+    return ImportanceScores(tensors=tensors, meta=info)
 
-    info = {
+
+def _metadata(model, adapter, data, seen: int, seconds: float, choice, batch_size: int) -> dict:
+    device = next(model.parameters()).device
+    rate = seen / max(seconds, 1e-9)
+    peak = peak_gflops(choice, model.config, device, batch_size * _block_len(data))
+    return {
         "model": getattr(model.config, "_name_or_path", None),
         "model_type": model.config.model_type,
         "fingerprint": model_fingerprint(model),
         "architecture": adapter.architecture(model.config).to_dict(),
         "tokens": seen,
         "seconds": round(seconds, 2),
-        "tokens_per_second": round(seen / max(seconds, 1e-9), 1),
-        "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
-        "layers_only": layers_only,
-        "seq_aggregations": list(seq_aggregations),
+        "tokens_per_second": round(rate, 1),
         "precision": choice.to_dict(),
-        "mfu": (mfu(forward_flops_per_token(model, lm_head=False), seen / max(seconds, 1e-9), peak)
-                if (peak := peak_gflops(choice, model.config, device, batch_size * _block_len(data))) else None),
-        **(meta or {}),
+        "mfu": mfu(forward_flops_per_token(model, lm_head=False), rate, peak) if peak else None,
     }
-    logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))
-    return ImportanceScores(tensors=tensors, meta=info)

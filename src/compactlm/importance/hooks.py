@@ -115,7 +115,8 @@ class ImportanceRecorder:
                 self._handles.append(layer.register_forward_hook(post, with_kwargs=True))
                 if self.layers_only:
                     continue
-                self._handles.append(layer.get_submodule(a.down_proj).register_forward_pre_hook(self._record_input(self.neurons, i)))
+                down = layer.get_submodule(a.down_proj)
+                self._handles.append(down.register_forward_pre_hook(self._record_input(self.neurons, i)))
                 self._handles.append(layer.get_submodule(a.o_proj).register_forward_pre_hook(self._record_input(self.heads, i)))
                 for k, norm in enumerate(a.hidden_norms(layer)):
                     self._handles.append(norm.register_forward_hook(self._record_output(self.channels, 2 * i + k)))

@@ -57,15 +57,34 @@ class ImportanceScores:
         ``layers.block_tokens`` (1,) tokens behind ``layers.block_cos``
         ``layers.loss``   (L+1,) LM loss with layer i removed; entry L is the unpruned loss
                           (absent when the layer-loss pass was skipped)
+        ``layers.task.<task>`` (L+1, L+1) accuracy on a zero-shot task with layers s..e-1
+                          removed at [s, e]; NaN where not scored, the unpruned accuracy on
+                          the diagonal (``meta["depth_tasks"][task]``: examples, lengths, source)
+
+    With a criterion other than ``activation`` (``meta["criterion"]``), the width tensors are
+    direct scores instead of moments: ``neurons.score`` (L, I), ``heads.score`` (L, H),
+    ``channels.score`` (E,); the aggregation does not apply to them.
     """
 
     tensors: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
     # -- width ---------------------------------------------------------------------------
+    @property
+    def criterion(self) -> str:
+        """The width criterion these scores come from (``activation`` for files that predate the choice)."""
+        return self.meta.get("criterion", "activation")
+
     def _finalize(self, prefix: str, aggregation) -> torch.Tensor:
         batch, seq = parse_aggregation(aggregation)
         t = self.tensors
+        if f"{prefix}.score" in t:  # a direct-score criterion (magnitude, taylor, random)
+            return t[f"{prefix}.score"].float()
+        if f"{prefix}.sum" not in t:
+            raise CompactLMError(
+                "These scores hold layer metrics only (computed with layers_only), no width scores. "
+                "Recompute importance without it to prune width."
+            )
         recorded = tuple(self.meta.get("seq_aggregations", ("mean", "l2", "var")))
         return finalize(t[f"{prefix}.sum"], t[f"{prefix}.sumsq"], t[f"{prefix}.rows"], batch, seq, recorded)
 
@@ -75,13 +94,16 @@ class ImportanceScores:
 
     def heads(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
         """(L, H) importance of each query head: L2 over head_dim of per-channel scores."""
-        per_channel = self._finalize("heads", aggregation)            # (L, H*d)
+        per_channel = self._finalize("heads", aggregation)            # (L, H*d), or (L, H) direct scores
+        if "heads.score" in self.tensors:
+            return per_channel
         num_layers = per_channel.shape[0]
         return per_channel.view(num_layers, self.architecture.num_attention_heads, -1).norm(dim=-1)
 
     def channels(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
         """(E,) importance of each hidden channel, summed over every norm output in the network."""
-        return self._finalize("channels", aggregation).sum(0)
+        scores = self._finalize("channels", aggregation)
+        return scores if "channels.score" in self.tensors else scores.sum(0)
 
     # -- depth ---------------------------------------------------------------------------
     def block_importance(self, length: int = 1) -> torch.Tensor:
@@ -105,6 +127,31 @@ class ImportanceScores:
                 "Recompute importance with --layer-loss-samples > 0, or prune depth by 'bi' or 'block'."
             )
         return self.tensors["layers.loss"][:-1].clone()
+
+    @property
+    def depth_tasks(self) -> list[str]:
+        """The zero-shot tasks scored with layer blocks removed (``--depth-tasks``)."""
+        return sorted(k.removeprefix("layers.task.") for k in self.tensors if k.startswith("layers.task."))
+
+    def task_accuracy(self, task: str, length: int) -> torch.Tensor:
+        """(L - length + 1,) accuracy on ``task`` with the block of ``length`` layers starting at each index removed."""
+        if task not in self.depth_tasks:
+            have = f"they hold: {', '.join(self.depth_tasks)}" if self.depth_tasks else "they hold none"
+            raise CompactLMError(
+                f"These scores have no depth metric for task '{task}' ({have}). Recompute importance with "
+                f"--depth-tasks {task} (and --depth-task-examples N), or prune depth by 'bi', 'loss' or 'block'."
+            )
+        acc = self.tensors[f"layers.task.{task}"]
+        num_layers = acc.shape[0] - 1
+        starts = torch.arange(num_layers - length + 1)
+        row = acc[starts, starts + length]
+        if torch.isnan(row).any():
+            scored = self.meta.get("depth_tasks", {}).get(task, {}).get("lengths")
+            raise CompactLMError(
+                f"These scores have no '{task}' accuracy for blocks of {length} layers (scored lengths: {scored}). "
+                f"Recompute importance with --depth-task-lengths including {length} (or without it: every length)."
+            )
+        return row.clone()
 
     @property
     def base_loss(self) -> float | None:
@@ -157,8 +204,16 @@ class ImportanceScores:
         arch = self.architecture
         layers, t = arch.num_hidden_layers, self.tensors
         expected = {"neurons.sum": (layers, arch.intermediate_size), "heads.sum": (layers, None),
-                    "channels.sum": (2 * layers, arch.hidden_size), "layers.cos_next": (layers,)}
+                    "channels.sum": (2 * layers, arch.hidden_size), "neurons.score": (layers, arch.intermediate_size),
+                    "heads.score": (layers, arch.num_attention_heads), "channels.score": (arch.hidden_size,),
+                    "layers.cos_next": (layers,)}
+        expected |= {f"layers.task.{task}": (layers + 1, layers + 1) for task in self.depth_tasks}
+        width = ("neurons.sum", "neurons.score")
+        if not self.meta.get("layers_only") and not any(k in t for k in width):
+            raise ValueError(f"no width scores ({' or '.join(width)}) although {META_FILE} says layers_only is false")
         for name, shape in expected.items():
+            if name not in t and name != "layers.cos_next":
+                continue
             got = tuple(t[name].shape)
             if got[0] != shape[0] or (len(shape) > 1 and shape[1] is not None and got[-1] != shape[1]):
                 raise ValueError(f"tensor {name} has shape {got}, which does not fit the architecture in "

@@ -20,7 +20,7 @@ def prune(
     aggregation: str | tuple[str, str] = DEFAULT_AGGREGATION,
     depth_metric: str = "bi",
 ) -> tuple[object, PrunePlan]:
-    """Prune ``model`` to the given sizes (None keeps an axis) using activation ``scores``.
+    """Prune ``model`` to the given sizes (None keeps an axis) using importance ``scores`` (any criterion).
 
     Checks that ``scores`` belong to ``model`` first. Returns the student (a plain
     transformers model) and the :class:`PrunePlan` that produced it.

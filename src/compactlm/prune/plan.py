@@ -4,7 +4,7 @@ JSON layout::
 
     {"format": "compactlm.prune_plan/1",
      "source_model": "...", "source": {Architecture}, "target": {Architecture},
-     "criteria": {"aggregation": "l2,mean", "depth_metric": "bi", ...},
+     "criteria": {"criterion": "activation", "aggregation": "l2,mean", "depth_metric": "bi", ...},
      "kept": {"layers": [orig layer index of each student layer],
               "hidden": [kept channel indices] | null (all kept),
               "kv_groups": {"<orig layer>": [...]}, "heads": {"<orig layer>": [...]},

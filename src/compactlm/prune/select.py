@@ -1,8 +1,8 @@
 """From scores to a prune plan: which units each axis keeps (docs/method.md §3).
 
-``select_units`` works on plain score tensors, so any criterion (activations, weight
-magnitude, random, gradients) can drive it; ``make_plan`` feeds it activation importance.
-Higher score = more important = kept.
+``select_units`` works on plain score tensors, so any criterion can drive it; ``make_plan``
+feeds it the scores of whichever criterion made them (activation, magnitude, taylor, random:
+``compactlm.importance.criteria``). Higher score = more important = kept.
 """
 
 from __future__ import annotations
@@ -68,28 +68,67 @@ def _keep_by_lowest_drop(drop_cost: torch.Tensor, num_keep: int) -> list[int]:
     return [i for i in range(len(drop_cost)) if i not in dropped]
 
 
-def _depth_bi(scores: ImportanceScores, num_keep: int) -> list[int]:
+def _depth_bi(scores: ImportanceScores, num_keep: int, arg: str | None) -> list[int]:
     return _keep_by_lowest_drop(scores.block_importance(1), num_keep)
 
 
-def _depth_loss(scores: ImportanceScores, num_keep: int) -> list[int]:
+def _depth_loss(scores: ImportanceScores, num_keep: int, arg: str | None) -> list[int]:
     return _keep_by_lowest_drop(scores.layer_loss(), num_keep)
 
 
-def _depth_block(scores: ImportanceScores, num_keep: int) -> list[int]:
+def _drop_block(num_layers: int, start: int, length: int) -> list[int]:
+    return [i for i in range(num_layers) if not start <= i < start + length]
+
+
+def _depth_block(scores: ImportanceScores, num_keep: int, arg: str | None) -> list[int]:
     num_layers = scores.architecture.num_hidden_layers
     length = num_layers - num_keep
     if length == 0:
         return list(range(num_layers))
-    start = int(torch.argmin(scores.block_importance(length)))
-    return [i for i in range(num_layers) if not start <= i < start + length]
+    return _drop_block(num_layers, int(torch.argmin(scores.block_importance(length))), length)
 
 
-DEPTH_METRICS: dict[str, Callable[[ImportanceScores, int], list[int]]] = {
+def _depth_task(scores: ImportanceScores, num_keep: int, task: str) -> list[int]:
+    """Drop the contiguous block whose removal keeps the highest accuracy on ``task``; ties go to the lowest block BI."""
+    num_layers = scores.architecture.num_hidden_layers
+    length = num_layers - num_keep
+    if length == 0:
+        return list(range(num_layers))
+    acc = scores.task_accuracy(task, length)                            # (L - length + 1,)
+    best = torch.nonzero(acc == acc.max()).flatten()
+    start = int(best[torch.argmin(scores.block_importance(length)[best])])
+    return _drop_block(num_layers, start, length)
+
+
+# name -> fn(scores, layers to keep, argument after "name:" or None) -> kept layer indices
+DEPTH_METRICS: dict[str, Callable[[ImportanceScores, int, str | None], list[int]]] = {
     "bi": _depth_bi,        # drop the layers with the lowest Block Importance (non-contiguous)
     "loss": _depth_loss,    # drop the layers whose single removal raises LM loss least
     "block": _depth_block,  # drop the contiguous block with the lowest block BI
+    "task": _depth_task,    # task:<name>: drop the contiguous block whose removal keeps most zero-shot accuracy
 }
+DEPTH_METRIC_ARGS = {"task": "a zero-shot task name, e.g. task:winogrande"}
+
+
+def parse_depth_metric(spec: str) -> tuple[str, str | None]:
+    """``"bi"`` -> ("bi", None); ``"task:winogrande"`` -> ("task", "winogrande"); validated."""
+    name, _, arg = spec.partition(":")
+    if name not in DEPTH_METRICS:
+        raise unknown_name("depth metric", spec, [m + (":<name>" if m in DEPTH_METRIC_ARGS else "") for m in DEPTH_METRICS])
+    if name in DEPTH_METRIC_ARGS and not arg:
+        raise CompactLMError(f"Depth metric '{spec}' needs {DEPTH_METRIC_ARGS[name]}.")
+    if name not in DEPTH_METRIC_ARGS and arg:
+        raise CompactLMError(f"Depth metric '{name}' takes no argument (got '{spec}').")
+    return name, arg or None
+
+
+def check_depth_metric(scores: ImportanceScores, spec: str) -> None:
+    """Raise now, before a model is loaded, if ``scores`` cannot serve depth metric ``spec``."""
+    name, arg = parse_depth_metric(spec)
+    if name == "task" and arg not in scores.depth_tasks:
+        scores.task_accuracy(arg, 1)  # raises the error that names --depth-tasks
+    if name == "loss":
+        scores.layer_loss()
 
 
 def select_units(
@@ -130,17 +169,23 @@ def make_plan(
     aggregation: str | tuple[str, str] = DEFAULT_AGGREGATION,
     depth_metric: str = "bi",
 ) -> PrunePlan:
-    """Plan a prune from activation importance: depth first, then width in the kept layers."""
-    if depth_metric not in DEPTH_METRICS:
-        raise unknown_name("depth metric", depth_metric, DEPTH_METRICS)
+    """Plan a prune from importance scores: depth first, then width in the kept layers.
+
+    ``depth_metric``: ``bi`` | ``loss`` | ``block`` | ``task:<name>`` (see :data:`DEPTH_METRICS`);
+    ``aggregation`` applies to activation scores only (other criteria score units directly).
+    """
+    metric, arg = parse_depth_metric(depth_metric)
     batch, seq = parse_aggregation(aggregation)
     source = scores.architecture
     arch = target.resolve(source)
     adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(arch)
-    layers = DEPTH_METRICS[depth_metric](scores, arch.num_hidden_layers)
+    layers = DEPTH_METRICS[metric](scores, arch.num_hidden_layers, arg)
     plan = select_units(source, arch, layers=layers, neurons=scores.neurons((batch, seq)),
                         heads=scores.heads((batch, seq)), channels=scores.channels((batch, seq)))
     plan.source_model = scores.meta.get("model")
-    plan.criteria = {"importance": "activation", "aggregation": f"{batch},{seq}", "depth_metric": depth_metric,
+    plan.criteria = {"criterion": scores.criterion, "aggregation": f"{batch},{seq}", "depth_metric": depth_metric,
                      "scores_fingerprint": scores.meta.get("fingerprint")}
+    if metric == "task":
+        plan.criteria["depth_task"] = {k: v for k, v in scores.meta.get("depth_tasks", {}).get(arg, {}).items()
+                                       if k in ("examples", "seed", "source")}
     return plan
