@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
+
+from compactlm.recipes.layout import RunLayout
+from compactlm.recipes.records import RunState
 
 
 def write_tiny_recipe(folder: Path, teacher: Path, text: Path, **changes) -> Path:
@@ -27,3 +31,8 @@ def write_tiny_recipe(folder: Path, teacher: Path, text: Path, **changes) -> Pat
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def read_state(layout: RunLayout) -> RunState:
+    """``run_state.json`` of a run, as typed records."""
+    return RunState.from_dict(json.loads(layout.state.read_text()))

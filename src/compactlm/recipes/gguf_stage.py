@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..export.gguf import export_gguf, gguf_path
+from ..export.gguf import export_gguf
 from ..export.gguf_vocab import find_gguf_source
 from ..models import load_model
+from .layout import RunLayout
+from .records import GGUF_LABEL, EvalRow, ExportRecord, GGUFFile
 
 logger = logging.getLogger(__name__)
 
-LABEL = "GGUF "
 
-
-def export_stage(recipe, run_dir: Path, student: Path) -> dict:
+def export_stage(recipe, layout: RunLayout, student: Path) -> ExportRecord:
     """Write every ``recipe.export.gguf`` type of ``student``; the stage record lists the files."""
     model = load_model(str(student), dtype="float32", trust_remote_code=recipe.trust_remote_code,
                        with_tokenizer=False)
@@ -28,35 +28,35 @@ def export_stage(recipe, run_dir: Path, student: Path) -> dict:
     files = []
     for quant in recipe.export.gguf:
         # overwrite: a resumed run may have written some types before it was stopped (each file is atomic)
-        result = export_gguf(model, gguf_path(run_dir, quant), quant=quant, gguf_source=source, hf_dir=student,
+        result = export_gguf(model, layout.gguf(quant), quant=quant, gguf_source=source, hf_dir=student,
                              tokenizer_pre=recipe.export.tokenizer_pre, overwrite=True)
-        files.append({**result.to_dict(), "student": str(student)})
-    return {"files": files}
+        files.append(GGUFFile.from_dict({**result.to_dict(), "student": str(student)}))
+    return ExportRecord(files=files)
 
 
-def gguf_entries(recipe, stages: dict) -> list[tuple[str, str]]:
+def gguf_entries(recipe, export: ExportRecord | None) -> list[tuple[str, str]]:
     """(label, path) of each exported file for the eval table, if the recipe asks to score them."""
-    if not recipe.export.evaluate or "export" not in stages:
+    if not recipe.export.evaluate or export is None:
         return []
     step = recipe.steps[-1].name
-    return [(f"{step}: {LABEL}{f['quant']}", f["path"]) for f in stages["export"]["files"]]
+    return [(f"{step}: {GGUF_LABEL}{f.quant}", f.path) for f in export.files]
 
 
-def loader_mismatch(label: str, info: dict, rows: list[dict]) -> str | None:
+def loader_mismatch(label: str, info: dict, rows: list[EvalRow]) -> str | None:
     """Why a GGUF file's transformers reading does not stand for the student, or ``None``.
 
     transformers' GGUF loader rebuilds the config from a few keys (it reads no bias switches for
     Llama and no ``head_dim`` for Qwen3); when the rebuilt model differs from the student, its
     scores would describe a different network, so the row is skipped with this reason.
     """
-    if LABEL not in label:
+    if GGUF_LABEL not in label:
         return None
-    student = next((r for r in reversed(rows) if LABEL not in r["model"]), None)
+    student = next((r for r in reversed(rows) if not r.is_gguf), None)
     if student is None:
         return None
-    if info["architecture"] != student["architecture"] or info["parameters"]["total"] != student["parameters"]:
+    if info["architecture"] != student.architecture or info["parameters"]["total"] != student.parameters:
         return (f"transformers' GGUF loader rebuilds it as {info['architecture']} with "
-                f"{info['parameters']['total']:,} parameters, not the student's {student['parameters']:,}; "
+                f"{info['parameters']['total']:,} parameters, not the student's {student.parameters:,}; "
                 f"score this file with llama.cpp (benchmarks/gguf_llamacpp.py)")
     return None
 

@@ -3,17 +3,9 @@
 teacher ─ (correction) ─ for each step: importance ─ search | fixed architecture ─ prune ─ distill
         ─ export (GGUF) ─ eval (teacher, every step's prune and student, the GGUF files) ─ report
 
-Every stage writes into the run directory and is recorded in ``run_state.json`` when it
-finishes; ``resume=True`` skips finished stages, continues a search where it stopped and a
-distillation from its newest checkpoint. The run directory::
-
-    recipe.yaml  run_state.json  eval.json  report.html
-    correction/                     teacher correction (a distillation run dir), if enabled
-    <step>/scores/                  activation importance of this step's teacher
-    <step>/search/                  candidates.csv/json, one short distillation per top candidate
-    <step>/pruned/                  the chosen architecture, pruned, not retrained (HF checkpoint)
-    <step>/distilled/               the student: HF checkpoint + metrics.jsonl + checkpoints/
-    student.<type>.gguf             the final student for llama.cpp, one file per export.gguf type
+Every stage writes into the run directory (:class:`~.layout.RunLayout`) and its typed record
+(:mod:`.records`) into ``run_state.json`` when it finishes; ``resume=True`` skips finished
+stages, continues a search where it stopped and a distillation from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -22,14 +14,12 @@ import dataclasses
 import gc
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..data import load_blocks
@@ -38,25 +28,38 @@ from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
 from ..distill.validate import check_blocks_fit
 from ..errors import CompactLMError
-from ..evaluate import evaluate
 from ..export import save_student
-from ..hardware import precision_for
-from ..importance import ImportanceScores, estimate_importance, lm_loss
+from ..importance import ImportanceScores, estimate_importance
 from ..io import check_output_dir, write_json_atomic, write_text_atomic
 from ..models import load_model, load_tokenizer
 from ..prune import prune
-from ..readers import clip, read_json_object
+from ..readers import clip, read_json_object, reading
 from ..search import AXES, search
-from ..summary import describe
-from .gguf_stage import export_stage, gguf_entries, loader_mismatch
+from .eval_stage import eval_stage
+from .gguf_stage import export_stage
+from .layout import RunLayout, StepLayout
+from .records import (
+    CORRECTION,
+    DISTILL,
+    EVAL,
+    EXPORT,
+    IMPORTANCE,
+    PRUNE,
+    SEARCH,
+    CorrectionRecord,
+    DistillRecord,
+    ImportanceRecord,
+    PruneRecord,
+    RunState,
+    SearchRecord,
+    Session,
+    StageRecord,
+    stage_key,
+)
 from .schema import Recipe
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "run_state.json"
-RECIPE_FILE = "recipe.yaml"
-# Per-task numbers that describe the protocol rather than score the model.
-NOT_SCORES = ("windows", "tokens", "window", "stride", "nll")
 
 
 @dataclass
@@ -69,23 +72,19 @@ class RunResult:
 
 
 class _Models:
-    """Loads models on demand. The trainer casts a teacher to bf16 in place, so a model whose
-    dtype changed is reloaded before it is pruned or evaluated again."""
+    """Loads models on demand and keeps the last one: a step's teacher serves importance, search,
+    prune and distillation, none of which changes it (the trainer hands the caller's teacher back
+    as it got it, ``distill/teacher.py``)."""
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self._cache: tuple[str, object] | None = None
 
     def get(self, path: str | Path):
-        from ..models import parse_dtype
-
-        want = parse_dtype(self.recipe.dtype)
         key = str(path)
-        if self._cache is not None and self._cache[0] == key and next(self._cache[1].parameters()).dtype == want:
-            return self._cache[1]
-        self._cache = None
-        gc.collect()
-        self._cache = (key, self.fresh(key))
+        if self._cache is None or self._cache[0] != key:
+            self.forget()   # one model at a time
+            self._cache = (key, self.fresh(key))
         return self._cache[1]
 
     def forget(self) -> None:
@@ -99,32 +98,39 @@ class _Models:
 
 
 class _State:
-    """``run_state.json``: finished stages with their outputs and seconds, written atomically."""
+    """``run_state.json`` (:class:`~.records.RunState`): finished stages with their records, written atomically."""
 
     def __init__(self, run_dir: Path, recipe: dict, resume: bool) -> None:
-        self.path = run_dir / STATE_FILE
-        self.data = {"recipe": recipe, "stages": {}}
+        self.path = RunLayout(run_dir).state
+        self.data = RunState(recipe=recipe)
         if resume:
-            saved = read_json_object(self.path, "run state file", "Start the run afresh with --overwrite.")
+            fix = "Start the run afresh with --overwrite."
+            saved = read_json_object(self.path, "run state file", fix)
             if saved.get("recipe") != recipe or not isinstance(saved.get("stages"), dict):
                 raise CompactLMError(
                     f"Cannot resume '{run_dir}': the recipe changed "
                     f"({clip(_differences(saved.get('recipe') or {}, recipe), 600)}). "
                     f"Resume with the original recipe, or start a new run directory.")
-            self.data = saved
+            with reading(self.path, "run state file", fix):
+                self.data = RunState.from_dict(saved)
 
-    def stage(self, name: str, work: Callable[[], dict | None]) -> dict:
-        done = self.data["stages"].get(name)
+    def started(self, device: str) -> None:
+        """Record the software and hardware of this session (a new run, or a resumed one)."""
+        self.data.sessions.append(Session.here(device))
+        write_json_atomic(self.path, self.data.to_dict())
+
+    def stage(self, name: str, work: Callable[[], StageRecord]) -> StageRecord:
+        done = self.data.stages.get(name)
         if done is not None:
-            logger.info("[%s] done before (%.0f s); skipped", name, done["seconds"])
+            logger.info("[%s] done before (%.0f s); skipped", name, done.seconds)
             return done
         logger.info("[%s] ...", name)
         start = time.time()
-        record = work() or {}
-        record["seconds"] = round(time.time() - start, 1)
-        self.data["stages"][name] = record
-        write_json_atomic(self.path, self.data)
-        logger.info("[%s] finished in %.0f s", name, record["seconds"])
+        record = work()
+        record.seconds = round(time.time() - start, 1)
+        self.data.stages[name] = record
+        write_json_atomic(self.path, self.data.to_dict())
+        logger.info("[%s] finished in %.0f s", name, record.seconds)
         return record
 
 
@@ -144,8 +150,9 @@ def _differences(old: dict, new: dict, prefix: str = "") -> str:
 def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     """Everything about the run directory that can be refused, before any work and without deleting anything."""
     if resume:
-        if not (run_dir / STATE_FILE).is_file():
-            raise CompactLMError(f"--resume: '{run_dir}' holds no {STATE_FILE}. Run without --resume to start it.")
+        if not RunLayout(run_dir).state.is_file():
+            raise CompactLMError(f"--resume: '{run_dir}' holds no {RunLayout(run_dir).state.name}. Run without "
+                                 f"--resume to start it.")
         return
     check_output_dir(run_dir, overwrite=True, inputs=[recipe.teacher, recipe.data.source])
     if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
@@ -156,24 +163,19 @@ def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool)
 def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> _State:
     """The run's state; a new run (validated by :func:`_check_run_dir`) replaces the directory only now."""
     recipe_dict = json.loads(json.dumps(recipe.to_dict()))
-    if resume:
-        return _State(run_dir, recipe_dict, resume=True)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    write_text_atomic(run_dir / RECIPE_FILE, yaml.safe_dump(recipe_dict, sort_keys=False))
-    state = _State(run_dir, recipe_dict, resume=False)
-    write_json_atomic(state.path, state.data)
+    if not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        write_text_atomic(RunLayout(run_dir).recipe, yaml.safe_dump(recipe_dict, sort_keys=False))
+    state = _State(run_dir, recipe_dict, resume=resume)
+    state.started(recipe.device)
     return state
 
 
 def inside_run_dir(run_dir: Path, name: str) -> Path:
-    """``<run>/<name>``, refused unless it resolves inside the run directory (no ``..``, no absolute path, no symlink out)."""
-    path = run_dir / name
-    if not path.resolve().is_relative_to(run_dir.resolve()) or path.resolve() == run_dir.resolve():
-        raise CompactLMError(f"Step name {clip(name, 60)} would write outside the run directory '{run_dir}'. "
-                             f"Use a plain name such as 'student'.")
-    return path
+    """``<run>/<name>``, refused unless it resolves inside the run directory (see :meth:`RunLayout.step`)."""
+    return RunLayout(run_dir).step(name).root
 
 
 def _train_args(train: TrainArgs, tokens: int, seq_len: int, device: str) -> TrainArgs:
@@ -191,7 +193,8 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
         report: bool = True) -> RunResult:
     """Run ``recipe`` into ``run_dir`` (see the module docstring)."""
     run_dir = Path(run_dir)
-    step_dirs = {step.name: inside_run_dir(run_dir, step.name) for step in recipe.steps}
+    layout = RunLayout(run_dir)
+    step_dirs = {step.name: layout.step(step.name) for step in recipe.steps}
     _check_run_dir(run_dir, recipe, resume, overwrite)
     if recipe.trust_remote_code:
         logger.warning("trust_remote_code is on: the Python code shipped with '%s' will run", recipe.teacher)
@@ -213,16 +216,18 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
     if recipe.correction.tokens:
         c = recipe.correction
 
-        def correct() -> dict:
-            out = run_dir / "correction"
+        def correct() -> CorrectionRecord:
+            out = layout.correction
             args = _train_args(TrainArgs(lr=c.lr, min_lr=c.lr / 10, batch_size=c.batch_size,
                                          micro_batch_size=c.micro_batch_size), c.tokens, d.seq_len, recipe.device)
             models.forget()   # the corrected copy is trained in place; do not hold two teachers
-            finetune(models.fresh(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout, args=args,
-                     **_resuming(out, resume)).stop_if_interrupted()
-            return {"model": str(out)}
+            result = finetune(models.fresh(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout,
+                              args=args, **_resuming(out, resume))
+            result.stop_if_interrupted()
+            return CorrectionRecord(model=str(out), precision=result.precision.get("precision"),
+                                    tokens_per_second=result.tokens_per_second, mfu=result.mfu)
 
-        teacher_path = state.stage("correction", correct)["model"]
+        teacher_path = state.stage(CORRECTION, correct).model
 
     for step in recipe.steps:
         teacher_path = _compress(step, teacher_path, step_dirs[step.name], state, models, tokenizer, train_blocks,
@@ -230,123 +235,85 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
 
     exports = []
     if recipe.export.gguf:
-        exports = state.stage("export", lambda: export_stage(recipe, run_dir, Path(teacher_path)))["files"]
+        exports = state.stage(EXPORT, lambda: export_stage(recipe, layout, Path(teacher_path))).files
 
-    results = state.stage("eval", lambda: _evaluate(recipe, run_dir, state, models, tokenizer, heldout))
+    results = state.stage(EVAL, lambda: eval_stage(recipe, layout, state.data, models, tokenizer, heldout))
     report_path = None
     if report:
         from ..report import render_report
 
         report_path = render_report(run_dir)
-    return RunResult(run_dir=run_dir, student=Path(teacher_path), eval=results, report=report_path, exports=exports)
+    return RunResult(run_dir=run_dir, student=Path(teacher_path), eval=results.eval_json(), report=report_path,
+                     exports=[f.to_dict() for f in exports])
 
 
-def _compress(step, teacher_path, step_dir: Path, state: _State, models: _Models, tokenizer, train_blocks, heldout,
-              recipe: Recipe, resume: bool) -> Path:
+def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _Models, tokenizer, train_blocks,
+              heldout, recipe: Recipe, resume: bool) -> Path:
     """One compression step: importance → search or fixed → prune → distill. Returns the student's path."""
     imp, name = recipe.importance, step.name
 
-    def importance() -> dict:
+    def importance() -> ImportanceRecord:
         teacher = models.get(teacher_path)
         scores = estimate_importance(teacher, train_blocks[:imp.samples], batch_size=imp.batch_size,
                                      layer_loss_samples=imp.layer_loss_samples,
                                      seq_aggregations=imp.seq_aggregations, precision=recipe.precision,
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})
-        scores.save(step_dir / "scores", overwrite=True)
-        return {"scores": str(step_dir / "scores"), "teacher": str(teacher_path),
-                "precision": scores.meta["precision"]["precision"], "tokens_per_second": scores.meta["tokens_per_second"],
-                "mfu": scores.meta["mfu"]}
+        scores.save(step_dir.scores, overwrite=True)
+        return ImportanceRecord(scores=str(step_dir.scores), teacher=str(teacher_path),
+                                precision=scores.meta["precision"]["precision"],
+                                tokens_per_second=scores.meta["tokens_per_second"], mfu=scores.meta["mfu"])
 
-    state.stage(f"{name}/importance", importance)
-    scores = ImportanceScores.load(step_dir / "scores")
+    state.stage(stage_key(name, IMPORTANCE), importance)
+    scores = ImportanceScores.load(step_dir.scores)
     train = step.distill.train
 
     if step.architecture is not None:
-        sizes = {a: step.architecture.get(a) for a in AXES}
+        sizes = dataclasses.asdict(step.architecture)
         init_dir = None
     else:
-        def run_search() -> dict:
+        def run_search() -> SearchRecord:
             args = dataclasses.replace(step.search, target_params=step.target_params)
-            result = search(models.get(teacher_path), scores, heldout, step_dir / "search", args=args,
+            result = search(models.get(teacher_path), scores, heldout, step_dir.search.root, args=args,
                             train_blocks=train_blocks, tokenizer=tokenizer,
                             train_args=dataclasses.replace(train, device=train.device if train.device != "auto"
                                                            else recipe.device),
                             loss=step.distill.loss, resume=resume)
             winner = result.winner
-            retrained = step_dir / "search" / winner["name"] / "retrained"
-            return {"winner": {a: winner[a] for a in AXES}, "name": winner["name"], "params": winner["params"],
-                    "rank_correlation": result.rank_correlation,
-                    "retrained": str(retrained) if (retrained / "config.json").is_file() else None}
+            retrained = step_dir.search.retrained(winner["name"])
+            return SearchRecord(winner={a: winner[a] for a in AXES}, name=winner["name"], params=winner["params"],
+                                rank_correlation=result.rank_correlation, precision=result.precision,
+                                retrained=str(retrained) if (retrained / "config.json").is_file() else None)
 
-        found = state.stage(f"{name}/search", run_search)
-        sizes, init_dir = found["winner"], found.get("retrained")
+        found = state.stage(stage_key(name, SEARCH), run_search)
+        sizes, init_dir = found.winner, found.retrained
 
-    def do_prune() -> dict:
+    def do_prune() -> PruneRecord:
         student, plan = prune(models.get(teacher_path), scores, **sizes, aggregation=step.search.aggregation,
                               depth_metric=step.search.depth_metric)
-        save_student(student, tokenizer, step_dir / "pruned", plan=plan, overwrite=True,
+        save_student(student, tokenizer, step_dir.pruned, plan=plan, overwrite=True,
                      provenance={"teacher": str(teacher_path), "step": name})
-        return {"model": str(step_dir / "pruned"), "architecture": plan.target.to_dict()}
+        return PruneRecord(model=str(step_dir.pruned), architecture=plan.target.to_dict())
 
-    state.stage(f"{name}/prune", do_prune)
+    state.stage(stage_key(name, PRUNE), do_prune)
 
-    def do_distill() -> dict:
+    def do_distill() -> DistillRecord:
         tokens = step.distill.tokens
         if tokens == 0:
-            return {"model": str(step_dir / "pruned"), "tokens": 0}
-        start = init_dir if step.distill.init == "search" and init_dir else step_dir / "pruned"
-        out = step_dir / "distilled"
+            return DistillRecord(model=str(step_dir.pruned), tokens=0)
+        continues = step.distill.init == "search" and init_dir is not None
+        start = init_dir if continues else step_dir.pruned
+        out = step_dir.distilled
         args = _train_args(train, tokens, recipe.data.seq_len, recipe.device)
         student = models.fresh(start).float()
         result = distill(student, models.get(teacher_path), train_blocks, out, tokenizer=tokenizer, heldout=heldout,
-                         loss=step.distill.loss, args=args, student_dir=step_dir / "pruned",
+                         loss=step.distill.loss, args=args, student_dir=step_dir.pruned,
                          provenance={"teacher": str(teacher_path), "initialised_from": str(start)},
                          **_resuming(out, resume))
         result.stop_if_interrupted()
-        return {"model": str(out), "initialised_from": str(start), "tokens": result.tokens,
-                "precision": result.precision.get("precision"), "tokens_per_second": result.tokens_per_second,
-                "mfu": result.mfu, "gemm_gflops": result.precision.get("gflops")}
+        return DistillRecord(model=str(out), initialised_from=str(start), continues_search=continues,
+                             tokens=result.tokens, precision=result.precision.get("precision"),
+                             tokens_per_second=result.tokens_per_second, mfu=result.mfu,
+                             gemm_gflops=result.precision.get("gflops"))
 
-    return Path(state.stage(f"{name}/distill", do_distill)["model"])
-
-
-def _evaluate(recipe: Recipe, run_dir: Path, state: _State, models: _Models, tokenizer, heldout) -> dict:
-    """Teacher, then every step's prune (not retrained) and student: held-out perplexity and the recipe's tasks."""
-    stages = state.data["stages"]
-    entries = [("teacher", recipe.teacher)]
-    if "correction" in stages:
-        entries.append(("teacher (corrected)", stages["correction"]["model"]))
-    for step in recipe.steps:
-        entries += [(f"{step.name}: pruned", stages[f"{step.name}/prune"]["model"]),
-                    (f"{step.name}: distilled", stages[f"{step.name}/distill"]["model"])]
-    entries += gguf_entries(recipe, stages)
-    e = recipe.eval
-    rows = []
-    for label, path in entries:
-        if any(r["path"] == path for r in rows):   # distill.tokens 0: the student is the prune
-            continue
-        model = models.get(path)
-        info = describe(model)
-        skip = loader_mismatch(label, info, rows)
-        if skip:
-            logger.warning("eval %s: skipped: %s", label, skip)
-            continue
-        precision = precision_for(recipe.precision, model)
-        loss = lm_loss(model, heldout, e.batch_size, precision.bf16)
-        metrics = {"heldout_ppl": math.exp(min(loss, 50.0))}
-        tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window,
-                         bf16=precision.bf16) if e.tasks else {"results": {}}
-        for task, out in tasks["results"].items():
-            for metric, value in out["metrics"].items():
-                if isinstance(value, (int, float)) and metric not in NOT_SCORES and not metric.endswith("_stderr"):
-                    metrics[f"{task} {metric}"] = value
-        rows.append({"model": label, "path": path, "parameters": info["parameters"]["total"],
-                     "breakdown": info["parameters"], "architecture": info["architecture"], "metrics": metrics,
-                     "precision": precision.precision})
-        logger.info("eval %s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    result = {"rows": rows, "heldout_blocks": heldout.shape[0], "tasks": e.tasks, "limit": e.limit, "window": e.window}
-    write_json_atomic(run_dir / "eval.json", result)
-    return result
+    return Path(state.stage(stage_key(name, DISTILL), do_distill).model)

@@ -1,7 +1,9 @@
 """One self-contained ``report.html`` per run: tables plus PNG figures embedded as base64.
 
-Everything is read back from the run directory, so a report can be re-rendered at any time
-(``compactlm report RUN_DIR``) without the models in memory.
+Everything is read back from the run directory (:class:`~compactlm.recipes.layout.RunLayout`) and
+its records (:mod:`compactlm.recipes.records`), so a report can be re-rendered at any time
+(``compactlm report RUN_DIR``) without the models in memory; the software and hardware shown are
+those the run recorded, not those of the machine rendering the report.
 """
 
 from __future__ import annotations
@@ -12,17 +14,33 @@ import io
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
 from ..distill.metrics import METRICS_FILE
 from ..errors import CompactLMError
-from ..export.save import software_versions
 from ..importance import ImportanceScores
 from ..io import write_text_atomic
-from ..recipes.gguf_stage import LABEL as GGUF_LABEL
+from ..prune.plan import PrunePlan
+from ..readers import read_json_object
+from ..recipes.layout import REPORT_FILE, RunLayout, StepLayout
+from ..recipes.records import (
+    DISTILL,
+    EXPORT,
+    SEARCH,
+    DistillRecord,
+    EvalRecord,
+    EvalRow,
+    ExportRecord,
+    GGUFFile,
+    MeasuredRecord,
+    RunState,
+    SearchRecord,
+    Session,
+    stage_key,
+)
 from . import plots
 
-REPORT_FILE = "report.html"
+__all__ = ["REPORT_FILE", "render_report"]
+
+NOT_RECORDED = "not recorded"
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
@@ -32,7 +50,6 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.sel{background:
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
@@ -53,122 +70,163 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _eval_section(evaluation: dict) -> str:
-    rows = evaluation["rows"]
-    metrics = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+def _eval_section(evaluation: EvalRecord) -> str:
+    rows = evaluation.rows
+    metrics = list(dict.fromkeys(k for r in rows for k in r.metrics))
     teacher = rows[0]
-    out = [f"<p>Held-out perplexity over {evaluation['heldout_blocks']} held-out blocks of the run's data (also "
+    out = [f"<p>Held-out perplexity over {evaluation.heldout_blocks} held-out blocks of the run's data (also "
            f"used by the search, so slightly optimistic for the chosen student); tasks: "
-           f"{html.escape(', '.join(evaluation['tasks']) or 'none')}, limit {evaluation['limit']}, "
-           f"perplexity window {evaluation['window']}.</p>"]
+           f"{html.escape(', '.join(evaluation.tasks) or 'none')}, limit {evaluation.limit}, "
+           f"perplexity window {evaluation.window}.</p>"]
     out.append(_table(["model", "parameters", "vs teacher", *metrics],
-                      [[r["model"], r["parameters"], f"{r['parameters'] / teacher['parameters']:.1%}",
-                        *[r["metrics"].get(m) for m in metrics]] for r in rows]))
-    parts = list(teacher["breakdown"])
+                      [[r.model, r.parameters, f"{r.parameters / teacher.parameters:.1%}",
+                        *[r.metrics.get(m) for m in metrics]] for r in rows]))
+    parts = list(teacher.breakdown)
     out.append("<h3>Parameter breakdown</h3>" + _table(["model", *parts],
-                                                        [[r["model"], *[r["breakdown"].get(p) for p in parts]] for r in rows]))
-    axes = list(teacher["architecture"])
+                                                        [[r.model, *[r.breakdown.get(p) for p in parts]] for r in rows]))
+    axes = list(teacher.architecture)
     out.append("<h3>Architecture</h3>" + _table(["model", *axes],
-                                                 [[r["model"], *[r["architecture"].get(a) for a in axes]] for r in rows]))
+                                                 [[r.model, *[r.architecture.get(a) for a in axes]] for r in rows]))
     return "".join(out)
 
 
-def _gguf_section(files: list[dict], rows: list[dict]) -> str:
+def _gguf_section(files: list[GGUFFile], rows: list[EvalRow]) -> str:
     """The exported GGUF files: size, type, and held-out perplexity next to the HF student's."""
-    student = next((r for r in reversed(rows) if GGUF_LABEL not in r["model"]), None)
-    base = student["metrics"].get("heldout_ppl") if student else None
+    student = next((r for r in reversed(rows) if not r.is_gguf), None)
+    base = student.metrics.get("heldout_ppl") if student else None
     table = []
     for f in files:
-        row = next((r for r in rows if r["path"] == f["path"]), None)
-        ppl = row["metrics"].get("heldout_ppl") if row else None
-        table.append([f["quant"], f["path"], round(f["bytes"] / 1e6, 1), len(f.get("f16_fallback", [])),
-                      ppl, f"{ppl / base - 1:+.2%}" if ppl and base else "not scored", f["tokenizer"]])
+        row = next((r for r in rows if r.path == f.path), None)
+        ppl = row.metrics.get("heldout_ppl") if row else None
+        table.append([f.quant, f.path, round(f.bytes / 1e6, 1), len(f.f16_fallback),
+                      ppl, f"{ppl / base - 1:+.2%}" if ppl and base else "not scored", f.tokenizer])
     return ("<h3>Deployment: GGUF files (llama.cpp, Ollama, LM Studio)</h3>"
             + _table(["type", "file", "MB", "tensors kept f16", "held-out ppl", "vs HF student", "tokenizer"], table))
 
 
-def _step_section(run_dir: Path, name: str, stages: dict) -> str:
-    step_dir = run_dir / name
-    out = [f"<h2>Step '{html.escape(name)}'</h2>"]
-    plan = json.loads((step_dir / "pruned" / "prune_plan.json").read_text())
-    kept = plan["kept"]
-    layers = kept["layers"]
-    source, target = plan["source"], plan["target"]
-    out.append(_table(["", *source], [["teacher", *source.values()], ["student", *target.values()]]))
-    out.append(f"<p>Criteria: {html.escape(json.dumps(plan.get('criteria', {})))}; removed layers: "
-               f"{[i for i in range(source['num_hidden_layers']) if i not in layers] or 'none'}.</p>")
-    scores = ImportanceScores.load(step_dir / "scores")
-    aggregation = tuple(plan.get("criteria", {}).get("aggregation", "l2,mean").split(","))
+def _prune_section(step: StepLayout, plan: PrunePlan) -> list[str]:
+    """Teacher vs student sizes, the criteria, and the importance figures of the scored teacher."""
+    source, target = plan.source.to_dict(), plan.target.to_dict()
+    out = [_table(["", *source], [["teacher", *source.values()], ["student", *target.values()]]),
+           f"<p>Criteria: {html.escape(json.dumps(plan.criteria))}; removed layers: "
+           f"{[i for i in range(plan.source.num_hidden_layers) if i not in plan.layers] or 'none'}.</p>"]
+    scores = ImportanceScores.load(step.scores)
+    aggregation = tuple(plan.criteria.get("aggregation", "l2,mean").split(","))
     out.append("<h3>Importance</h3>")
-    out.append(_png(plots.importance_heatmaps(scores.neurons(aggregation), scores.heads(aggregation), layers)))
-    out.append(_png(plots.channel_importance(scores.channels(aggregation), kept.get("hidden"))))
+    out.append(_png(plots.importance_heatmaps(scores.neurons(aggregation), scores.heads(aggregation), plan.layers)))
+    out.append(_png(plots.channel_importance(scores.channels(aggregation), plan.hidden)))
     loss = scores.layer_loss() if "layers.loss" in scores.tensors else None
-    out.append(_png(plots.layer_importance(scores.block_importance(1), loss, scores.base_loss, layers)))
-    candidates = step_dir / "search" / "candidates.json"
+    out.append(_png(plots.layer_importance(scores.block_importance(1), loss, scores.base_loss, plan.layers)))
+    return out
+
+
+def _search_section(search: dict) -> list[str]:
+    """The candidate table of ``candidates.json`` and the proxy-vs-retrained scatter."""
+    rows = search["candidates"]
+    retrained = sum(r["retrained_loss"] is not None for r in rows)
+    rho = search["rank_correlation"]
+    columns = ["name", "params", "proxy_loss", "proxy_rank", "retrained_loss", "retrained_rank"]
+    return [f"<h3>Search</h3><p>{len(rows)} candidates within {search['tolerance']:.0%} of "
+            f"{search['target_params'] / 1e6:.2f}M parameters (teacher {search['teacher_params'] / 1e6:.2f}M); "
+            f"proxy = held-out LM loss after pruning, no retraining; the best "
+            f"{retrained} by proxy got the same short distillation "
+            f"({search['distill_tokens']:,} tokens). Spearman rank correlation proxy vs retrained: "
+            f"{format(rho, '.3f') if rho is not None else 'n/a'}"
+            f"{' (±1 by definition with two retrained candidates)' if retrained == 2 else ''}.</p>",
+            _table(columns, [[r[c] for c in columns] for r in rows], [r["selected"] for r in rows]),
+            _png(plots.search_scatter(rows))]
+
+
+def _step_section(layout: RunLayout, name: str, state: RunState) -> str:
+    step = layout.step(name)
+    out = [f"<h2>Step '{html.escape(name)}'</h2>", *_prune_section(step, PrunePlan.load(step.pruned))]
     runs = {}
-    if candidates.is_file():
-        search = json.loads(candidates.read_text())
-        rows = search["candidates"]
-        retrained = sum(r["retrained_loss"] is not None for r in rows)
-        out.append(f"<h3>Search</h3><p>{len(rows)} candidates within {search['tolerance']:.0%} of "
-                   f"{search['target_params'] / 1e6:.2f}M parameters (teacher {search['teacher_params'] / 1e6:.2f}M); "
-                   f"proxy = held-out LM loss after pruning, no retraining; the best "
-                   f"{retrained} by proxy got the same short distillation "
-                   f"({search['distill_tokens']:,} tokens). Spearman rank correlation proxy vs retrained: "
-                   f"{format(search['rank_correlation'], '.3f') if search['rank_correlation'] is not None else 'n/a'}"
-                   f"{' (±1 by definition with two retrained candidates)' if retrained == 2 else ''}.</p>")
-        columns = ["name", "params", "proxy_loss", "proxy_rank", "retrained_loss", "retrained_rank"]
-        out.append(_table(columns, [[r[c] for c in columns] for r in rows], [r["selected"] for r in rows]))
-        out.append(_png(plots.search_scatter(rows)))
-        for r in rows:
-            records = _records(step_dir / "search" / r["name"] / "retrained" / METRICS_FILE)
+    search = None
+    if state.get(stage_key(name, SEARCH), SearchRecord) is not None and step.search.candidates_json.is_file():
+        search = read_json_object(step.search.candidates_json, "search table")
+        out += _search_section(search)
+        for r in search["candidates"]:
+            records = _records(step.search.retrained(r["name"]) / METRICS_FILE)
             if records:
                 runs[f"search: {r['name']}"] = (records, 0)
-    distilled = stages.get(f"{name}/distill", {})
-    if distilled.get("tokens"):
-        out.append(f"<p>Distillation: {distilled['tokens']:,} tokens, starting from "
-                   f"<code>{html.escape(distilled['initialised_from'])}</code>.</p>")
-    records = _records(step_dir / "distilled" / METRICS_FILE)
+    distilled = state.get(stage_key(name, DISTILL), DistillRecord)
+    if distilled is not None and distilled.tokens:
+        out.append(f"<p>Distillation: {distilled.tokens:,} tokens, starting from "
+                   f"<code>{html.escape(str(distilled.initialised_from))}</code>"
+                   f"{' (the search run of the winner)' if distilled.continues_search else ''}.</p>")
+    records = _records(step.distill_metrics)
     if records:
-        started = stages.get(f"{name}/distill", {}).get("initialised_from", "")
-        offset = search["distill_tokens"] if candidates.is_file() and "/search/" in started else 0
+        offset = search["distill_tokens"] if search and distilled and distilled.continues_search else 0
         runs["student" + (" (continues its search run)" if offset else "")] = (records, offset)
     if runs:
-        out.insert(-1 if distilled.get("tokens") else len(out), "<h3>Training</h3>")
+        out.insert(-1 if distilled is not None and distilled.tokens else len(out), "<h3>Training</h3>")
         out.append(_png(plots.training_curves(runs)))
     return "".join(out)
 
 
+def _stages_section(state: RunState) -> str:
+    """Seconds, precision actually used, tokens/s and MFU of every stage."""
+    rows = []
+    for name, record in state.stages.items():
+        measured = record if isinstance(record, MeasuredRecord) else None
+        precision = measured.precision if measured else None
+        if isinstance(record, EvalRecord):
+            precision = ", ".join(sorted({r.precision for r in record.rows if r.precision})) or None
+        rows.append([name, record.seconds, precision, measured.tokens_per_second if measured else None,
+                     f"{measured.mfu:.1%}" if measured and measured.mfu else None])
+    total = sum(r[1] or 0 for r in rows)
+    return ("<h2>Stages</h2><p>MFU: model FLOPs per token (2N forward, 6N training, N = matmul weights; a "
+            "distillation step 2N<sub>teacher</sub> + 6N<sub>student</sub>) × tokens/s over the GEMM rate measured "
+            "at the model's shapes in the precision used (compactlm.hardware).</p>"
+            + _table(["stage", "seconds", "precision", "tokens/s", "MFU"], rows + [["total", total, None, None, None]]))
+
+
+def _machine_section(sessions: list[Session]) -> str:
+    """The software and hardware the run recorded, one column per session (start, then each resume)."""
+    if not sessions:
+        return (f"<h2>Software</h2><p>{NOT_RECORDED} (this run was made before compactlm recorded it)</p>"
+                f"<h2>Hardware</h2><p>{NOT_RECORDED}</p>")
+    header = ["", *(f"{'started' if i == 0 else 'resumed'} {s.started}" for i, s in enumerate(sessions))]
+    packages = list(dict.fromkeys(k for s in sessions for k in s.software))
+    software = [[k, *(s.software.get(k, NOT_RECORDED) for s in sessions)] for k in packages]
+    hw = [s.hardware for s in sessions]
+    hardware = [["CPU", *(h.cpu for h in hw)], ["cores", *(h.cores for h in hw)],
+                ["torch threads", *(h.threads for h in hw)],
+                ["native bf16", *("yes" if h.native_bf16 else "no" for h in hw)],
+                ["GPUs", *(", ".join(h.gpus) or "none" for h in hw)], ["device", *(h.device for h in hw)]]
+    return ("<h2>Software</h2>" + _table(header, software) + "<h2>Hardware</h2><p>The machine the run ran on; the "
+            "precision each stage actually used is in the stage table.</p>" + _table(header, hardware))
+
+
+def _load(layout: RunLayout) -> tuple[RunState, EvalRecord]:
+    if not layout.state.is_file() or not layout.eval.is_file():
+        raise CompactLMError(f"'{layout.root}' is not a finished compactlm run (needs {layout.state.name} and "
+                             f"{layout.eval.name}). Finish it with `compactlm run RECIPE --out {layout.root} --resume`.")
+    try:
+        state = RunState.from_dict(read_json_object(layout.state, "run state file"))
+        evaluation = EvalRecord.from_dict(read_json_object(layout.eval, "eval file"))
+    except CompactLMError as err:
+        raise CompactLMError(f"Cannot read the compactlm run directory '{layout.root}': {err}") from err
+    return state, evaluation
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from the files of a finished run; returns its path."""
-    run_dir = Path(run_dir)
-    state_path = run_dir / "run_state.json"
-    if not state_path.is_file() or not (run_dir / "eval.json").is_file():
-        raise CompactLMError(f"'{run_dir}' is not a finished compactlm run (needs run_state.json and eval.json). "
-                             f"Finish it with `compactlm run RECIPE --out {run_dir} --resume`.")
-    state = json.loads(state_path.read_text())
-    evaluation = json.loads((run_dir / "eval.json").read_text())
-    recipe = state["recipe"]
-    student = next(r for r in reversed(evaluation["rows"]) if GGUF_LABEL not in r["model"])
+    layout = RunLayout(Path(run_dir))
+    state, evaluation = _load(layout)
+    recipe = state.recipe
     body = [f"<h1>compactlm run: {html.escape(str(recipe['teacher']))} → "
-            f"{html.escape(student['path'])}</h1>", "<h2>Teacher vs student</h2>",
+            f"{html.escape(evaluation.student.path)}</h1>", "<h2>Teacher vs student</h2>",
             _eval_section(evaluation)]
-    if "export" in state["stages"]:
-        body.append(_gguf_section(state["stages"]["export"]["files"], evaluation["rows"]))
+    export = state.get(EXPORT, ExportRecord)
+    if export is not None:
+        body.append(_gguf_section(export.files, evaluation.rows))
     for step in recipe["steps"]:
-        body.append(_step_section(run_dir, step["name"], state["stages"]))
-    stage_rows = [[name, record.get("seconds"), record.get("precision"), record.get("tokens_per_second"),
-                   f"{record['mfu']:.1%}" if record.get("mfu") else None] for name, record in state["stages"].items()]
-    total = sum(r[1] or 0 for r in stage_rows)
-    body.append("<h2>Stages</h2><p>MFU: model FLOPs per token (2N forward, 6N training, N = matmul weights; a "
-                "distillation step 2N<sub>teacher</sub> + 6N<sub>student</sub>) × tokens/s over the GEMM rate measured "
-                "at the model's shapes in the precision used (compactlm.hardware).</p>"
-                + _table(["stage", "seconds", "precision", "tokens/s", "MFU"], stage_rows + [["total", total, None, None, None]]))
-    versions = software_versions()
+        body.append(_step_section(layout, step["name"], state))
+    body.append(_stages_section(state))
     body.append("<h2>Settings</h2><pre>" + html.escape(json.dumps(recipe, indent=1)) + "</pre>")
-    body.append("<h2>Software</h2>" + _table(["package", "version"], [[k, v] for k, v in versions.items()]))
+    body.append(_machine_section(state.sessions))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>compactlm report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
-    path = run_dir / REPORT_FILE
-    write_text_atomic(path, page)
-    return path
+    write_text_atomic(layout.report, page)
+    return layout.report

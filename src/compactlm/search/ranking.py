@@ -31,12 +31,12 @@ from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, make_plan
 from ..readers import read_json_object
+from .layout import SearchLayout
 from .params import count_parameters, parameter_layout
 from .space import AXES, Candidate, SearchSpace, enumerate_candidates, parse_param_target
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "search_state.json"
 TABLE_COLUMNS = ("name", *AXES, "params", "params_fraction", "proxy_loss", "proxy_rank", "retrained_loss",
                  "retrained_rank", "selected")
 
@@ -47,6 +47,7 @@ class SearchResult:
     winner: dict
     out_dir: Path
     rank_correlation: float | None = None   # Spearman, proxy vs retrained ranks of the retrained candidates
+    precision: str | None = None            # what the proxy ran in (bf16 or fp32)
 
 
 def candidates_for(scores: ImportanceScores, teacher_config, args: SearchArgs) -> tuple[list[Candidate], int]:
@@ -102,8 +103,8 @@ def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(out_dir / "candidates.csv", buffer.getvalue())
-    write_json_atomic(out_dir / "candidates.json", {**summary, "candidates": rows})
+    write_text_atomic(SearchLayout(out_dir).candidates_csv, buffer.getvalue())
+    write_json_atomic(SearchLayout(out_dir).candidates_json, {**summary, "candidates": rows})
 
 
 def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: str | Path, *,
@@ -130,12 +131,13 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
                              "or set top_k to 0.")
     candidates, target = candidates_for(scores, teacher.config, args)
     out_dir = Path(out_dir)
+    layout = SearchLayout(out_dir)
     seq_len = heldout.shape[1]
     steps = steps_for_tokens(args.distill_tokens, train_args.batch_size, seq_len)
     settings = {"search": asdict(args), "target_params": target, "distill_steps": steps, "seq_len": seq_len,
                 "heldout_blocks": heldout.shape[0], "train": asdict(train_args), "loss": asdict(loss),
                 "scores": scores.meta.get("fingerprint")}
-    state_path = out_dir / STATE_FILE
+    state_path = layout.state
     state = {"settings": settings, "proxy": {}, "retrained": {}}
     if resume and state_path.is_file():
         saved = read_json_object(state_path, "search state file", "Start the search afresh with --overwrite.")
@@ -169,11 +171,12 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     for candidate in [c for c in by_proxy[:args.top_k] if c.name not in state["retrained"]]:
         logger.info("search: distilling %s for %d steps", candidate.name, steps)
         student, plan = prune_candidate(teacher, scores, candidate, args)
-        run_dir = out_dir / candidate.name
+        run_dir = layout.candidate(candidate.name)
         run_dir.mkdir(parents=True, exist_ok=True)
         plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
-        again = resume and latest_checkpoint(run_dir / "retrained") is not None
-        result = distill(student, teacher, train_blocks, run_dir / "retrained", tokenizer=tokenizer, heldout=heldout,
+        retrained_dir = layout.retrained(candidate.name)
+        again = resume and latest_checkpoint(retrained_dir) is not None
+        result = distill(student, teacher, train_blocks, retrained_dir, tokenizer=tokenizer, heldout=heldout,
                          loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps}),
                          student_dir=run_dir, resume=again, overwrite=not again)
         result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
@@ -198,7 +201,8 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
                "distill_steps": steps if args.top_k else 0, "distill_tokens": steps * train_args.batch_size * seq_len
                if args.top_k else 0, "rank_correlation": rho, "winner": rows[[r["selected"] for r in rows].index(True)]}
     _write_tables(out_dir, rows, summary)
-    return SearchResult(rows=rows, winner=summary["winner"], out_dir=out_dir, rank_correlation=rho)
+    return SearchResult(rows=rows, winner=summary["winner"], out_dir=out_dir, rank_correlation=rho,
+                        precision=proxy_precision.precision)
 
 
 __all__ = ["SearchArgs", "SearchResult", "candidates_for", "prune_candidate", "search", "spearman", "table_text"]
