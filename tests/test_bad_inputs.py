@@ -348,7 +348,7 @@ CASES = [
     Case("step-name-dotdot", RUN, "plain name", recipe(steps=step(name="../../victim"))),
     Case("step-name-absolute", RUN, "plain name", recipe(steps=step(name="/tmp/victim"))),
     Case("recipe-trust-remote-code", RUN, "--trust-remote-code", recipe(trust_remote_code=True)),
-    Case("architecture-negative-layers", RUN, "positive integer",
+    Case("architecture-negative-layers", RUN, "recipe key 'steps[0].architecture.num_hidden_layers': expected greater than or equal to 1, got -4",
          recipe(steps=[{"name": "s", "architecture": {"num_hidden_layers": -4}}])),
     Case("recipe-wrong-type", RUN, "expected a float", recipe(correction={"lr": "fast"})),
     Case("recipe-bad-int", RUN, "expected an integer", recipe(data={"source": "x", "seq_len": "long"})),

@@ -1,4 +1,4 @@
-"""Every option of compactlm in one place: the ``*Args`` of the API and the sections of a recipe.
+"""Every option of compactlm in one module: the ``*Args`` of the API and the sections of a recipe.
 
 Each option is a field of a pydantic dataclass (``extra="forbid"``): its type validates YAML
 recipes, ``--set`` overrides and Python callers alike, and its docstring is its ``--help`` (the
@@ -14,76 +14,18 @@ verbs already use.
 Types: integers are strict (``seq_len: fast``, ``limit: 1K`` and ``true`` are refused); only
 token-count fields (:data:`Tokens`) read ``256K``/``2M``. The architecture axes carry the
 Hugging Face config names (:data:`AXES`) everywhere: API, YAML, CLI flags and JSON.
+The field types are in :mod:`.fields`, the validation with key-path errors in :mod:`.validation`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import Field, Strict
 from pydantic.dataclasses import dataclass
 
-from .errors import CompactLMError
-from .readers import clip
-
-CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-# The architecture axes, by their Hugging Face config names: the one vocabulary of compactlm.
-AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
-# Letters of the candidate ids (h576-f1536-a9-kv3-l26): ids, not keys; every key is spelled as in AXES.
-SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
-         "num_hidden_layers": "l"}
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_AGGREGATION = "l2,mean"
-MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)
-
-
-def parse_tokens(text: str | int) -> int:
-    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
-    if isinstance(text, bool):
-        raise CompactLMError(f"{text!r} is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", str(text))
-    if not match:
-        raise CompactLMError(f"'{clip(str(text), 40)}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
-    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
-    count = float(match.group(1)) * scale
-    if count > MAX_TOKENS:
-        raise CompactLMError(f"'{clip(str(text), 40)}' is {count:.3g} tokens, more than the {MAX_TOKENS:.0e} compactlm "
-                             f"accepts; expected e.g. 400K, 2M or 1B.")
-    return int(count)
-
-
-def _tokens(value):
-    try:
-        return parse_tokens(value)
-    except CompactLMError as err:
-        raise ValueError(str(err)) from None
-
-
-def _text(value):
-    """A number written where text is expected (``target_params: 0.667``) is read as its text."""
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-Int = Annotated[int, Strict()]
-"""an integer; ``"32"``, ``32.0``, ``true`` and ``1K`` are refused"""
-Count = Annotated[int, Strict(), Field(ge=1)]
-"""an integer >= 1"""
-Bool = Annotated[bool, Strict()]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
-"""a fraction in [0, 1)"""
-class TokenCount:
-    """Marks a token-count field (its CLI flag parses 400K/2M too)."""
-
-
-Tokens = Annotated[int, BeforeValidator(_tokens), TokenCount()]
-"""a token count: 262144, 256K, 2M or 1.5e6"""
-ParamTarget = Annotated[str, BeforeValidator(_text)]
-"""a parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
-Precision = Literal["auto", "bf16", "fp32"]
-
+from .fields import CONFIG, DEFAULT_AGGREGATION, DEFAULT_MODEL, Bool, Count, Fraction, Int, ParamTarget, Precision, Tokens
 
 # ---- distillation -----------------------------------------------------------------------------------
 
@@ -354,87 +296,3 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ---- validation with errors that name the key ----------------------------------------------------------
-
-_EXPECTED = {"int_type": "expected an integer", "int_parsing": "expected an integer",
-             "int_from_float": "expected an integer", "float_type": "expected a float (e.g. 3e-4)",
-             "float_parsing": "expected a float (e.g. 3e-4)", "bool_type": "expected true or false",
-             "string_type": "expected text", "list_type": "expected a list",
-             "dataclass_type": "expected a mapping", "dataclass_args_type": "expected a mapping",
-             "unexpected_keyword_argument": "unknown key"}
-
-
-def key_path(loc: tuple, prefix: str = "") -> str:
-    """``('steps', 0, 'distill', 'tokens')`` → ``steps[0].distill.tokens``."""
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "literal[")))):
-            path += f".{part}" if path else str(part)   # skips pydantic's union/validator labels
-    return path or "top level"
-
-
-def _message(error: dict, prefix: str, fields: dict[str, tuple[str, ...]]) -> str:
-    where = key_path(error["loc"], prefix)
-    kind = error["type"]
-    if kind == "unexpected_keyword_argument":
-        from .errors import unknown_name
-
-        parent, name = where.rpartition(".")[0], str(error["loc"][-1])
-        known = fields.get(re.sub(r"\[\d+\]", "", parent), ())
-        return f"'{clip(where, 80)}': " + str(unknown_name("key", clip(name, 80), known)).rstrip(".")
-    expected = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-    expected = expected.rstrip(".")
-    if kind == "value_error":
-        return f"'{where}': {expected}"
-    return f"'{where}': {expected}, got {clip(repr(error.get('input')), 80)}"
-
-
-def _known_fields(cls: type, prefix: str = "", out: dict | None = None) -> dict[str, tuple[str, ...]]:
-    """Field names of ``cls`` and of every section inside it, by key path without indices."""
-    out = {} if out is None else out
-    out[prefix] = tuple(f.name for f in dataclasses.fields(cls))
-    for f in dataclasses.fields(cls):
-        inner = getattr(cls, "__pydantic_fields__")[f.name].annotation
-        for candidate in _section_types(inner):
-            _known_fields(candidate, f"{prefix}.{f.name}" if prefix else f.name, out)
-    return out
-
-
-def _section_types(hint) -> list[type]:
-    import typing
-
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return [hint]
-    return [t for a in typing.get_args(hint) for t in _section_types(a)]
-
-
-def validate(cls: type, values: dict | None, what: str = "recipe key", prefix: str = ""):
-    """An instance of the option class ``cls`` from a mapping; every problem names its key path and value."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise CompactLMError(f"{what} '{prefix or 'top level'}': expected a mapping, got {clip(values)}.")
-    try:
-        return TypeAdapter(cls).validate_python(values)
-    except ValidationError as err:
-        fields = _known_fields(cls)
-        problems = [_message(e, prefix, fields) for e in err.errors()]
-        raise CompactLMError(f"{what} " + f"; {what} ".join(problems) + ".") from None
-
-
-def replace(options, what: str = "option", **changes):
-    """``dataclasses.replace`` whose validation errors name the option (``what`` names the caller's vocabulary)."""
-    try:
-        return dataclasses.replace(options, **changes)
-    except ValidationError as err:
-        problems = [_message(e, "", {}) for e in err.errors()]
-        raise CompactLMError(f"{what} " + f"; {what} ".join(problems) + ".") from None
-
-
-__all__ = ["AXES", "ArchitectureArgs", "CorrectionSection", "DataSection", "DistillSection", "EvalSection",
-           "EvalArgs", "ExportSection", "ImportanceSection", "LossArgs", "Recipe", "SearchArgs", "SearchSpaceArgs",
-           "StepSection", "TrainArgs", "Tokens", "parse_tokens", "validate"]

@@ -1,0 +1,69 @@
+"""The field types and constants of the option classes: strict integers, token counts, budgets, the axes."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, Strict
+
+from ..errors import CompactLMError
+from ..readers import clip
+
+CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+# The architecture axes, by their Hugging Face config names: the one vocabulary of compactlm.
+AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+# Letters of the candidate ids (h576-f1536-a9-kv3-l26): ids, not keys; every key is spelled as in AXES.
+SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
+         "num_hidden_layers": "l"}
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_AGGREGATION = "l2,mean"
+MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)
+
+
+def parse_tokens(text: str | int) -> int:
+    """``2M``, ``400K``, ``1.5e6`` or ``2000000`` → an int token count."""
+    if isinstance(text, bool):
+        raise CompactLMError(f"{text!r} is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBgG]?)\s*", str(text))
+    if not match:
+        raise CompactLMError(f"'{clip(str(text), 40)}' is not a token count; expected e.g. 400K, 2M, 1.5e6 or 2000000.")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}[match.group(2).lower()]
+    count = float(match.group(1)) * scale
+    if count > MAX_TOKENS:
+        raise CompactLMError(f"'{clip(str(text), 40)}' is {count:.3g} tokens, more than the {MAX_TOKENS:.0e} compactlm "
+                             f"accepts; expected e.g. 400K, 2M or 1B.")
+    return int(count)
+
+
+def _tokens(value):
+    try:
+        return parse_tokens(value)
+    except CompactLMError as err:
+        raise ValueError(str(err)) from None
+
+
+def _text(value):
+    """A number written where text is expected (``target_params: 0.667``) is read as its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+Int = Annotated[int, Strict()]
+"""an integer; ``"32"``, ``32.0``, ``true`` and ``1K`` are refused"""
+Count = Annotated[int, Strict(), Field(ge=1)]
+"""an integer >= 1"""
+Bool = Annotated[bool, Strict()]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+"""a fraction in [0, 1)"""
+
+
+class TokenCount:
+    """Marks a token-count field (its CLI flag parses 400K/2M too)."""
+
+
+Tokens = Annotated[int, BeforeValidator(_tokens), TokenCount()]
+"""a token count: 262144, 256K, 2M or 1.5e6"""
+ParamTarget = Annotated[str, BeforeValidator(_text)]
+"""a parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
+Precision = Literal["auto", "bf16", "fp32"]
