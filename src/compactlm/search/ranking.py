@@ -10,6 +10,7 @@ scored candidates are not rescored and a half-done distillation continues from i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import io
 import json
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..config import LossArgs, SearchArgs, TrainArgs
 from ..distill import distill
@@ -29,7 +31,7 @@ from ..hardware import precision_for
 from ..importance import ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
 from ..progress import progress
-from ..prune import PruneTarget, apply_plan, make_plan
+from ..prune import PruneTarget, apply_plan, check_depth_metric, make_plan
 from ..readers import read_json_object
 from .layout import SearchLayout
 from .params import count_parameters, parameter_layout
@@ -107,6 +109,80 @@ def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     write_json_atomic(SearchLayout(out_dir).candidates_json, {**summary, "candidates": rows})
 
 
+def _open_state(layout: SearchLayout, settings: dict, resume: bool) -> dict:
+    """``search_state.json``: a fresh one, or the saved one when resuming with the same settings."""
+    state = {"settings": settings, "proxy": {}, "retrained": {}}
+    if resume and layout.state.is_file():
+        saved = read_json_object(layout.state, "search state file", "Start the search afresh with --overwrite.")
+        if saved.get("settings") != json.loads(json.dumps(settings)) or not all(
+                isinstance(saved.get(k), dict) for k in ("proxy", "retrained")):
+            raise CompactLMError(f"Cannot resume the search in '{layout.root}': its settings differ from these. "
+                                 f"Use the original settings, or start afresh in a new directory.")
+        state = saved
+    layout.root.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+@dataclass
+class _SearchRun:
+    """What every unit of search work needs: the teacher, its scores, the held-out blocks, the state file."""
+
+    teacher: nn.Module
+    scores: ImportanceScores
+    heldout: torch.Tensor
+    args: SearchArgs
+    layout: SearchLayout
+    state: dict
+    batch_size: int
+    bf16: bool
+
+    def loss_of(self, student: nn.Module) -> float:
+        return lm_loss(student, self.heldout, self.batch_size, self.bf16)
+
+    def score_proxies(self, candidates: list[Candidate]) -> None:
+        """Held-out LM loss of every candidate, pruned but not retrained; saved after each one."""
+        done = self.state["proxy"]
+        with progress(total=len(candidates), initial=sum(c.name in done for c in candidates),
+                      desc="search: proxy", unit="arch") as bar:
+            for candidate in [c for c in candidates if c.name not in done]:
+                student, _ = prune_candidate(self.teacher, self.scores, candidate, self.args)
+                done[candidate.name] = self.loss_of(student)
+                del student
+                gc.collect()
+                write_json_atomic(self.layout.state, self.state)
+                bar.update(1)
+
+    def retrain(self, candidate: Candidate, train_blocks: torch.Tensor, train_args: TrainArgs, loss: LossArgs,
+                tokenizer, resume: bool) -> None:
+        """The short distillation of one candidate (continued from its checkpoint if any), then its held-out loss."""
+        student, plan = prune_candidate(self.teacher, self.scores, candidate, self.args)
+        run_dir = self.layout.candidate(candidate.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
+        retrained_dir = self.layout.retrained(candidate.name)
+        again = resume and latest_checkpoint(retrained_dir) is not None
+        result = distill(student, self.teacher, train_blocks, retrained_dir, tokenizer=tokenizer, heldout=self.heldout,
+                         loss=loss, args=train_args, student_dir=run_dir, resume=again, overwrite=not again)
+        result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
+        self.state["retrained"][candidate.name] = self.loss_of(student)
+        del student
+        gc.collect()
+        write_json_atomic(self.layout.state, self.state)
+
+
+def _table(candidates: list[Candidate], state: dict, top_k: int, source_params: int) -> list[dict]:
+    """One row per candidate, sorted by proxy rank; the winner is the best retrained (or best proxy with top_k 0)."""
+    proxy = [state["proxy"][c.name] for c in candidates]
+    retrained = [state["retrained"].get(c.name) for c in candidates]
+    proxy_rank, retrained_rank = _ranks(proxy), _ranks(retrained)
+    pick = min(range(len(candidates)), key=lambda i: (math.inf if top_k and retrained[i] is None
+                                                      else retrained[i] if top_k else proxy[i], proxy[i]))
+    rows = [{"name": c.name, **c.sizes(), "params": c.params, "params_fraction": c.params / source_params,
+             "proxy_loss": proxy[i], "proxy_rank": proxy_rank[i], "retrained_loss": retrained[i],
+             "retrained_rank": retrained_rank[i], "selected": i == pick} for i, c in enumerate(candidates)]
+    return sorted(rows, key=lambda r: r["proxy_rank"])
+
+
 def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: str | Path, *,
            args: SearchArgs | None = None, train_blocks: torch.Tensor | None = None, tokenizer=None,
            train_args: TrainArgs | None = None, loss: LossArgs | None = None, batch_size: int = 8,
@@ -123,6 +199,7 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     """
     args, train_args, loss = args or SearchArgs(), train_args or TrainArgs(), loss or LossArgs()
     scores.check_matches(teacher)
+    check_depth_metric(scores, args.depth_metric)   # before any candidate is pruned
     if train_args.max_steps is not None:
         raise CompactLMError(f"train_args.max_steps={train_args.max_steps}: the search sets the steps of its short "
                              f"distillations from args.distill_tokens ({args.distill_tokens:,}); leave max_steps unset.")
@@ -130,78 +207,34 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         raise CompactLMError("The short distillation of the top candidates needs training blocks; pass train_blocks "
                              "or set top_k to 0.")
     candidates, target = candidates_for(scores, teacher.config, args)
-    out_dir = Path(out_dir)
-    layout = SearchLayout(out_dir)
+    layout = SearchLayout(Path(out_dir))
     seq_len = heldout.shape[1]
     steps = steps_for_tokens(args.distill_tokens, train_args.batch_size, seq_len)
     settings = {"search": asdict(args), "target_params": target, "distill_steps": steps, "seq_len": seq_len,
                 "heldout_blocks": heldout.shape[0], "train": asdict(train_args), "loss": asdict(loss),
                 "scores": scores.meta.get("fingerprint")}
-    state_path = layout.state
-    state = {"settings": settings, "proxy": {}, "retrained": {}}
-    if resume and state_path.is_file():
-        saved = read_json_object(state_path, "search state file", "Start the search afresh with --overwrite.")
-        if saved.get("settings") != json.loads(json.dumps(settings)) or not all(
-                isinstance(saved.get(k), dict) for k in ("proxy", "retrained")):
-            raise CompactLMError(f"Cannot resume the search in '{out_dir}': its settings differ from these. "
-                                 f"Use the original settings, or start afresh in a new directory.")
-        state = saved
-    out_dir.mkdir(parents=True, exist_ok=True)
+    state = _open_state(layout, settings, resume)
     source_params = count_parameters(scores.architecture, parameter_layout(teacher.config))
     proxy_precision = precision_for(train_args.precision, teacher)
     state["precision"] = proxy_precision.to_dict()
     logger.info("search: %d candidates within %.2fM ±%.0f%%", len(candidates), target / 1e6, args.tolerance * 100)
-
-    # ---- proxy: held-out LM loss of every candidate, pruned but not retrained -------------------------
-    with progress(total=len(candidates), initial=sum(c.name in state["proxy"] for c in candidates),
-                  desc="search: proxy", unit="arch") as bar:
-        for candidate in candidates:
-            if candidate.name in state["proxy"]:
-                continue
-            student, _ = prune_candidate(teacher, scores, candidate, args)
-            state["proxy"][candidate.name] = lm_loss(student, heldout, batch_size, proxy_precision.bf16)
-            del student
-            gc.collect()
-            write_json_atomic(state_path, state)
-            bar.update(1)
+    work = _SearchRun(teacher, scores, heldout, args, layout, state, batch_size, proxy_precision.bf16)
+    work.score_proxies(candidates)
+    # the same short distillation for the top_k by proxy; one student in memory at a time
+    short = dataclasses.replace(train_args, max_steps=steps)
     by_proxy = sorted(candidates, key=lambda c: state["proxy"][c.name])
-
-    # ---- the same short distillation for the top_k ------------------------------------------------------
-    # The trainer leaves the teacher as it was, so each student is pruned just before its run (one in memory).
     for candidate in [c for c in by_proxy[:args.top_k] if c.name not in state["retrained"]]:
         logger.info("search: distilling %s for %d steps", candidate.name, steps)
-        student, plan = prune_candidate(teacher, scores, candidate, args)
-        run_dir = layout.candidate(candidate.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
-        retrained_dir = layout.retrained(candidate.name)
-        again = resume and latest_checkpoint(retrained_dir) is not None
-        result = distill(student, teacher, train_blocks, retrained_dir, tokenizer=tokenizer, heldout=heldout,
-                         loss=loss, args=TrainArgs(**{**asdict(train_args), "max_steps": steps}),
-                         student_dir=run_dir, resume=again, overwrite=not again)
-        result.stop_if_interrupted()   # SIGINT/SIGTERM: the checkpoint is written; resume continues it
-        state["retrained"][candidate.name] = lm_loss(student, heldout, batch_size, proxy_precision.bf16)
-        del student
-        gc.collect()
-        write_json_atomic(state_path, state)
+        work.retrain(candidate, train_blocks, short, loss, tokenizer, resume)
 
-    # ---- the table -----------------------------------------------------------------------------------
-    proxy = [state["proxy"][c.name] for c in candidates]
-    retrained = [state["retrained"].get(c.name) for c in candidates]
-    proxy_rank, retrained_rank = _ranks(proxy), _ranks(retrained)
-    pick = min(range(len(candidates)), key=lambda i: (math.inf if args.top_k and retrained[i] is None
-                                                      else retrained[i] if args.top_k else proxy[i], proxy[i]))
-    rows = [{"name": c.name, **c.sizes(), "params": c.params, "params_fraction": c.params / source_params,
-             "proxy_loss": proxy[i], "proxy_rank": proxy_rank[i], "retrained_loss": retrained[i],
-             "retrained_rank": retrained_rank[i], "selected": i == pick} for i, c in enumerate(candidates)]
-    rows.sort(key=lambda r: r["proxy_rank"])
+    rows = _table(candidates, state, args.top_k, source_params)
     both = [(r["proxy_loss"], r["retrained_loss"]) for r in rows if r["retrained_loss"] is not None]
     rho = spearman([p for p, _ in both], [q for _, q in both])
     summary = {"target_params": target, "teacher_params": source_params, "tolerance": args.tolerance,
                "distill_steps": steps if args.top_k else 0, "distill_tokens": steps * train_args.batch_size * seq_len
                if args.top_k else 0, "rank_correlation": rho, "winner": rows[[r["selected"] for r in rows].index(True)]}
-    _write_tables(out_dir, rows, summary)
-    return SearchResult(rows=rows, winner=summary["winner"], out_dir=out_dir, rank_correlation=rho,
+    _write_tables(layout.root, rows, summary)
+    return SearchResult(rows=rows, winner=summary["winner"], out_dir=layout.root, rank_correlation=rho,
                         precision=proxy_precision.precision)
 
 
