@@ -58,6 +58,8 @@ def _write(tmp_path: Path, text: str) -> Path:
      r"steps\[0\].search.target_params=0.5 is set by the pipeline.*give steps\[0\].target_params instead"),
     ("steps:\n  - distill: {train: {max_steps: 9}}\n",
      r"steps\[0\].distill.train.max_steps=9 is set by the pipeline.*steps\[0\].distill.tokens"),
+    ("importance: {criterion: magnitud}\n", "importance.criterion: Unknown criterion 'magnitud'. Did you mean 'magnitude'"),
+    ("importance: {depth_tasks: [winogrand]}\n", r"importance.depth_tasks\[0\]: Unknown task 'winogrand'"),
     ("data: [\n", "not valid YAML"),
 ])
 def test_mistakes_name_the_key(tmp_path, text, message):
@@ -79,3 +81,14 @@ def test_unknown_recipe_name_lists_the_shipped_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no-such-recipe" in err and "default" in err and "iterative" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_importance_section_passes_every_key_to_estimate_importance():
+    import inspect
+
+    from compactlm.config import ImportanceSection
+    from compactlm.importance import estimate_importance
+
+    kwargs = ImportanceSection(criterion="taylor", depth_tasks=["winogrande"]).estimate_kwargs()
+    assert set(kwargs) <= set(inspect.signature(estimate_importance).parameters)
+    assert kwargs["criterion"] == "taylor" and kwargs["depth_tasks"] == ["winogrande"] and "samples" not in kwargs

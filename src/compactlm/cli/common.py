@@ -39,11 +39,13 @@ def model_from_args(args: argparse.Namespace, name: str | None = None, **kwargs)
                       **options)
 
 
-def add_data_args(parser: argparse.ArgumentParser, samples: int | None = 256, heldout: bool = False) -> None:
+def add_data_args(parser: argparse.ArgumentParser, samples: int | None = 256, heldout: bool = False,
+                  with_samples: bool = True) -> None:
     """The data flags of a recipe's ``data`` section (``--data``, ``--seq-len``, ...), plus ``--samples``."""
     group = parser.add_argument_group("data")
     add_flags(group, DataSection, skip=() if heldout else ("heldout_samples",), names=DATA_FLAGS)
-    group.add_argument("--samples", type=int, default=samples, help="number of sequences (default: %(default)s)")
+    if with_samples:
+        group.add_argument("--samples", type=int, default=samples, help="number of sequences (default: %(default)s)")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:

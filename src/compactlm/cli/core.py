@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import ArchitectureArgs, SearchArgs
+from ..config import ArchitectureArgs, EvalArgs, ImportanceSection, SearchArgs
 from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args,
                      model_from_args)
 from .flags import OLD_AXIS_FLAGS, add_flags, from_flags
+
+
+DEPTH_TASK_FIELDS = ("depth_tasks", "depth_task_examples", "depth_task_lengths")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,25 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Calibration pass (forward-only unless --criterion taylor); saves scores reusable "
                                    "for any number of prunes.")
     add_model_args(p)
-    add_data_args(p)
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
-    p.add_argument("--layer-loss-samples", type=int, default=8,
-                   help="sequences for the 'LM loss with layer i removed' metric; 0 skips it (default: %(default)s)")
-    p.add_argument("--seq-aggregations", default="mean",
-                   help="sequence aggregations to record: mean serves every BATCH,mean choice at prune time; "
-                        "mean,l2,var serves all nine (default: %(default)s)")
-    p.add_argument("--criterion", default="activation",
-                   help="width importance: activation (hook statistics), magnitude (L2 norm of each unit's weights), "
-                        "taylor (first-order |w * dL/dw| per unit, one backward pass over the data) or random "
-                        "(seeded by --seed); layer metrics are recorded either way (default: %(default)s)")
+    add_data_args(p, with_samples=False)
+    add_flags(p.add_argument_group("importance"), ImportanceSection, skip=("seed", *DEPTH_TASK_FIELDS),
+              defaults={"samples": 256})
     depth = p.add_argument_group("task depth metric (prune --depth-metric task:NAME)")
-    depth.add_argument("--depth-tasks", default="",
-                       help="zero-shot tasks scored with every contiguous block of layers removed, e.g. winogrande")
-    depth.add_argument("--depth-task-examples", type=int, default=64,
-                       help="examples per task and block, the seeded subset of `compactlm eval --limit N` (default: %(default)s)")
-    depth.add_argument("--depth-task-lengths", default=None,
-                       help="block lengths to score, e.g. 8,16 (default: every length 1..L-1, L(L+1)/2 - 1 evaluations)")
-    depth.add_argument("--data-dir", default=None, help="folder with local task files (default: $COMPACTLM_DATA_DIR)")
+    add_flags(depth, ImportanceSection, only=DEPTH_TASK_FIELDS)
+    add_flags(depth, EvalArgs, only=("data_dir",))
     add_output_args(p)
     p.set_defaults(func=run_importance)
 
@@ -63,27 +53,14 @@ def run_importance(args: argparse.Namespace) -> int:
     from ..io import check_output_dir
 
     check_output_dir(args.out, args.overwrite, inputs=[args.model, args.source])  # refuse before any heavy work
-    if args.batch_size <= 0 or args.layer_loss_samples < 0 or args.samples <= 0 or args.seq_len < 2:
-        raise CompactLMError(f"--batch-size and --samples must be > 0, --seq-len >= 2 and --layer-loss-samples >= 0 "
-                             f"(got {args.batch_size}, {args.samples}, {args.seq_len}, {args.layer_loss_samples}).")
-    check_criterion(args.criterion)
-    tasks = [t for t in args.depth_tasks.split(",") if t]
-    for name in tasks:
+    options = from_flags(ImportanceSection, args, seed=args.seed)   # --seed: the data sample and the random criterion
+    check_criterion(options.criterion)
+    for name in options.depth_tasks:
         get_task(name)
-    if args.depth_task_examples <= 0:
-        raise CompactLMError(f"--depth-task-examples must be > 0 (got {args.depth_task_examples}).")
-    try:
-        lengths = None if args.depth_task_lengths is None else [int(n) for n in args.depth_task_lengths.split(",")]
-    except ValueError:
-        raise CompactLMError(f"--depth-task-lengths takes comma-separated integers, e.g. 8,16 "
-                             f"(got '{args.depth_task_lengths}').") from None
     model, tokenizer = model_from_args(args)
     blocks = load_blocks_from_args(args, tokenizer, model=model)
-    scores = estimate_importance(model, blocks.train, criterion=args.criterion, seed=args.seed, batch_size=args.batch_size,
-                                 layer_loss_samples=args.layer_loss_samples, seq_aggregations=args.seq_aggregations,
-                                 depth_tasks=tasks, depth_task_examples=args.depth_task_examples,
-                                 depth_task_lengths=lengths, tokenizer=tokenizer, data_dir=args.data_dir,
-                                 meta={"data": blocks.describe()})
+    scores = estimate_importance(model, blocks.train, **options.estimate_kwargs(), tokenizer=tokenizer,
+                                 data_dir=args.data_dir, meta={"data": blocks.describe()})
     scores.save(args.out, overwrite=args.overwrite)
     m = scores.meta
     print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) -> {args.out}")

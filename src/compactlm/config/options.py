@@ -231,7 +231,24 @@ class ImportanceSection:
     layer_loss_samples: Int = 8
     """blocks for the 'LM loss with layer i removed' metric (0 skips it)"""
     seq_aggregations: str = "mean"
-    """sequence statistics to record (mean serves every BATCH,mean aggregation)"""
+    """sequence statistics to record: mean serves every BATCH,mean aggregation at prune time; mean,l2,var all nine"""
+    criterion: str = "activation"
+    """width importance: activation (hook statistics), magnitude (L2 norm of each unit's weights), taylor
+    (first-order |w * dL/dw| per unit, one backward pass over the data) or random (seeded); layer metrics are
+    recorded either way"""
+    seed: Int = 0
+    """seed of the random criterion"""
+    depth_tasks: list[str] = dataclasses.field(default_factory=list)
+    """zero-shot tasks scored with every contiguous block of layers removed, for depth_metric task:NAME
+    (e.g. [winogrande])"""
+    depth_task_examples: Count = 64
+    """examples per task and block: the seeded subset of `compactlm eval --limit N`"""
+    depth_task_lengths: list[Count] | None = None
+    """block lengths to score, e.g. [8, 16] (default: every length 1..L-1, L(L+1)/2 - 1 evaluations)"""
+
+    def estimate_kwargs(self) -> dict:
+        """The keyword arguments of :func:`compactlm.importance.estimate_importance` (all fields but ``samples``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
 @dataclass(config=CONFIG)

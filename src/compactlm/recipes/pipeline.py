@@ -254,9 +254,8 @@ def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _
 
     def importance() -> ImportanceRecord:
         teacher = models.get(teacher_path)
-        scores = estimate_importance(teacher, train_blocks[:imp.samples], batch_size=imp.batch_size,
-                                     layer_loss_samples=imp.layer_loss_samples,
-                                     seq_aggregations=imp.seq_aggregations, precision=recipe.precision,
+        scores = estimate_importance(teacher, train_blocks[:imp.samples], **imp.estimate_kwargs(), tokenizer=tokenizer,
+                                     precision=recipe.precision,
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})
         scores.save(step_dir.scores, overwrite=True)

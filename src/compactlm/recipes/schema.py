@@ -48,6 +48,22 @@ def _pipeline_keys(raw: dict) -> list[str]:
     return problems
 
 
+def _name_problems(recipe: Recipe) -> list[str]:
+    """Names looked up in registries: the importance criterion and the tasks of the task depth metric."""
+    from ..evaluate import get_task
+    from ..importance import check_criterion
+
+    problems = []
+    for where, name, check in [("importance.criterion", recipe.importance.criterion, check_criterion),
+                               *[(f"importance.depth_tasks[{i}]", t, get_task)
+                                 for i, t in enumerate(recipe.importance.depth_tasks)]]:
+        try:
+            check(name)
+        except CompactLMError as err:
+            problems.append(f"{where}: {str(err).rstrip('.')}")
+    return problems
+
+
 def _check(recipe: Recipe) -> None:
     """What the types alone cannot say: relations between keys."""
     problems = []
@@ -63,6 +79,7 @@ def _check(recipe: Recipe) -> None:
                             f"{'/'.join(RESERVED_NAMES)}), e.g. 'student' or 'step_90m'")
         if step.architecture is None and step.target_params is None:
             problems.append(f"steps[{i}]: give 'target_params' (search) or 'architecture' (fixed)")
+    problems += _name_problems(recipe)
     from ..export.gguf import quant_types
 
     for quant in recipe.export.gguf:
