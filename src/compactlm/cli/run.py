@@ -71,15 +71,17 @@ def run_recipe(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from ..readers import read_json_object, reading
+    from ..recipes.layout import RunLayout
     from ..report import render_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise CompactLMError(f"Run directory '{run_dir}' does not exist; give a directory written by `compactlm run`.")
     fix = f"Re-create it with `compactlm run RECIPE --out {run_dir} --overwrite`."
-    for name in ("run_state.json", "eval.json"):
-        if (run_dir / name).is_file():
-            read_json_object(run_dir / name, "run file", fix)
+    layout = RunLayout(run_dir)
+    for path in (layout.state, layout.eval):
+        if path.is_file():
+            read_json_object(path, "run file", fix)
     with reading(run_dir, "compactlm run directory", fix):   # any file of the run that fails to parse
         print(render_report(run_dir))
     return 0
