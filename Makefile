@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast lint clean
 
 $(BIN)/compactlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff: pyflakes, pycodestyle and import order (settings in pyproject.toml); CI runs it before the tests
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
 
 test-fast: setup
 	COMPACTLM_SKIP_SLOW=1 $(BIN)/python -m pytest -q -m "not slow"

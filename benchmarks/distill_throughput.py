@@ -33,8 +33,15 @@ import torch
 from compactlm.distill.losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
 from compactlm.distill.student import DistillModule
 from compactlm.distill.teacher import TeacherOutputs
-from compactlm.hardware import (PRECISIONS, choose_precision, device_kind, forward_flops_per_token, measured_rates,
-                                 mfu, train_flops_per_token)
+from compactlm.hardware import (
+    PRECISIONS,
+    choose_precision,
+    device_kind,
+    forward_flops_per_token,
+    measured_rates,
+    mfu,
+    train_flops_per_token,
+)
 from compactlm.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,7 +170,8 @@ def main() -> None:
                               "--seq-len", str(a.seq_len), "--device", a.device], capture_output=True, text=True, check=True)
         memory[label] = json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"\nSmolLM2-135M teacher, student MLP {a.intermediate_size} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M), "
+    print(f"\nSmolLM2-135M teacher, student MLP {a.intermediate_size} "
+          f"({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M), "
           f"batch {a.batch} x {a.seq_len} tokens, best of {a.reps}\n{choice.describe()}")
     print(f"{'part':<22}{'seconds':>10}{'tokens/s':>12}{'GFLOP/tok':>11}{'peak GFLOP/s':>14}{'MFU':>8}")
     for name in parts:
@@ -174,7 +182,8 @@ def main() -> None:
           f"{memory['chunked']:.0f} MiB vs unchunked fp32 {memory['unchunked_fp32']:.0f} MiB")
     RESULTS.mkdir(exist_ok=True)
     record = {"batch": a.batch, "seq_len": a.seq_len, "tokens_per_step": n, "precision": choice.precision,
-              "precision_choice": choice.to_dict(), "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps, "seconds": best,
+              "precision_choice": choice.to_dict(), "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps,
+              "seconds": best,
               "tokens_per_s": {k: n / v for k, v in best.items()}, "flops_per_token": flops, "peak_gflops": peaks,
               "mfu": util, "ratio_distill_vs_sum": ratio,
               "loss_peak_memory_mib": memory, "all_seconds": times, "threads": torch.get_num_threads(),

@@ -329,7 +329,8 @@ def axes(ctx: Context) -> dict:
     rows = [ctx.prune_and_retrain(arm, ctx.plan(target), target_params=target_params) for arm, target in arms.items()]
     width, deep, both = (_loss(rows, arm) for arm in arms)
     return {"rows": rows, "verdict": verdict(claim_word([width < both, width < deep]),
-                                             f"after retraining: width {width:.3f}, depth+width {both:.3f}, depth {deep:.3f} nats"),
+                                             f"after retraining: width {width:.3f}, depth+width {both:.3f}, "
+                                             f"depth {deep:.3f} nats"),
             "summary": {"target_parameters": target_params, "depth_only_layers_removed": cut,
                         "note": "intermediate-state loss on (auto) for the students with fewer layers"}}
 

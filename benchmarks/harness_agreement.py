@@ -83,7 +83,8 @@ def write_harness_tasks(folder: Path, tasks: list[str], data_dir: str | None) ->
             if not dropping:
                 kept.append(line)
         header = [f"task: {task.name}", "dataset_path: json", "dataset_name: null",
-                  "dataset_kwargs:", "  data_files:", f"    {split}: {data}", f"{'test' if split == 'test' else 'validation'}_split: {split}"]
+                  "dataset_kwargs:", "  data_files:", f"    {split}: {data}",
+                  f"{'test' if split == 'test' else 'validation'}_split: {split}"]
         (folder / f"{task.name}.yaml").write_text("\n".join(header + kept) + "\n")
 
 

@@ -134,9 +134,11 @@ def main() -> None:
     best = {arm: min(t) for arm, t in times.items()}
     rows = []
     peak = peak_gflops(choice, model.config, args.device, args.batch_size * args.seq_len)  # at the rows multiplied
-    print(f"{args.model}: {tokens:,} tokens per repetition (batch {args.batch_size} x {args.seq_len}), {args.repeats} repetitions, device {args.device}")
+    print(f"{args.model}: {tokens:,} tokens per repetition (batch {args.batch_size} x {args.seq_len}), "
+          f"{args.repeats} repetitions, device {args.device}")
     print(choice.describe())
-    print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'MFU':>7} {'vs plain-lm':>12} {'vs plain-body':>14} {'peak MiB':>9} {'above load MiB':>15}")
+    print(f"{'arm':<12} {'best s':>8} {'tok/s':>9} {'MFU':>7} {'vs plain-lm':>12} {'vs plain-body':>14} "
+          f"{'peak MiB':>9} {'above load MiB':>15}")
     for arm in ARMS:
         m = memory[arm]
         util = mfu(flops[arm], tokens / best[arm], peak) if peak else None

@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import make_char_tokenizer, make_tiny_model
+from recipes.run_fixtures import write_tiny_recipe
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
-
-from helpers import make_char_tokenizer, make_tiny_model
-from recipes.run_fixtures import write_tiny_recipe
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Pruning keeps the important neurons. "
         "Distillation teaches the student with the teacher's logits.\n\n") * 60
@@ -348,7 +347,8 @@ CASES = [
     Case("step-name-dotdot", RUN, "plain name", recipe(steps=step(name="../../victim"))),
     Case("step-name-absolute", RUN, "plain name", recipe(steps=step(name="/tmp/victim"))),
     Case("recipe-trust-remote-code", RUN, "--trust-remote-code", recipe(trust_remote_code=True)),
-    Case("architecture-negative-layers", RUN, "recipe key 'steps[0].architecture.num_hidden_layers': expected greater than or equal to 1, got -4",
+    Case("architecture-negative-layers", RUN,
+         "recipe key 'steps[0].architecture.num_hidden_layers': expected greater than or equal to 1, got -4",
          recipe(steps=[{"name": "s", "architecture": {"num_hidden_layers": -4}}])),
     Case("recipe-wrong-type", RUN, "expected a float", recipe(correction={"lr": "fast"})),
     Case("recipe-bad-int", RUN, "expected an integer", recipe(data={"source": "x", "seq_len": "long"})),
@@ -445,16 +445,16 @@ def _readers(world, d: Path):
 
     from compactlm.cli.run import run_report
     from compactlm.data import read_documents
+    from compactlm.distill.checkpoint import load_checkpoint
     from compactlm.distill.intermediate import read_prune_plan
     from compactlm.distill.metrics import JsonlLogger
-    from compactlm.recipes.pipeline import _State
-    from compactlm.distill.checkpoint import load_checkpoint
     from compactlm.evaluate import get_task
     from compactlm.evaluate.sources import read_local_rows
     from compactlm.importance import ImportanceScores
     from compactlm.models import load_model
     from compactlm.prune import PrunePlan
     from compactlm.recipes import load_recipe
+    from compactlm.recipes.pipeline import _State
 
     def in_model(name):
         m = d / f"m-{name}"

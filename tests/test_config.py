@@ -10,8 +10,17 @@ from pydantic import ValidationError
 
 from compactlm.cli import build_parser, main
 from compactlm.cli.flags import add_flags, from_flags
-from compactlm.config import (AXES, ArchitectureArgs, DistillSection, LossArgs, Recipe, SearchArgs, SearchSpaceArgs,
-                              TrainArgs, validate)
+from compactlm.config import (
+    AXES,
+    ArchitectureArgs,
+    DistillSection,
+    LossArgs,
+    Recipe,
+    SearchArgs,
+    SearchSpaceArgs,
+    TrainArgs,
+    validate,
+)
 from compactlm.errors import CompactLMError
 
 

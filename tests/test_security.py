@@ -14,13 +14,12 @@ import time
 import pytest
 import torch
 import yaml
+from distill.distill_fixtures import one_thread  # noqa: F401  (autouse)
+from helpers import make_tiny_model
+from recipes.run_fixtures import write_tiny_recipe
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
-
-from helpers import make_tiny_model
-from distill.distill_fixtures import one_thread  # noqa: F401  (autouse)
-from recipes.run_fixtures import write_tiny_recipe
 
 
 def _tiny_distill(out, *, resume=False, teacher_seed=0, data_seed=0, steps=2):

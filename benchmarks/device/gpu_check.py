@@ -35,8 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_random_model as rm  # noqa: E402
 
-from compactlm.hardware import (choose_precision, device_kind, forward_flops_per_token, matmul_params,  # noqa: E402
-                                measured_rates, mfu)
+from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, matmul_params, measured_rates, mfu  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -155,7 +154,8 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     cfg = teacher.config
     check.info.update(config={k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                             "num_attention_heads", "num_key_value_heads", "vocab_size")},
-                      matmul_params=matmul_params(teacher), gemm_gflops=measured_rates(cfg, device, rows=a.micro_batch_size * a.seq_len))
+                      matmul_params=matmul_params(teacher),
+                      gemm_gflops=measured_rates(cfg, device, rows=a.micro_batch_size * a.seq_len))
     t0 = time.perf_counter()
     train, heldout, source = get_blocks(tok, cfg.vocab_size, a, a.text)
     check.info.update(data=source, data_seconds=time.perf_counter() - t0, seq_len=a.seq_len)

@@ -13,7 +13,6 @@ from typing import Any
 
 from .errors import CompactLMError
 
-
 # Files and folders that only compactlm writes: a directory holding one of them is ours to replace.
 OUTPUT_MARKERS = ("run_state.json", "metrics.jsonl", "prune_plan.json", "importance.json", "search_state.json",
                   "candidates.json", "compactlm_provenance.json", "trainer_state.json", "checkpoints")

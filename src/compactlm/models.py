@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_MODEL
 from .errors import CompactLMError
 from .readers import clip, describe_error, read_json
 
@@ -64,7 +63,8 @@ def resolve_model(name: str) -> ModelSource:
             )
         folder = Path(spec.submodule_search_locations[0])
         if not (folder / builtin.filename).is_file():
-            raise CompactLMError(f"Built-in model '{name}': {folder / builtin.filename} is missing. Reinstall with: {builtin.install}")
+            raise CompactLMError(f"Built-in model '{name}': {folder / builtin.filename} is missing. "
+                                 f"Reinstall with: {builtin.install}")
         return ModelSource(name=name, path=str(folder), gguf_file=builtin.filename)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):

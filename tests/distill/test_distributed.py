@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 
 from compactlm.distill.distributed import DistInfo, StepSampler
 

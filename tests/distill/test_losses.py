@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 from torch import nn
 
 from compactlm.distill.losses import LOSSES, ChunkedLogitLoss, make_loss

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from distill_fixtures import one_thread  # noqa: F401  (autouse)
 import torch
+from distill_fixtures import one_thread  # noqa: F401  (autouse)
 from helpers import make_tiny_model
 from transformers import AutoModelForCausalLM
 

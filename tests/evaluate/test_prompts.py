@@ -40,7 +40,8 @@ def requests(task: str, row: dict) -> list[Request]:
 
 def test_hellaswag():
     ctx = "Making a cake: A woman. stirs batter in a bowl. She"
-    assert requests("hellaswag", HELLASWAG) == [Request(ctx, " pours it into a pan slowly."), Request(ctx, " Throws the bowl away.")]
+    assert requests("hellaswag", HELLASWAG) == [Request(ctx, " pours it into a pan slowly."),
+                                                Request(ctx, " Throws the bowl away.")]
     t = get_task("hellaswag")
     assert t.gold(t.process(HELLASWAG)) == 0
 
@@ -131,7 +132,8 @@ def test_templates_match_the_harness():
     assert [r.continuation[1:] for r in requests("boolq", BOOLQ)] == boolq["doc_to_choice"]
     lam = _harness_yaml("lambada/lambada_openai.yaml")
     (req,) = requests("lambada", LAMBADA)
-    assert (req.context, req.continuation) == (apply_template(lam["doc_to_text"], LAMBADA), apply_template(lam["doc_to_target"], LAMBADA))
+    assert (req.context, req.continuation) == (apply_template(lam["doc_to_text"], LAMBADA),
+                                               apply_template(lam["doc_to_target"], LAMBADA))
     mmlu = _harness_yaml("mmlu/default/_default_template_yaml")
     assert mmlu_mod.question_text(MMLU_ROW) == apply_template(mmlu["doc_to_text"], MMLU_ROW)
     assert mmlu["fewshot_split"] == "dev" and mmlu["fewshot_config"]["sampler"] == "first_n"
@@ -144,7 +146,8 @@ def test_hellaswag_and_winogrande_match_the_harness_helpers():
     from lm_eval.tasks.winogrande import preprocess_winogrande as wg
 
     doc = hs.process_docs(datasets.Dataset.from_list([HELLASWAG]))[0]
-    assert [(r.context, r.continuation) for r in requests("hellaswag", HELLASWAG)] == [(doc["query"], " " + c) for c in doc["choices"]]
+    assert [(r.context, r.continuation) for r in requests("hellaswag", HELLASWAG)] == [
+        (doc["query"], " " + c) for c in doc["choices"]]
     assert [(r.context, r.continuation) for r in requests("winogrande", WINOGRANDE)] == [
         (c, " " + wg.doc_to_target(WINOGRANDE)) for c in wg.doc_to_choice(WINOGRANDE)]
     assert get_task("winogrande").gold(WINOGRANDE) == wg.doc_to_text(WINOGRANDE)

@@ -23,7 +23,8 @@ TOL = 1e-6
 # request; and options that begin the text (nothing shared)
 EXAMPLES = [
     [Request("Question: What is the capital of France?\nAnswer:", c) for c in (" Paris", " London is big", " no")],
-    [Request("A man is sitting on a roof. He", c) for c in (" is using wrap to wrap a pair of skis.", " starts pulling up roofing.")],
+    [Request("A man is sitting on a roof. He", c)
+     for c in (" is using wrap to wrap a pair of skis.", " starts pulling up roofing.")],
     [Request("Sarah was a better surgeon than Maria so " + o, " always got the easier cases.") for o in ("Sarah", "Maria")],
     [Request("The cat sat on the", " mat.")],
     [Request("", c) for c in ("Sarah always wins.", "Maria often loses the game.")],

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gguf_fixtures import VOCAB, save_bpe_tokenizer
 from helpers import make_tiny_model
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
-from compactlm.export.gguf import (FAMILIES, export_gguf, llama3_rope_factors, permute_for_llamacpp, quant_types)
+from compactlm.export.gguf import FAMILIES, export_gguf, llama3_rope_factors, permute_for_llamacpp, quant_types
 from compactlm.export.gguf_vocab import find_gguf_source
-
-from gguf_fixtures import VOCAB, save_bpe_tokenizer
 
 gguf = pytest.importorskip("gguf")
 

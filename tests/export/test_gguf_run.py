@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 import yaml
+from gguf_fixtures import VOCAB, save_bpe_tokenizer
 from helpers import make_tiny_model
 
 from compactlm.cli import main
-
-from gguf_fixtures import VOCAB, save_bpe_tokenizer
 
 pytest.importorskip("gguf")
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import make_tiny_model
 
 from compactlm import parameter_breakdown
 from compactlm.arch import adapter_for
 from compactlm.errors import CompactLMError
 from compactlm.prune import PrunePlan, select_units
 from compactlm.prune.apply import apply_plan
-from compactlm.search import (SearchSpace, count_parameters, enumerate_candidates, parameter_counts,
-                              parameter_layout, parse_param_target, spearman)
-
-from helpers import make_tiny_model
+from compactlm.search import (
+    SearchSpace,
+    count_parameters,
+    enumerate_candidates,
+    parameter_counts,
+    parameter_layout,
+    parse_param_target,
+    spearman,
+)
 
 TARGETS = [
     {},

@@ -52,8 +52,10 @@ def test_pruned_student_q8_0_generates_like_the_hf_student(tmp_path):
             q8 = loaded(path_ids).logits[0, start - 1:-1]
         top2 = hf.topk(2, dim=-1).values
         decisive = (top2[:, 0] - top2[:, 1]) > TIE_MARGIN
+        continuation = loaded.generate(path_ids[:, :start], max_new_tokens=NEW_TOKENS, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)[0, start:]
         print(f"{prompt!r}: max logit error {(hf - q8).abs().max():.3f}, {int(decisive.sum())}/{NEW_TOKENS} "
-              f"decisive steps, q8_0 continuation {gguf_tokenizer.decode(loaded.generate(path_ids[:, :start], max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, start:])!r}")
+              f"decisive steps, q8_0 continuation {gguf_tokenizer.decode(continuation)!r}")
         assert (hf - q8).abs().max() < MAX_LOGIT_ERROR, prompt
         assert decisive.sum() >= NEW_TOKENS // 2, prompt
         assert torch.equal(q8.argmax(-1)[decisive], hf.argmax(-1)[decisive]), prompt

@@ -16,7 +16,8 @@ DATA_FLAGS = {"source": "--data", "config": "--data-config", "split": "--data-sp
 def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", default: str | None = DEFAULT_MODEL) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(flag, default=default, required=default is None,
-                       help=f"built-in name ({DEFAULT_MODEL}), local checkpoint dir, .gguf file or Hugging Face id (default: %(default)s)")
+                       help=f"built-in name ({DEFAULT_MODEL}), local checkpoint dir, .gguf file or Hugging Face id "
+                            "(default: %(default)s)")
     group.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     add_trust_args(group)

@@ -6,10 +6,8 @@ import argparse
 import json
 
 from ..config import ArchitectureArgs, EvalArgs, ImportanceSection, SearchArgs
-from .common import (add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args,
-                     model_from_args)
+from .common import add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args, model_from_args
 from .flags import OLD_AXIS_FLAGS, add_flags, from_flags
-
 
 DEPTH_TASK_FIELDS = ("depth_tasks", "depth_task_examples", "depth_task_lengths")
 
@@ -47,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_importance(args: argparse.Namespace) -> int:
-    from ..errors import CompactLMError
     from ..evaluate import get_task
     from ..importance import check_criterion, estimate_importance
     from ..io import check_output_dir

@@ -12,10 +12,9 @@ import logging
 import math
 import os
 
-from ..config import DataSection, LossArgs, TrainArgs
+from ..config import DEFAULT_MODEL, DataSection, LossArgs, TrainArgs
 from ..distill.config import parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
-from ..models import DEFAULT_MODEL
 from .common import DATA_FLAGS, add_trust_args, model_from_args, refuse_misfit
 from .flags import add_flags, from_flags
 

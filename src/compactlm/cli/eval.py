@@ -58,9 +58,8 @@ def _check(args: argparse.Namespace) -> EvalArgs:
 
 def _evaluate(name: str, args, options: EvalArgs, rows: dict) -> dict:
     from ..evaluate import run_task
-    from .common import model_from_args
-
     from ..hardware import precision_for
+    from .common import model_from_args
 
     model, tokenizer = model_from_args(args, name)
     bf16 = precision_for(options.precision, model).bf16

@@ -38,7 +38,8 @@ def read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise CompactLMError(f"Cannot read text file '{path}': {err.strerror or err}. Check the path and its permissions.") from err
+        raise CompactLMError(f"Cannot read text file '{path}': {err.strerror or err}. "
+                             "Check the path and its permissions.") from err
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

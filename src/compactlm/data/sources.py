@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from ..errors import CompactLMError
-from .packaged import is_packaged, packaged_path
 from .files import JSONL_SUFFIXES, TEXT_SUFFIXES, list_text_files, read_file
+from .packaged import is_packaged, packaged_path
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def _read_folder(
             documents.extend(docs)
         return documents, f"folder '{source}' ({len(files)} files)"
     if any(p.is_file() and p.suffix.lower() in DATASET_FILE_SUFFIXES for p in folder.rglob("*")):
-        return _dataset_texts(_load_hub_dataset(str(folder), dataset_config, split), source, text_field), f"dataset folder '{source}'"
+        return (_dataset_texts(_load_hub_dataset(str(folder), dataset_config, split), source, text_field),
+                f"dataset folder '{source}'")
     raise CompactLMError(
         f"Folder '{source}' has no text files; expected .txt, .utf8, .raw, .text or .jsonl files "
         f"(searched recursively) or a dataset saved with save_to_disk. Point at a folder with text."
@@ -112,7 +113,8 @@ def _load_saved_dataset(folder: Path, source: str, split: str):
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise CompactLMError(
-                f"Saved dataset '{source}' has no split '{split}'; available: {', '.join(loaded)}. Choose one with split (--data-split)."
+                f"Saved dataset '{source}' has no split '{split}'; available: {', '.join(loaded)}. "
+                "Choose one with split (--data-split)."
             )
         loaded = loaded[split]
     return loaded

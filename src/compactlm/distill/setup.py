@@ -21,12 +21,10 @@ from torch import nn
 
 from ..errors import CompactLMError
 from ..export.save import write_model_dir
-from ..hardware import (PrecisionChoice, autocast, choose_precision, forward_flops_per_token, peak_gflops,
-                        train_flops_per_token)
+from ..hardware import PrecisionChoice, autocast, choose_precision, forward_flops_per_token, peak_gflops, train_flops_per_token
 from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
-from .checkpoint import (latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints,
-                         resume_from)
+from .checkpoint import latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints, resume_from
 from .config import LossArgs, TrainArgs, as_dict
 from .distributed import DistInfo, StepSampler, barrier, set_rng_state, setup_distributed, wrap_model
 from .intermediate import IntermediateStateLoss, layer_map_from_plan, read_prune_plan

@@ -18,7 +18,8 @@ def check_training(train_blocks: torch.Tensor, heldout: torch.Tensor | None, tea
     """Every user mistake we can see before heavy work, raised once."""
     problems = []
     if train_blocks.ndim != 2 or train_blocks.dtype != torch.long:
-        problems.append(f"training blocks must be a (N, seq_len) int64 tensor; got {tuple(train_blocks.shape)} {train_blocks.dtype}")
+        problems.append(f"training blocks must be a (N, seq_len) int64 tensor; "
+                        f"got {tuple(train_blocks.shape)} {train_blocks.dtype}")
     per_process = args.batch_size // max(1, info.world_size)
     if args.batch_size % (info.world_size * args.micro_batch_size):
         problems.append(f"--batch-size {args.batch_size} must be a multiple of processes ({info.world_size}) x "
@@ -34,7 +35,8 @@ def check_training(train_blocks: torch.Tensor, heldout: torch.Tensor | None, tea
     if teacher is None and loss.clm_weight <= 0:
         problems.append("without a teacher the only loss is the LM loss: --clm-weight must be > 0")
     if args.precision not in ("auto", "bf16", "fp32") or args.teacher_dtype not in ("auto", "bf16", "fp32"):
-        problems.append(f"--precision must be auto|bf16|fp32 and --teacher-dtype auto|bf16|fp32; got {args.precision}, {args.teacher_dtype}")
+        problems.append(f"--precision must be auto|bf16|fp32 and --teacher-dtype auto|bf16|fp32; "
+                        f"got {args.precision}, {args.teacher_dtype}")
     if loss.intermediate not in ("auto", "on", "off"):
         problems.append(f"--intermediate must be auto, on or off; got '{loss.intermediate}'")
     if per_process < 1 or not 0 < args.lr < math.inf or not 0 <= args.min_lr <= args.lr:

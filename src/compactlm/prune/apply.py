@@ -51,7 +51,8 @@ def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Ten
     def slice_param(name: str, t: torch.Tensor) -> torch.Tensor:
         module, _, kind = name.rpartition(".")
         if module not in rows_cols:
-            raise CompactLMError(f"Parameter '{name}' of layer {layer} is unknown to the '{a.model_type}' adapter; cannot prune it.")
+            raise CompactLMError(f"Parameter '{name}' of layer {layer} is unknown to the '{a.model_type}' adapter; "
+                                 "cannot prune it.")
         rows, cols = rows_cols[module]
         t = _take(t, 0, rows)
         return _take(t, 1, cols) if kind == "weight" and t.dim() == 2 else t

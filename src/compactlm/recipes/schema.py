@@ -14,8 +14,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..config import (CorrectionSection, DataSection, DistillSection, EvalSection, ExportSection, ImportanceSection,
-                      Recipe, StepSection, validate)
+from ..config import (
+    CorrectionSection,
+    DataSection,
+    DistillSection,
+    EvalSection,
+    ExportSection,
+    ImportanceSection,
+    Recipe,
+    StepSection,
+    validate,
+)
 from ..errors import CompactLMError
 from ..readers import MAX_YAML_BYTES, clip, load_yaml, reading
 
