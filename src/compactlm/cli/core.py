@@ -34,7 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("target architecture (an axis left out keeps the source size)"), ArchitectureArgs,
               aliases=OLD_AXIS_FLAGS)
     add_flags(p.add_argument_group("selection"), SearchArgs, only=("aggregation", "depth_metric"))
+    stream = p.add_argument_group("streaming (a model bigger than RAM)")
+    stream.add_argument("--stream", action="store_true",
+                        help="prune a local safetensors checkpoint tensor by tensor, never loading the model: memory "
+                             "stays near one output shard; keeps the stored dtype unless --dtype is given")
+    stream.add_argument("--max-shard-size", help="with --stream: size of each output shard, e.g. 500MB "
+                                                 "(default: 2GB)")
     add_output_args(p)
+    dtype = next(a for a in p._actions if a.dest == "dtype")
+    dtype.default, dtype.help = None, "float32 | bfloat16 | float16 (default: float32; with --stream: as stored)"
     p.set_defaults(func=run_prune)
 
     p = sub.add_parser("info", help="architecture and parameter breakdown of a model")
@@ -45,10 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_importance(args: argparse.Namespace) -> int:
+    from ..distill.distributed import barrier
     from ..evaluate import get_task
     from ..importance import check_criterion, estimate_importance
     from ..io import check_output_dir
+    from .parallel import join_processes
 
+    parallel = join_processes(args)   # torchrun: each process scores a share of the blocks
     check_output_dir(args.out, args.overwrite, inputs=[args.model, args.source])  # refuse before any heavy work
     options = from_flags(ImportanceSection, args, seed=args.seed)   # --seed: the data sample and the random criterion
     check_criterion(options.criterion)
@@ -57,10 +68,13 @@ def run_importance(args: argparse.Namespace) -> int:
     model, tokenizer = model_from_args(args)
     blocks = load_blocks_from_args(args, tokenizer, model=model)
     scores = estimate_importance(model, blocks.train, **options.estimate_kwargs(), tokenizer=tokenizer,
-                                 data_dir=args.data_dir, meta={"data": blocks.describe()})
-    scores.save(args.out, overwrite=args.overwrite)
-    m = scores.meta
-    print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) -> {args.out}")
+                                 data_dir=args.data_dir, meta={"data": blocks.describe()}, parallel=parallel)
+    if parallel.is_main:
+        scores.save(args.out, overwrite=args.overwrite)
+        m = scores.meta
+        print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) "
+              f"-> {args.out}")
+    barrier(parallel)
     return 0
 
 
@@ -87,6 +101,11 @@ def run_prune(args: argparse.Namespace) -> int:
         adapter_for(SimpleNamespace(model_type=scores.meta.get("model_type"))).check_target(
             target.resolve(scores.architecture, where))
         check_depth_metric(scores, args.depth_metric)
+    if args.stream:
+        return _prune_streaming(args, target, scores, plan)
+    if args.max_shard_size is not None:
+        raise CompactLMError("--max-shard-size sizes the shards of --stream; add --stream, or drop --max-shard-size.")
+    args.dtype = args.dtype or "float32"
     model, tokenizer = model_from_args(args)
     if scores is not None:
         scores.check_matches(model)
@@ -97,6 +116,43 @@ def run_prune(args: argparse.Namespace) -> int:
                  provenance={"source_model": args.model, "scores": args.scores, "plan": args.plan,
                              "parameters": {"source": before, "student": after}})
     print(f"pruned {args.model}: {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters ({after / before:.1%}) -> {args.out}")
+    return 0
+
+
+def _stream_source(name: str) -> str:
+    """The checkpoint directory ``--stream`` reads; a GGUF file, built-in or hub id is refused with the way out."""
+    from pathlib import Path
+
+    from ..errors import CompactLMError
+    from ..models import resolve_model
+
+    source = resolve_model(name)
+    if source.gguf_file:
+        raise CompactLMError(f"--stream reads safetensors checkpoint directories, not GGUF ('{name}'). Prune it "
+                             f"without --stream (it fits in memory once de-quantised), or convert it to a checkpoint "
+                             f"directory first.")
+    if not Path(source.path).is_dir():
+        raise CompactLMError(f"--stream reads a local checkpoint directory; '{name}' is a Hugging Face id. Download "
+                             f"it first (hf download {name} --local-dir DIR) and pass --model DIR, or drop --stream.")
+    return source.path
+
+
+def _prune_streaming(args: argparse.Namespace, target, scores, plan) -> int:
+    """``prune --stream``: plan from the scores and the checkpoint's config alone, then prune shard by shard."""
+    from ..models import parse_dtype
+    from ..prune import make_plan
+    from ..prune.stream import probe_model, prune_checkpoint
+
+    folder = _stream_source(args.model)
+    if scores is not None:
+        scores.check_matches(probe_model(folder))  # config + three probe tensors, not the model
+        plan = make_plan(scores, target, aggregation=args.aggregation, depth_metric=args.depth_metric)
+    result = prune_checkpoint(folder, plan, args.out, dtype=parse_dtype(args.dtype) if args.dtype else None,
+                              max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                              provenance={"source_model": args.model, "scores": args.scores, "plan": args.plan})
+    before, after = result.source_parameters, result.student_parameters
+    print(f"pruned {args.model} (streamed, {result.shards} shard{'s' if result.shards > 1 else ''}): "
+          f"{before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters ({after / before:.1%}) -> {args.out}")
     return 0
 
 

@@ -55,10 +55,17 @@ def write_model_dir(dest: str | Path, model, tokenizer, *, plan: PrunePlan | str
         plan.save(dest)
     elif plan is not None and (Path(plan) / PLAN_FILE).is_file():
         shutil.copy2(Path(plan) / PLAN_FILE, dest / PLAN_FILE)
+    write_provenance(dest, provenance)
+    return dest
+
+
+def write_provenance(dest: str | Path, provenance: dict | None = None) -> Path:
+    """Write ``compactlm_provenance.json`` into ``dest``: ``created``, ``command``, ``software`` + the caller's entries."""
     record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
               "software": software_versions(), **(provenance or {})}
-    (dest / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return dest
+    path = Path(dest) / PROVENANCE_FILE
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
 
 
 def save_student(model, tokenizer, out: str | Path, *, plan: PrunePlan | None = None,

@@ -60,30 +60,47 @@ def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Ten
     return slice_param
 
 
-def prune_state_dict(state_dict: dict[str, torch.Tensor], plan: PrunePlan, adapter: ArchAdapter) -> dict[str, torch.Tensor]:
-    """Return the student's state dict; keys of dropped layers vanish and the rest are renumbered."""
-    hidden = None if plan.hidden is None else torch.tensor(plan.hidden, dtype=torch.long)
-    new_index = {old: new for new, old in enumerate(plan.layers)}
-    slicers = {i: _layer_slicer(adapter, plan, i, hidden) for i in plan.layers}
-    prefix = adapter.layers + "."
-    out = {}
-    for key, tensor in state_dict.items():
+class TensorSlicer:
+    """The one per-tensor pruning rule, shared by :func:`prune_state_dict` and the streaming pruner.
+
+    ``slicer(key, tensor)`` returns the student's ``(key, tensor)`` — layer indices renumbered,
+    rows/columns taken as in the table above — or None when the tensor belongs to a dropped layer.
+    Index tensors are built once per plan; each call touches one tensor only, so a checkpoint can
+    be pruned one tensor at a time. Works on meta tensors too (shapes without data).
+    """
+
+    def __init__(self, plan: PrunePlan, adapter: ArchAdapter):
+        self.adapter = adapter
+        self.hidden = None if plan.hidden is None else torch.tensor(plan.hidden, dtype=torch.long)
+        self.new_index = {old: new for new, old in enumerate(plan.layers)}
+        self.slicers = {i: _layer_slicer(adapter, plan, i, self.hidden) for i in plan.layers}
+        self.prefix = adapter.layers + "."
+        self.embeddings = (f"{adapter.embed_tokens}.weight", f"{adapter.lm_head}.weight")
+
+    def __call__(self, key: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+        a, prefix = self.adapter, self.prefix
         if key.startswith(prefix):
             index, _, name = key[len(prefix):].partition(".")
             layer = int(index)
-            if layer in new_index:
-                out[f"{prefix}{new_index[layer]}.{name}"] = slicers[layer](name, tensor)
-        elif key in (f"{adapter.embed_tokens}.weight", f"{adapter.lm_head}.weight"):
-            out[key] = _take(tensor, 1, hidden)
-        elif key.startswith(adapter.final_norm + "."):
-            out[key] = _take(tensor, 0, hidden)
-        else:
-            out[key] = tensor  # e.g. lm_head.bias (vocab-sized): untouched
-    return out
+            if layer not in self.new_index:
+                return None
+            return f"{prefix}{self.new_index[layer]}.{name}", self.slicers[layer](name, tensor)
+        if key in self.embeddings:
+            return key, _take(tensor, 1, self.hidden)
+        if key.startswith(a.final_norm + "."):
+            return key, _take(tensor, 0, self.hidden)
+        return key, tensor  # e.g. lm_head.bias (vocab-sized): untouched
 
 
-def _check_plan(model, plan: PrunePlan, adapter: ArchAdapter) -> None:
-    actual = adapter.architecture(model.config)
+def prune_state_dict(state_dict: dict[str, torch.Tensor], plan: PrunePlan, adapter: ArchAdapter) -> dict[str, torch.Tensor]:
+    """Return the student's state dict; keys of dropped layers vanish and the rest are renumbered."""
+    slicer = TensorSlicer(plan, adapter)
+    return dict(item for key, tensor in state_dict.items() if (item := slicer(key, tensor)) is not None)
+
+
+def check_plan_source(config, plan: PrunePlan, adapter: ArchAdapter) -> None:
+    """Raise unless ``plan`` was made for a model of ``config``'s architecture."""
+    actual = adapter.architecture(config)
     if actual != plan.source:
         raise CompactLMError(
             f"The prune plan was made for {plan.source.to_dict()}, but the model is {actual.to_dict()}. "
@@ -96,7 +113,7 @@ def apply_plan(model, plan: PrunePlan):
     from transformers import AutoModelForCausalLM
 
     adapter = adapter_for(model.config)
-    _check_plan(model, plan, adapter)
+    check_plan_source(model.config, plan, adapter)
     adapter.check_target(plan.target)
     config = adapter.pruned_config(model.config, plan.target, plan.layers)
     state = prune_state_dict(model.state_dict(), plan, adapter)
