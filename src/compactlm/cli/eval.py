@@ -56,7 +56,7 @@ def _check(args: argparse.Namespace) -> EvalArgs:
     return options
 
 
-def _evaluate(name: str, args, options: EvalArgs, rows: dict) -> dict:
+def _evaluate(name: str, args, options: EvalArgs, rows: dict, parallel=None) -> dict:
     from ..evaluate import run_task
     from ..hardware import precision_for
     from .common import model_from_args
@@ -69,7 +69,7 @@ def _evaluate(name: str, args, options: EvalArgs, rows: dict) -> dict:
         results[task] = run_task(task, model, tokenizer, limit=options.limit, seed=options.seed,
                                  first_n=options.first_n, batch_size=options.batch_size, bf16=bf16,
                                  data_dir=options.data_dir, window=options.window, stride=options.stride,
-                                 share_prefix=options.share_prefix, rows=rows.get(task))
+                                 share_prefix=options.share_prefix, rows=rows.get(task), parallel=parallel)
     logger.info("%s: evaluated in %.1f s", name, time.perf_counter() - start)
     return results
 
@@ -105,15 +105,18 @@ def _table(tasks: list[str], columns: list[tuple[str, dict]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distill.distributed import barrier
     from ..evaluate import available_tasks, get_task
     from ..evaluate.sources import load_rows
     from ..io import check_output_file, write_json_atomic
+    from .parallel import join_processes
 
     if args.list_tasks:
         for name in available_tasks():
             print(f"{name:16s} {get_task(name).description}")
         return 0
     options = _check(args)
+    parallel = join_processes(args)   # torchrun: each process scores a share of every task's batches
     tasks = options.tasks
     if args.json_out:
         check_output_file(args.json_out)   # before any work: the results must have somewhere to go
@@ -123,12 +126,15 @@ def run(args: argparse.Namespace) -> int:
         if not name.startswith("ppl:"):
             task = get_task(name)
             rows[name] = load_rows(task.name, task.source, options.data_dir)
-    model_results = _evaluate(args.model, args, options, rows)
+    model_results = _evaluate(args.model, args, options, rows, parallel)
     columns = [(args.model, model_results)]
     baseline_results = None
     if args.baseline:
-        baseline_results = _evaluate(args.baseline, args, options, rows)
+        baseline_results = _evaluate(args.baseline, args, options, rows, parallel)
         columns = [(args.baseline, baseline_results), (args.model, model_results)]
+    if not parallel.is_main:   # every process holds the same results; rank 0 prints and writes
+        barrier(parallel)
+        return 0
     print(_table(tasks, columns))
     seconds = sum(r["seconds"] for r in model_results.values())
     print(f"\n{args.model}: {seconds:.1f} s" + (" (accuracies in %, diff = model - baseline)" if args.baseline else ""))
@@ -140,4 +146,5 @@ def run(args: argparse.Namespace) -> int:
                "results": {"model": model_results, **({"baseline": baseline_results} if baseline_results else {})}}
         write_json_atomic(args.json_out, out)
         print(f"wrote {args.json_out}")
+    barrier(parallel)
     return 0

@@ -34,11 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_search(args: argparse.Namespace) -> int:
     import shutil
 
+    from ..distill.distributed import barrier
     from ..importance import ImportanceScores
     from ..io import check_output_dir
     from ..search import search, table_text
     from .common import load_blocks_from_args, model_from_args
+    from .parallel import join_processes
 
+    parallel = join_processes(args)   # torchrun: each process scores a share of the held-out blocks
     if not args.resume:
         check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.source])
     space = from_flags(SearchSpaceArgs, args)
@@ -47,10 +50,13 @@ def run_search(args: argparse.Namespace) -> int:
     scores = ImportanceScores.load(args.scores)
     model, tokenizer = model_from_args(args)
     blocks = load_blocks_from_args(args, tokenizer, heldout_samples=args.heldout_samples, model=model)
-    if not args.resume:   # every input loaded: only now is an old --out replaced
+    barrier(parallel)     # every process has checked --out before rank 0 replaces it
+    if not args.resume and parallel.is_main:   # every input loaded: only now is an old --out replaced
         shutil.rmtree(args.out, ignore_errors=True)
     result = search(model, scores, blocks.heldout, args.out, args=settings, train_blocks=blocks.train,
-                    tokenizer=tokenizer, train_args=train, resume=args.resume)
+                    tokenizer=tokenizer, train_args=train, resume=args.resume, parallel=parallel)
+    if not parallel.is_main:
+        return 0
     print(table_text(result.rows))
     winner = result.winner
     print(f"\nselected {winner['name']} ({winner['params'] / 1e6:.2f}M parameters); prune it with:\n"

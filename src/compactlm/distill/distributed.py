@@ -81,6 +81,23 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def is_mine(index: int, info: DistInfo | None) -> bool:
+    """Whether work item ``index`` (a batch) falls to this process: items go round-robin, ``index % world_size``."""
+    return info is None or index % info.world_size == info.rank
+
+
+def gather_shares(local: list, info: DistInfo | None) -> list:
+    """Every process's results of its :func:`is_mine` items, back in item order (on every rank).
+
+    Process ``r`` passes the results of items ``r, r + W, ...`` in order; item ``i`` is then
+    ``parts[i % W][i // W]``. The one-process list comes back unchanged.
+    """
+    if info is None or not info.distributed:
+        return list(local)
+    parts = gather_objects(list(local), info)
+    return [parts[i % info.world_size][i // info.world_size] for i in range(sum(map(len, parts)))]
+
+
 def wrap_model(module: nn.Module, info: DistInfo) -> nn.Module:
     """``module`` as the training step calls it: itself for one process, DDP for several.
 

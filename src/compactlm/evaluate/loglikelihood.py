@@ -19,11 +19,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..hardware import autocast
 from ..progress import progress
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 
 @dataclass(frozen=True)
@@ -202,13 +206,20 @@ def score_requests(
     share_prefix: bool = True,
     bf16: bool = False,
     desc: str = "loglikelihood",
+    parallel: DistInfo | None = None,
 ) -> list[Score]:
     """Score every request; ``groups[i]`` names the example request ``i`` belongs to.
 
     Requests of one group (the options of one question) share their common token prefix.
     ``batch_size`` bounds the rows of every forward pass. Returns one :class:`Score` per
     request, in the order given.
+
+    With ``parallel`` (every process calling this with the same requests), the batches are
+    planned exactly as for one process and process ``r`` runs batches ``r, r + W, ...``; the
+    scores are gathered, so every process returns the one-process scores bit for bit.
     """
+    from ..distill.distributed import gather_shares, is_mine
+
     if not requests:
         return []
     body, head = head_and_body(model)
@@ -220,11 +231,15 @@ def score_requests(
     groups = list(range(len(requests))) if groups is None else list(groups)
     units = _plan_units(encoded, groups, max_length, share_prefix)
     results: list[Score | None] = [None] * len(requests)
+    mine = []
     with progress(total=len(requests), desc=desc, unit="req") as bar:
-        for batch in _batches(units, batch_size):
-            for req, score in _score_units(body, head, batch, encoded, pad_id, device, bf16):
-                results[req] = score
+        for b, batch in enumerate(_batches(units, batch_size)):
+            if is_mine(b, parallel):
+                mine.append(_score_units(body, head, batch, encoded, pad_id, device, bf16))
             bar.update(sum(len(u.rows) for u in batch))
+    for scored in gather_shares(mine, parallel):
+        for req, score in scored:
+            results[req] = score
     return results  # type: ignore[return-value]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from ..errors import CompactLMError
 from ..hardware import autocast
 from ..progress import progress
 from .loglikelihood import head_and_body, upcast
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,12 @@ def perplexity(
     limit: int | None = None,
     bf16: bool = False,
     desc: str = "perplexity",
+    parallel: DistInfo | None = None,
 ) -> dict:
     """Perplexity of ``model`` on ``text``; ``limit`` keeps the first ``limit`` windows.
+
+    With ``parallel``, process ``r`` runs the window batches ``r, r + W, ...``; the per-window
+    NLLs are gathered and added in window order: the one-process result bit for bit.
 
     Returns ``{"ppl", "nll" (mean, nats/token), "tokens" (predicted), "windows", "window",
     "stride"}``.
@@ -70,10 +78,16 @@ def perplexity(
         raise CompactLMError(f"The text has {len(ids)} tokens, fewer than one window of {window}; pass a smaller window.")
     body, head = head_and_body(model)
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    from ..distill.distributed import gather_shares, is_mine
+
+    mine = []   # per batch: the summed NLL of each of its windows
     with progress(total=len(spans) * window, desc=desc, unit="tok") as bar:
-        for start in range(0, len(spans), batch_size):
+        for b, start in enumerate(range(0, len(spans), batch_size)):
             batch = spans[start: start + batch_size]
+            bar.update(len(batch) * window)
+            if not is_mine(b, parallel):
+                continue
+            nll = []
             inputs = torch.stack([ids[w.begin: w.end] for w in batch]).to(device)           # (B, W)
             with autocast(device, bf16):
                 hidden = body(input_ids=inputs).last_hidden_state                           # (B, W, C)
@@ -82,9 +96,13 @@ def perplexity(
                 target = inputs[row, window - w.scored:]                                    # (scored,)
                 with autocast(device, bf16):
                     logits = head(h)                                                        # (scored, V)
-                total_nll += float(torch.nn.functional.cross_entropy(upcast(logits), target, reduction="sum"))
-                total_tokens += w.scored
-            bar.update(len(batch) * window)
+                nll.append(float(torch.nn.functional.cross_entropy(upcast(logits), target, reduction="sum")))
+            mine.append(nll)
+    total_nll = 0.0
+    for nll in gather_shares(mine, parallel):
+        for value in nll:
+            total_nll += value
+    total_tokens = sum(w.scored for w in spans)
     nll = total_nll / total_tokens
     return {"ppl": math.exp(nll), "nll": nll, "tokens": total_tokens, "windows": len(spans),
             "window": window, "stride": stride or window}

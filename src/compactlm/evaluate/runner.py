@@ -9,6 +9,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .loglikelihood import score_requests
 from .perplexity import perplexity
 from .registry import get_task
 from .sources import load_hf_rows, load_rows
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -130,31 +134,34 @@ def eval_mode(model):
 def run_task(name: str, model, tokenizer, *, limit: int | None = None, seed: int = 1234, first_n: bool = False,
              batch_size: int = 16, bf16: bool = False, data_dir: str | os.PathLike | None = None,
              window: int = 2048, stride: int | None = None, share_prefix: bool = True,
-             max_length: int | None = None, rows: tuple[list[dict], str] | None = None) -> dict:
+             max_length: int | None = None, rows: tuple[list[dict], str] | None = None,
+             parallel: DistInfo | None = None) -> dict:
     """One task's result: ``{"metrics", "n", "source", "seconds"[, "samples"]}``.
 
     ``rows`` (rows, where from), as :func:`~compactlm.evaluate.sources.load_rows` returns,
-    skips loading the data again (two models, one dataset).
+    skips loading the data again (two models, one dataset). ``parallel``: under ``torchrun``,
+    every process calls this alike; each scores a share of the batches, and every process
+    returns the one-process result (metrics and samples bit for bit; ``seconds`` its own).
     """
     with eval_mode(model):
         return _run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
                          bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
-                         max_length=max_length, rows=rows)
+                         max_length=max_length, rows=rows, parallel=parallel)
 
 
 def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16, data_dir, window, stride,
-              share_prefix, max_length, rows) -> dict:
+              share_prefix, max_length, rows, parallel) -> dict:
     start = time.perf_counter()
     if name.startswith("ppl:"):
         text, where = _ppl_text(name, data_dir)
         metrics = perplexity(model, tokenizer, text, window=window, stride=stride, batch_size=batch_size,
-                             limit=limit, bf16=bf16, desc=name)
+                             limit=limit, bf16=bf16, desc=name, parallel=parallel)
         return {"metrics": metrics, "n": metrics["windows"], "source": where, "seconds": time.perf_counter() - start}
     task: Task = get_task(name)
     rows, where = rows if rows is not None else load_rows(task.name, task.source, data_dir)
     if isinstance(task, PerplexityTask):
         metrics = perplexity(model, tokenizer, task.text(rows), window=window, stride=stride,
-                             batch_size=batch_size, limit=limit, bf16=bf16, desc=task.name)
+                             batch_size=batch_size, limit=limit, bf16=bf16, desc=task.name, parallel=parallel)
         return {"metrics": metrics, "n": metrics["windows"], "source": where, "seconds": time.perf_counter() - start}
     try:
         all_docs = [task.process(r) for r in rows]
@@ -163,7 +170,7 @@ def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16,
                              f"({type(err).__name__}: {err}).") from err
     indices = select(all_docs, limit, seed, first_n, task.limit_by)
     chosen = [all_docs[i] for i in indices]
-    opts = dict(batch_size=batch_size, bf16=bf16, share_prefix=share_prefix, max_length=max_length)
+    opts = dict(batch_size=batch_size, bf16=bf16, share_prefix=share_prefix, max_length=max_length, parallel=parallel)
     runner = _run_choice if isinstance(task, ChoiceTask) else _run_target
     metrics, samples = runner(task, chosen, model, tokenizer, opts)
     for i, s in zip(indices, samples):
@@ -175,7 +182,8 @@ def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16,
 def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, *, seed: int = 1234,
              first_n: bool = False, batch_size: int = 16, bf16: bool = False,
              data_dir: str | os.PathLike | None = None, window: int = 2048, stride: int | None = None,
-             share_prefix: bool = True, max_length: int | None = None, samples: bool = False) -> dict:
+             share_prefix: bool = True, max_length: int | None = None, samples: bool = False,
+             parallel: DistInfo | None = None) -> dict:
     """Evaluate ``model`` on each named task.
 
     Args:
@@ -189,6 +197,7 @@ def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, *, se
         window, stride: perplexity window length and step (tokens).
         share_prefix: run a question's shared context once for all its options.
         samples: keep per-example records (``pred``, ``gold``, log-likelihoods) in the result.
+        parallel: under ``torchrun``, this process's DistInfo; see :func:`run_task`.
 
     Returns:
         ``{"results": {task: {"metrics", "n", "source", "seconds"[, "samples"]}}, "config": {...}}``.
@@ -203,7 +212,7 @@ def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, *, se
         logger.info("evaluating %s", name)
         out = run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
                        bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
-                       max_length=max_length)
+                       max_length=max_length, parallel=parallel)
         if not samples:
             out.pop("samples", None)
         results[name] = out

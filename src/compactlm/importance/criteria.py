@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -30,6 +30,9 @@ from ..arch import adapter_for
 from ..errors import CompactLMError, unknown_name
 from ..progress import progress
 from .loss import batches, summed_loss
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 
 class UnitScores(NamedTuple):
@@ -46,6 +49,7 @@ class CriterionOptions:
     seed: int = 0                # random
     bf16: bool = False           # bf16 autocast for the taylor forward
     show_progress: bool = True
+    parallel: DistInfo | None = None   # under torchrun: taylor takes this process's batches, gradients are summed
 
 
 def unit_sums(model, elem: Callable[[torch.Tensor], torch.Tensor]) -> UnitScores:
@@ -87,7 +91,14 @@ def taylor_scores(model, data, options: CriterionOptions = CriterionOptions()) -
     Gradients of every batch accumulate into one gradient of the summed loss, which is then
     divided by the number of real tokens: exactly the gradient of the mean loss. The model's
     ``requires_grad`` flags and any existing ``.grad`` are restored afterwards.
+
+    With ``options.parallel`` each process runs the batches ``rank, rank + W, ...``; the float32
+    gradients and token counts are summed over processes before scoring (equal to one process's
+    to float32 rounding, ~1e-6 relative: the gradient terms are added in another order).
     """
+    from ..distill.distributed import all_reduce_sum, is_mine
+
+    parallel = options.parallel
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     saved = [p.grad for p in params]
@@ -97,11 +108,22 @@ def taylor_scores(model, data, options: CriterionOptions = CriterionOptions()) -
             p.requires_grad_(True)
             p.grad = None
         with torch.enable_grad():
-            for ids, mask in progress(batches(data, options.batch_size), desc="taylor",
-                                      disable=None if options.show_progress else True):
+            for b, (ids, mask) in enumerate(progress(batches(data, options.batch_size), desc="taylor",
+                                                     disable=None if options.show_progress else True)):
+                if not is_mine(b, parallel):
+                    continue
                 loss, n = summed_loss(model, ids, mask, options.bf16)
                 loss.backward()
                 tokens += n
+        if parallel is not None and parallel.distributed:
+            import torch.distributed as dist
+
+            for p in params:
+                if p.grad is None:   # a process with no batch (fewer batches than processes)
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            tokens = int(all_reduce_sum(torch.tensor([tokens], dtype=torch.float64, device=parallel.device),
+                                        parallel).item())
         if tokens == 0:
             raise CompactLMError("The calibration data gave no tokens for the taylor criterion. "
                                  "Provide a non-empty --data source.")

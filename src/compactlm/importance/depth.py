@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from ..errors import CompactLMError
 from ..progress import progress
 from .hooks import layers_removed
 from .loss import lm_loss
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +77,18 @@ def layers_dropped(model, indices: Sequence[int]) -> Iterator[None]:
             setattr(config, f, value)
 
 
-def layer_losses(model, blocks: torch.Tensor, batch_size: int, bf16: bool, show_progress: bool = True) -> torch.Tensor:
-    """(L + 1,) float64 LM loss over ``blocks`` with layer i removed; entry L is the unpruned loss."""
+def layer_losses(model, blocks: torch.Tensor, batch_size: int, bf16: bool, show_progress: bool = True,
+                 parallel: DistInfo | None = None) -> torch.Tensor:
+    """(L + 1,) float64 LM loss over ``blocks`` with layer i removed; entry L is the unpruned loss.
+
+    ``parallel``: each process takes a share of the batches (see :func:`~compactlm.importance.lm_loss`).
+    """
     layers = adapter_for(model.config).decoder_layers(model)
     losses = []
     for i in progress(range(len(layers)), desc="layer loss", disable=None if show_progress else True):
         with layers_removed(layers, [i]):
-            losses.append(lm_loss(model, blocks, batch_size, bf16))
-    losses.append(lm_loss(model, blocks, batch_size, bf16))
+            losses.append(lm_loss(model, blocks, batch_size, bf16, parallel))
+    losses.append(lm_loss(model, blocks, batch_size, bf16, parallel))
     return torch.tensor(losses, dtype=torch.float64)
 
 
@@ -97,11 +105,12 @@ def block_lengths(num_layers: int, lengths: Sequence[int] | None) -> list[int]:
 
 def task_block_accuracy(model, tokenizer, task: str, *, examples: int = 64, lengths: Sequence[int] | None = None,
                         batch_size: int = 16, bf16: bool = False, data_dir=None,
-                        show_progress: bool = True) -> tuple[torch.Tensor, dict]:
+                        show_progress: bool = True, parallel: DistInfo | None = None) -> tuple[torch.Tensor, dict]:
     """Accuracy on ``task`` with every contiguous block of the given ``lengths`` removed.
 
     Each block is scored exactly as ``compactlm.evaluate.run_task(task, student, limit=examples)``
-    scores the depth-pruned student (the same seeded subset of examples for every block).
+    scores the depth-pruned student (the same seeded subset of examples for every block);
+    with ``parallel`` each evaluation's batches are shared out as ``run_task`` shares them.
 
     Returns:
         acc: (L + 1, L + 1) float64; ``acc[s, e]`` is the accuracy with layers s..e-1 removed,
@@ -123,7 +132,7 @@ def task_block_accuracy(model, tokenizer, task: str, *, examples: int = 64, leng
 
     def accuracy() -> tuple[float, int]:
         out = run_task(spec.name, model, tokenizer, limit=examples, seed=TASK_SEED, batch_size=batch_size,
-                       bf16=bf16, rows=rows)
+                       bf16=bf16, rows=rows, parallel=parallel)
         return out["metrics"]["acc"], out["n"]
 
     acc = torch.full((num_layers + 1, num_layers + 1), float("nan"), dtype=torch.float64)

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from .depth import block_lengths, layer_losses, task_block_accuracy, task_tensor
 from .hooks import ImportanceRecorder
 from .loss import Batch, batches, lm_loss
 from .scores import ImportanceScores, model_fingerprint
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 __all__ = ["estimate_importance", "lm_loss"]
 
@@ -36,24 +40,34 @@ def _block_len(data) -> int:
 
 @torch.inference_mode()
 def _calibration_pass(model, recorder: ImportanceRecorder, data, batch_size: int, bf16: bool,
-                      show_progress: bool) -> tuple[int, float]:
+                      show_progress: bool, parallel: DistInfo | None = None) -> tuple[int, float]:
     """Forward ``data`` through the decoder body (no LM head: importance needs no logits) with ``recorder`` attached.
 
-    Returns (real tokens seen, seconds).
+    With ``parallel``, this process forwards the batches ``rank, rank + W, ...`` (whole batches of
+    the one-process pass) and the statistics are summed over processes afterwards.
+
+    Returns (real tokens seen by all processes, seconds).
     """
+    from ..distill.distributed import all_reduce_sum, is_mine
+
     body = recorder.adapter.decoder_body(model)
     device = next(model.parameters()).device
     amp = autocast(device, bf16)
     seen, start = 0, time.perf_counter()
     with recorder.attached(), progress(total=_num_tokens(data), unit="tok", unit_scale=True, desc="importance",
                                        disable=None if show_progress else True) as bar:
-        for ids, mask in batches(data, batch_size):
+        for b, (ids, mask) in enumerate(batches(data, batch_size)):
+            if not is_mine(b, parallel):
+                continue
             recorder.mask = None if mask is None else mask.to(device)
             with amp:
                 body(input_ids=ids.to(device), attention_mask=recorder.mask, use_cache=False)
             n = int(mask.sum()) if mask is not None else ids.numel()
             seen += n
             bar.update(n)
+    if parallel is not None and parallel.distributed:
+        recorder.all_reduce(parallel)
+        seen = int(all_reduce_sum(torch.tensor([seen], dtype=torch.float64, device=parallel.device), parallel).item())
     if seen == 0:
         raise CompactLMError("The calibration data gave no tokens. Provide a non-empty --data source.")
     return seen, time.perf_counter() - start
@@ -92,6 +106,7 @@ def estimate_importance(
     show_progress: bool = True,
     meta: dict | None = None,
     precision: str = "auto",
+    parallel: DistInfo | None = None,
 ) -> ImportanceScores:
     """Score every prunable unit of ``model`` on ``data``, and every layer.
 
@@ -114,6 +129,13 @@ def estimate_importance(
             every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
         precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
             :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
+        parallel: under ``torchrun``, the :class:`~compactlm.distill.distributed.DistInfo` of this
+            process (every process calls this with the same model and data). Each process takes
+            the batches ``rank, rank + W, ...`` of every pass (calibration, taylor, layer loss, the
+            task evaluations); the float64 moments are all-reduced, the losses and task scores are
+            gathered in batch order. Every process returns the same scores: the layer losses and
+            task accuracies are bit-identical to one process's, the moments equal to ~1e-15
+            relative (float64 sums in another order), taylor scores to ~1e-6 (float32 gradients).
 
     Returns:
         :class:`ImportanceScores`: width scores (raw moments for ``activation``), Block
@@ -128,24 +150,26 @@ def estimate_importance(
     choice = precision_for(precision, model)
     recorder = ImportanceRecorder(model, adapter, layers_only=layers_only or criterion != "activation",
                                   seq_aggregations=seq_aggregations)
-    seen, seconds = _calibration_pass(model, recorder, data, batch_size, choice.bf16, show_progress)
+    seen, seconds = _calibration_pass(model, recorder, data, batch_size, choice.bf16, show_progress, parallel)
     tensors = recorder.tensors()
     if criterion != "activation" and not layers_only:
-        options = CriterionOptions(batch_size=batch_size, seed=seed, bf16=choice.bf16, show_progress=show_progress)
+        options = CriterionOptions(batch_size=batch_size, seed=seed, bf16=choice.bf16, show_progress=show_progress,
+                                   parallel=parallel)
         unit = CRITERIA[criterion](model, data, options)
         tensors |= {f"{axis}.score": t.float() for axis, t in unit._asdict().items()}
     if layer_loss_samples > 0:
         if not isinstance(data, torch.Tensor):
             raise CompactLMError("layer_loss_samples needs data given as an (N, S) tensor of blocks; pass 0 to skip.")
         with torch.inference_mode():
-            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, choice.bf16, show_progress)
+            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, choice.bf16, show_progress,
+                                                  parallel)
     tasks = {}
     for name in depth_tasks:
         acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=depth_task_examples,
                                                lengths=depth_task_lengths, batch_size=batch_size, bf16=choice.bf16,
-                                               data_dir=data_dir, show_progress=show_progress)
+                                               data_dir=data_dir, show_progress=show_progress, parallel=parallel)
         tensors[task_tensor_name(name)] = acc
-    info = _metadata(model, adapter, data, seen, seconds, choice, batch_size)
+    info = _metadata(model, adapter, data, seen, seconds, choice, batch_size, parallel)
     info |= {"criterion": criterion, **({"seed": seed} if criterion == "random" else {}),
              "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
              "depth_tasks": tasks, "layers_only": layers_only, "seq_aggregations": list(seq_aggregations),
@@ -154,11 +178,15 @@ def estimate_importance(
     return ImportanceScores(tensors=tensors, meta=info)
 
 
-def _metadata(model, adapter, data, seen: int, seconds: float, choice, batch_size: int) -> dict:
+def _metadata(model, adapter, data, seen: int, seconds: float, choice, batch_size: int,
+              parallel: DistInfo | None = None) -> dict:
     device = next(model.parameters()).device
     rate = seen / max(seconds, 1e-9)
+    processes = parallel.world_size if parallel is not None else 1
     peak = peak_gflops(choice, model.config, device, batch_size * _block_len(data))
+    peak = peak * processes if peak else peak   # the rate is every process's tokens
     return {
+        **({"processes": processes} if processes > 1 else {}),
         "model": getattr(model.config, "_name_or_path", None),
         "model_type": model.config.model_type,
         "fingerprint": model_fingerprint(model),

@@ -128,6 +128,22 @@ class ImportanceRecorder:
             self._block_states.clear()
             self._layer_input = None
 
+    def all_reduce(self, parallel) -> None:
+        """Sum every float64 accumulator over the processes of ``parallel`` (a DistInfo), in place.
+
+        Every statistic is a sum over rows or tokens, so the sum of the processes' sums is the
+        one-process statistic (to float64 rounding: the terms are added in another order).
+        """
+        import torch.distributed as dist
+
+        if not parallel.distributed:
+            return
+        stats = [self.cos_next, self.tokens, self.block_cos, self.block_tokens]
+        if not self.layers_only:
+            stats += [t for s in (self.neurons, self.heads, self.channels) for t in (s.sum, s.sumsq, s.rows)]
+        for t in stats:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"layers.cos_next": self.cos_next, "layers.tokens": self.tokens,
                "layers.block_cos": self.block_cos, "layers.block_tokens": self.block_tokens}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..hardware import autocast
+
+if TYPE_CHECKING:
+    from ..distill.distributed import DistInfo
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 
@@ -41,11 +45,19 @@ def summed_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, bf16: bool 
 
 
 @torch.inference_mode()
-def lm_loss(model, data, batch_size: int = 8, bf16: bool = False) -> float:
-    """Mean next-token cross-entropy over real tokens (nats); ``bf16`` runs the forward under bf16 autocast."""
+def lm_loss(model, data, batch_size: int = 8, bf16: bool = False, parallel: DistInfo | None = None) -> float:
+    """Mean next-token cross-entropy over real tokens (nats); ``bf16`` runs the forward under bf16 autocast.
+
+    With ``parallel`` (several processes, every one calling this with the same ``data``), each
+    process runs the batches ``rank, rank + W, ...``; the per-batch sums are gathered and added in
+    batch order, so the result is bit for bit the one-process loss.
+    """
+    from ..distill.distributed import gather_shares, is_mine
+
+    mine = [summed_loss(model, ids, mask, bf16) for b, (ids, mask) in enumerate(batches(data, batch_size))
+            if is_mine(b, parallel)]
     total, count = 0.0, 0
-    for ids, mask in batches(data, batch_size):
-        loss, n = summed_loss(model, ids, mask, bf16)
-        total += float(loss)
+    for loss, n in gather_shares([(float(loss), n) for loss, n in mine], parallel):
+        total += loss
         count += n
     return total / max(count, 1)

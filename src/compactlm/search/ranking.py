@@ -5,6 +5,10 @@ retraining (the proxy). The ``top_k`` best by proxy each get the same short dist
 winner has the lowest held-out LM loss after it. Progress is kept in ``search_state.json``
 (rewritten atomically after every unit of work), so a killed search resumes where it stopped:
 scored candidates are not rescored and a half-done distillation continues from its checkpoint.
+
+Under ``torchrun`` (``parallel``) every process prunes every candidate and scores a share of
+the held-out batches (:func:`~compactlm.importance.lm_loss`: the one-process loss bit for bit);
+the short distillations run data-parallel in the trainer; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..config import LossArgs, SearchArgs, TrainArgs
 from ..distill import distill
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
+from ..distill.distributed import DistInfo, barrier
 from ..errors import CompactLMError
 from ..hardware import precision_for
 from ..importance import ImportanceScores, lm_loss
@@ -109,7 +114,7 @@ def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     write_json_atomic(SearchLayout(out_dir).candidates_json, {**summary, "candidates": rows})
 
 
-def _open_state(layout: SearchLayout, settings: dict, resume: bool) -> dict:
+def _open_state(layout: SearchLayout, settings: dict, resume: bool, parallel: DistInfo) -> dict:
     """``search_state.json``: a fresh one, or the saved one when resuming with the same settings."""
     state = {"settings": settings, "proxy": {}, "retrained": {}}
     if resume and layout.state.is_file():
@@ -119,7 +124,9 @@ def _open_state(layout: SearchLayout, settings: dict, resume: bool) -> dict:
             raise CompactLMError(f"Cannot resume the search in '{layout.root}': its settings differ from these. "
                                  f"Use the original settings, or start afresh in a new directory.")
         state = saved
-    layout.root.mkdir(parents=True, exist_ok=True)
+    barrier(parallel)   # every process has read the saved state before rank 0 rewrites it
+    if parallel.is_main:
+        layout.root.mkdir(parents=True, exist_ok=True)
     return state
 
 
@@ -135,9 +142,14 @@ class _SearchRun:
     state: dict
     batch_size: int
     bf16: bool
+    parallel: DistInfo = DistInfo()
 
     def loss_of(self, student: nn.Module) -> float:
-        return lm_loss(student, self.heldout, self.batch_size, self.bf16)
+        return lm_loss(student, self.heldout, self.batch_size, self.bf16, self.parallel)
+
+    def save_state(self) -> None:
+        if self.parallel.is_main:
+            write_json_atomic(self.layout.state, self.state)
 
     def score_proxies(self, candidates: list[Candidate]) -> None:
         """Held-out LM loss of every candidate, pruned but not retrained; saved after each one."""
@@ -149,7 +161,7 @@ class _SearchRun:
                 done[candidate.name] = self.loss_of(student)
                 del student
                 gc.collect()
-                write_json_atomic(self.layout.state, self.state)
+                self.save_state()
                 bar.update(1)
 
     def retrain(self, candidate: Candidate, train_blocks: torch.Tensor, train_args: TrainArgs, loss: LossArgs,
@@ -157,8 +169,10 @@ class _SearchRun:
         """The short distillation of one candidate (continued from its checkpoint if any), then its held-out loss."""
         student, plan = prune_candidate(self.teacher, self.scores, candidate, self.args)
         run_dir = self.layout.candidate(candidate.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
+        if self.parallel.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            plan.save(run_dir)   # prune_plan.json: layer matching for the intermediate-state loss
+        barrier(self.parallel)   # every process's trainer reads it
         retrained_dir = self.layout.retrained(candidate.name)
         again = resume and latest_checkpoint(retrained_dir) is not None
         result = distill(student, self.teacher, train_blocks, retrained_dir, tokenizer=tokenizer, heldout=self.heldout,
@@ -167,7 +181,7 @@ class _SearchRun:
         self.state["retrained"][candidate.name] = self.loss_of(student)
         del student
         gc.collect()
-        write_json_atomic(self.layout.state, self.state)
+        self.save_state()
 
 
 def _table(candidates: list[Candidate], state: dict, top_k: int, source_params: int) -> list[dict]:
@@ -186,7 +200,7 @@ def _table(candidates: list[Candidate], state: dict, top_k: int, source_params: 
 def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: str | Path, *,
            args: SearchArgs | None = None, train_blocks: torch.Tensor | None = None, tokenizer=None,
            train_args: TrainArgs | None = None, loss: LossArgs | None = None, batch_size: int = 8,
-           resume: bool = False) -> SearchResult:
+           resume: bool = False, parallel: DistInfo | None = None) -> SearchResult:
     """Search the best architecture within the budget of ``args`` (see the module docstring).
 
     Args:
@@ -196,7 +210,10 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
         out_dir: receives ``candidates.csv``, ``candidates.json``, ``search_state.json`` and one
             distillation run per retrained candidate.
         resume: continue the search in ``out_dir`` (its settings must match).
+        parallel: under ``torchrun``, this process's DistInfo (every process calls ``search`` with
+            the same inputs and returns the same result; only rank 0 writes).
     """
+    parallel = parallel or DistInfo()
     args, train_args, loss = args or SearchArgs(), train_args or TrainArgs(), loss or LossArgs()
     scores.check_matches(teacher)
     check_depth_metric(scores, args.depth_metric)   # before any candidate is pruned
@@ -213,12 +230,12 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     settings = {"search": asdict(args), "target_params": target, "distill_steps": steps, "seq_len": seq_len,
                 "heldout_blocks": heldout.shape[0], "train": asdict(train_args), "loss": asdict(loss),
                 "scores": scores.meta.get("fingerprint")}
-    state = _open_state(layout, settings, resume)
+    state = _open_state(layout, settings, resume, parallel)
     source_params = count_parameters(scores.architecture, parameter_layout(teacher.config))
     proxy_precision = precision_for(train_args.precision, teacher)
     state["precision"] = proxy_precision.to_dict()
     logger.info("search: %d candidates within %.2fM ±%.0f%%", len(candidates), target / 1e6, args.tolerance * 100)
-    work = _SearchRun(teacher, scores, heldout, args, layout, state, batch_size, proxy_precision.bf16)
+    work = _SearchRun(teacher, scores, heldout, args, layout, state, batch_size, proxy_precision.bf16, parallel)
     work.score_proxies(candidates)
     # the same short distillation for the top_k by proxy; one student in memory at a time
     short = dataclasses.replace(train_args, max_steps=steps)
@@ -233,7 +250,9 @@ def search(teacher, scores: ImportanceScores, heldout: torch.Tensor, out_dir: st
     summary = {"target_params": target, "teacher_params": source_params, "tolerance": args.tolerance,
                "distill_steps": steps if args.top_k else 0, "distill_tokens": steps * train_args.batch_size * seq_len
                if args.top_k else 0, "rank_correlation": rho, "winner": rows[[r["selected"] for r in rows].index(True)]}
-    _write_tables(layout.root, rows, summary)
+    if parallel.is_main:
+        _write_tables(layout.root, rows, summary)
+    barrier(parallel)
     return SearchResult(rows=rows, winner=summary["winner"], out_dir=layout.root, rank_correlation=rho,
                         precision=proxy_precision.precision)
 
