@@ -33,8 +33,9 @@ def entry(fixtures: Path, out: Path) -> None:
          "--out", str(out / "scores")])
     run([*importance, "--criterion", "taylor", "--layer-loss-samples", "0", "--out", str(out / "taylor")])
     run(["search", "--model", model, "--scores", str(out / "scores"), *data, "--heldout-samples", "5",
-         "--target-params", "0.8", "--tolerance", "0.15", "--top-k", "0", "--num-hidden-layers", "4,3",
-         "--intermediate-size", "96,64", "--precision", "fp32", "--out", str(out / "search")])
+         "--target-params", "0.8", "--tolerance", "0.15", "--num-hidden-layers", "4,3", "--intermediate-size", "96,64",
+         "--top-k", "1", "--distill-tokens", "128", "--batch-size", "4", "--micro-batch-size", "2",
+         "--precision", "fp32", "--out", str(out / "search")])
     run(["eval", "--model", model, "--tasks", f"winogrande,ppl:{text}", "--limit", "7", "--batch-size", "2",
          "--window", "32", "--precision", "fp32", "--data-dir", tasks, "--json", str(out / "eval.json")])
 

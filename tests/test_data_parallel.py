@@ -67,9 +67,13 @@ def test_two_processes_write_the_one_process_files(tmp_path, fixtures):
         meta_a, meta_b = (json.loads((d / name / "importance.json").read_text()) for d in (one, two))
         assert meta_b["tokens"] == meta_a["tokens"] and meta_b["processes"] == 2
         assert meta_b["depth_tasks"] == meta_a["depth_tasks"]
-    # search: the same table, proxy losses equal exactly
+    # search: the same table, proxy losses equal exactly; the short distillation as the trainer's 2-process test
     rows_a, rows_b = (json.loads((d / "search" / "candidates.json").read_text())["candidates"] for d in (one, two))
-    assert len(rows_a) >= 2 and rows_b == rows_a
+    assert len(rows_a) >= 2 and sum(r["retrained_loss"] is not None for r in rows_a) == 1
+    for a, b in zip(rows_a, rows_b):
+        la, lb = a.pop("retrained_loss"), b.pop("retrained_loss")
+        assert (la is None and lb is None) or lb == pytest.approx(la, rel=1e-5)
+    assert rows_b == rows_a
     # eval: metrics and every per-example record
     res_a, res_b = (json.loads((d / "eval.json").read_text())["results"]["model"] for d in (one, two))
     for task in res_a:
