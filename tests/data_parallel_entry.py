@@ -26,7 +26,8 @@ def run(verb: list[str]) -> None:
 def entry(fixtures: Path, out: Path) -> None:
     model, text, tasks = str(fixtures / "model"), str(fixtures / "text.txt"), str(fixtures / "tasks")
     data = ["--data", text, "--seq-len", "32"]
-    # 11 blocks in batches of 2: 6 batches, the last one short, so the shares are uneven
+    # batches of 2: 11 blocks make 6 (the last one short), the 5 layer-loss blocks 3 and the 14 eval requests 7,
+    # so some shares are uneven (4 + 3 batches)
     importance = ["importance", "--model", model, *data, "--samples", "11", "--batch-size", "2",
                   "--layer-loss-samples", "5", "--seq-aggregations", "mean,l2,var"]
     run([*importance, "--depth-tasks", "winogrande", "--depth-task-examples", "5", "--data-dir", tasks,
