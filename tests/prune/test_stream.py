@@ -147,3 +147,69 @@ def test_cli_stream_refusals(tmp_path, capsys, model, flags, message):
                         "--out", tmp_path / "out")
     assert code == 2 and message in err and "\n" not in err.strip(), err
     assert not (tmp_path / "out").exists()
+
+
+MB = 2**20
+
+
+def big_checkpoint(path: Path, shard_mb: int) -> tuple[int, int]:
+    """A ~200 MB float32 Llama (3 layers, hidden 1024, MLP 2816, vocab 8192) in ~40 MB shards; values are dummies.
+
+    Returns the bytes of the model and of its largest tensor.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=8192, hidden_size=1024, intermediate_size=2816,
+                                  num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4, head_dim=128,
+                                  tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.fill_(0.01 * (i + 1))
+    model.save_pretrained(path, max_shard_size=f"{shard_mb}MB")
+    sizes = [p.numel() * p.element_size() for p in model.parameters()]
+    plan_for(model.config, hidden_size=768, intermediate_size=2048, num_attention_heads=6, num_key_value_heads=3,
+             num_hidden_layers=2).save(path.parent / "plan.json")
+    return sum(sizes), max(sizes)
+
+
+def peak_extra_mb(src: Path, out: Path, shard_mb: int, warm: Path) -> dict[str, float]:
+    """{"stream": MB, "memory": MB}: each way's peak RSS above its baseline, measured by rss_probe.py."""
+    import subprocess
+    import sys
+
+    probe = Path(__file__).with_name("rss_probe.py")
+    run = subprocess.run([sys.executable, str(probe), str(src), str(src.parent / "plan.json"), str(out),
+                          f"{shard_mb}MB", str(warm), str(warm.parent / "warm_plan.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return {k: v / 1024 for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+
+
+def test_stream_memory_is_bounded_by_a_shard(tmp_path):
+    """Streaming needs about one output shard + one source tensor; in memory it needs the whole model (and more).
+
+    Measured in a subprocess as the peak RSS (VmHWM, reset before each way) above the RSS after a warm-up run.
+    """
+    import time
+
+    start = time.perf_counter()
+    shard_mb = 40
+    src = tmp_path / "big"
+    model_bytes, largest_tensor = big_checkpoint(src, shard_mb)
+    if time.perf_counter() - start > 15:
+        pytest.skip("building the 200 MB checkpoint took over 15 s on this machine")
+    warm = sharded_checkpoint(tmp_path / "warm" / "src", "llama")
+    plan_for(load_model(str(warm), with_tokenizer=False).config, **PRUNE_ALL).save(warm.parent / "warm_plan.json")
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    extra = peak_extra_mb(src, tmp_path / "out", shard_mb, warm)
+    streamed, in_memory = extra["stream"], extra["memory"]
+    margin = 24  # MB: allocator slack, index tensors, the safetensors headers
+    print(f"model {model_bytes / MB:.0f} MB, shards {shard_mb} MB, largest tensor {largest_tensor / MB:.0f} MB: "
+          f"extra peak RSS streamed {streamed:.0f} MB, in memory {in_memory:.0f} MB")
+    assert streamed < shard_mb + largest_tensor / MB + margin
+    assert in_memory > model_bytes / MB
