@@ -171,6 +171,7 @@ def load_model(
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
     allow_pickle: bool = False,
+    device_map: str | dict | None = None,
 ):
     """Load a causal LM and (optionally) its tokenizer.
 
@@ -182,6 +183,12 @@ def load_model(
         trust_remote_code: allow custom modelling code from the checkpoint (off by default).
         allow_pickle: load a pickle-only local checkpoint (``pytorch_model.bin``) with
             ``torch.load(weights_only=True)``; by default only safetensors are read.
+        device_map: passed to ``from_pretrained`` instead of ``device`` (``"auto"`` spreads a model
+            larger than one device over all of them, layer by layer; ``{"": "cpu"}``); None: ``device``.
+
+    The model is built on the meta device and each tensor is read straight into ``dtype`` (transformers
+    5 always loads that way; its ``low_cpu_mem_usage`` flag is gone), so no float32 copy of a bf16
+    model is ever made.
 
     Returns:
         ``(model, tokenizer)`` with the model in eval mode, or just the model if
@@ -199,6 +206,7 @@ def load_model(
         model, info = AutoModelForCausalLM.from_pretrained(
             source.path, gguf_file=source.gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code,
             use_safetensors=safe, weights_only=True, output_loading_info=True,
+            **({} if device_map is None else {"device_map": device_map}),
         )
     except Exception as err:  # noqa: BLE001 - the file boundary: truncated weights, a bad GGUF, the Hub
         raise _load_error(source, err, trust_remote_code) from err
@@ -216,7 +224,9 @@ def load_model(
         model.is_quantized = False
     model.config._name_or_path = name
     adapter_for(model.config)  # fail early, with the supported list, on an unknown family
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     logger.info("loaded %s (%s, %.1fM parameters)", name, model.config.model_type,
                 sum(p.numel() for p in model.parameters()) / 1e6)
     if not with_tokenizer:
