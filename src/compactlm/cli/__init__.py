@@ -17,7 +17,7 @@ import threading
 from ..errors import CompactLMError, Terminated, interrupt_exit_code
 
 # Pipeline order; a module missing here simply contributes no verb.
-VERB_MODULES = ("core", "distill", "search", "eval", "export", "run")
+VERB_MODULES = ("plan", "core", "distill", "search", "eval", "export", "run")
 
 
 class _Parser(argparse.ArgumentParser):

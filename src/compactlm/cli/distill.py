@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "depth-pruned students; exports a standard Hugging Face checkpoint to --out.")
     p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher model (default: %(default)s)")
     p.add_argument("--student", required=True, help="student checkpoint dir (e.g. `compactlm prune` output)")
+    p.add_argument("--no-plan-check", action="store_true",
+                   help="do not refuse a run that `compactlm plan` finds too large for the device's memory")
     _add_common(p)
     add_flags(p.add_argument_group("loss"), LossArgs)
     add_flags(p.add_argument_group("training"), TrainArgs)
@@ -114,6 +116,11 @@ def run_distill(args: argparse.Namespace) -> int:
     loss_args, train_args = from_flags(LossArgs, args), from_flags(TrainArgs, args)
     make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
     _check_out(args, [args.teacher, args.student, args.source])
+    if not args.no_plan_check:
+        from ..plan import check_distill
+
+        check_distill(args.teacher, args.student, train_args, loss_args, args.seq_len,
+                      trust_remote_code=args.trust_remote_code)
     teacher, tokenizer = model_from_args(args, args.teacher, device="cpu")
     student, student_tok = model_from_args(args, args.student, device="cpu")
     train_blocks, heldout, train_args, data_meta = _blocks(args, tokenizer, train_args, teacher, student)

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set steps.0.distill.tokens=65536 (repeatable)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--no-plan-check", action="store_true",
+                   help="do not refuse a recipe that `compactlm plan` finds too large for the device's memory")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="confirm a recipe's 'trust_remote_code: true' (the checkpoint's own Python code runs); "
                         "a recipe cannot turn it on by itself")
@@ -50,6 +52,10 @@ def run_recipe(args: argparse.Namespace) -> int:
         raise CompactLMError("The recipe sets trust_remote_code: true, which runs Python code shipped with the "
                              f"teacher '{recipe.teacher}'. A recipe cannot turn that on by itself: add "
                              "--trust-remote-code to the command line if you trust that checkpoint.")
+    if not args.no_plan_check:
+        from ..plan import check_recipe
+
+        check_recipe(recipe)   # refuses, with the plan, what cannot fit before any model loads
     out = Path(args.out) if args.out else Path("runs") / resolve_path(args.recipe).stem
     try:
         result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
