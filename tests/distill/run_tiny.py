@@ -1,6 +1,7 @@
 """Subprocess entry for the resume and multi-process tests: a tiny teacher/student run from the command line.
 
 Usage: python run_tiny.py OUT [--steps N] [--kill-at STEP] [--resume] [--micro M] [--batch B] [--intermediate on|off]
+    [--strategy auto|ddp|fsdp] [--teacher-placement shard|replicate|offload]
 ``--term-at`` sends SIGTERM after that step (the run checkpoints and exits 143 = 128 + SIGTERM);
 ``--kill-at`` sends SIGKILL to this process right after that optimizer step: no clean-up at all.
 """
@@ -32,6 +33,8 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=2)
     p.add_argument("--intermediate", default="on")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--teacher-placement", default="shard")
     a = p.parse_args()
     torch.set_num_threads(1)
     teacher = make_tiny_model("llama", dtype=torch.float32, seed=0)
@@ -48,7 +51,8 @@ def main() -> None:
     result = distill(student, teacher, blocks, a.out, heldout=heldout, resume=a.resume, overwrite=not a.resume, on_step=on_step,
             loss=LossArgs(intermediate=a.intermediate, layer_map=[1, 3], chunk_size=16, clm_weight=0.1),
             args=TrainArgs(lr=3e-3, batch_size=a.batch, micro_batch_size=a.micro, max_steps=a.steps,
-                           checkpoint_every=2, val_every=3, precision=a.precision, keep_checkpoints=2, device="cpu"))
+                           checkpoint_every=2, val_every=3, precision=a.precision, keep_checkpoints=2, device="cpu",
+                           strategy=a.strategy, teacher_placement=a.teacher_placement))
     sys.exit(result.exit_code)
 
 

@@ -56,7 +56,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_fsdp2_smoke_chunked_loss_matches_unsharded(tmp_path):
-    """FSDP is not wired into the trainer yet; this shows the sharded student + chunked loss compute the same thing."""
+    """The sharded student + chunked loss compute the same loss and gradients (the trainer runs: test_fsdp.py)."""
     env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.allocator
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(SCRIPT.with_name("fsdp_smoke.py"))], env=env, capture_output=True, text=True, timeout=180)

@@ -91,6 +91,15 @@ class TrainArgs:
     """also write a loadable Hugging Face export inside every checkpoint"""
     log_to: str = ""
     """extra metric loggers besides metrics.jsonl: tensorboard, wandb (comma-separated)"""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """data parallelism over several processes (torchrun / accelerate launch): ddp (a whole student, optimizer and
+    teacher on every device; gradients all-reduced), fsdp (FSDP2: student sharded per decoder layer with fp32 master
+    weights, bf16 compute under bf16 precision; checkpoints as DCP shards; the export gathered on rank 0) or auto
+    (ddp for now; later what `compactlm plan` finds fits). One process always trains the plain model"""
+    teacher_placement: Literal["shard", "replicate", "offload"] = "shard"
+    """the frozen teacher under --strategy fsdp: shard (per decoder layer, a copy; its LM head whole on every device),
+    replicate (whole on every device, as under ddp; --teacher-dtype bf16 halves it) or offload (sharded and held in
+    CPU memory, copied to the device layer by layer); ddp always replicates"""
 
     def warmup(self, total_steps: int) -> int:
         if self.warmup_steps is not None:

@@ -4,14 +4,18 @@ A checkpoint holds everything needed to continue bit-identically: trainable modu
 (safetensors, fp32), optimizer state (``torch.load(weights_only=True)``: tensors and plain
 values only), every process's RNG state (``rng.safetensors`` + ``rng.json``: no pickle, so a
 checkpoint someone else wrote cannot run code when resumed) and ``trainer_state.json``
-(step, tokens, the run's settings, fingerprints of the teacher and the data). The learning rate is a pure function of the step and
-the data order a pure function of (seed, step), so neither needs more than the step.
+(step, tokens, the run's settings, fingerprints of the teacher and the data). An FSDP run
+holds model and optimizer as DCP shards in ``shards/`` instead (:func:`save_sharded_checkpoint`),
+written by every process into rank 0's temp directory and renamed by rank 0 after a barrier.
+The learning rate is a pure function of the step and the data order a pure function of
+(seed, step), so neither needs more than the step.
 A directory exists under its final name only once it is complete (temp dir, fsync, rename);
 a run killed mid-write leaves a hidden ``.step-*.tmp-*`` directory that the next start removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -25,18 +29,22 @@ from torch import nn
 from ..errors import CompactLMError
 from ..io import atomic_dir, write_json_atomic
 from ..readers import load_safetensors, read_json_object, reading
+from .distributed import DistInfo, barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
 
 # Settings that change the arithmetic: a resumed run must use the same ones.
 RESUME_KEYS = ("loss", "temperature", "top_k", "js_beta", "clm_weight", "intermediate", "layer_map", "lr", "min_lr",
                "warmup_steps", "weight_decay", "batch_size", "grad_clip", "precision", "teacher_dtype", "seed",
-               "total_steps", "num_blocks", "seq_len", "distill", "teacher_fingerprint", "data_fingerprint")
+               "total_steps", "num_blocks", "seq_len", "distill", "teacher_fingerprint", "data_fingerprint", "strategy")
+# What a checkpoint written before a setting existed means by it.
+RESUME_DEFAULTS = {"strategy": "ddp"}
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 RNG_TENSORS, RNG_META = "rng.safetensors", "rng.json"
 PICKLE_RNG = "rng.pt"   # written by compactlm before 0.2: a pickle, never loaded
+SHARDS = "shards"       # FSDP: model + optimizer as torch.distributed.checkpoint (DCP) shards
 
 
 class CheckpointMismatch(CompactLMError):
@@ -90,15 +98,44 @@ def save_checkpoint(run_dir: str | Path, step: int, *, modules: dict[str, nn.Mod
         for name, module in modules.items():
             save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied embeddings
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        tensors, meta = encode_rng(rng)
-        save_file(tensors, str(tmp / RNG_TENSORS))
-        write_json_atomic(tmp / RNG_META, meta)
-        if export is not None:
-            export(tmp / "student")
-        write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
+        _write_side_files(tmp, step, state, rng, export)
+    _keep_newest(run_dir, keep)
+    return path
+
+
+def save_sharded_checkpoint(run_dir: str | Path, step: int, *, write_shards: Callable[[Path], None], state: dict,
+                            rng: list[dict], keep: int, info: DistInfo,
+                            export: Callable[[Path], None] | None = None) -> Path:
+    """The FSDP checkpoint: every process calls it; ``write_shards(dir)`` (a collective) writes the DCP shards.
+
+    Rank 0 makes the temp directory and tells the others; after the shards, rank 0 writes the
+    side files (``state``, ``rng``, ``export``: only rank 0's are used) and, once every process
+    has passed the barrier, fsyncs and renames it into place.
+    """
+    path = checkpoint_root(run_dir) / f"step-{step:07d}"
+    with atomic_dir(path, overwrite=True) if info.is_main else contextlib.nullcontext() as tmp:
+        tmp = Path(broadcast_object(str(tmp) if tmp is not None else None, info))
+        write_shards(tmp / SHARDS)
+        if info.is_main:
+            _write_side_files(tmp, step, state, rng, export)
+        barrier(info)  # every shard is on disk before rank 0 renames
+    if info.is_main:
+        _keep_newest(run_dir, keep)
+    return path
+
+
+def _write_side_files(tmp: Path, step: int, state: dict, rng: list[dict], export: Callable[[Path], None] | None) -> None:
+    tensors, meta = encode_rng(rng)
+    save_file(tensors, str(tmp / RNG_TENSORS))
+    write_json_atomic(tmp / RNG_META, meta)
+    if export is not None:
+        export(tmp / "student")
+    write_json_atomic(tmp / STATE_FILE, {**state, "step": step})  # last: its presence marks a complete checkpoint
+
+
+def _keep_newest(run_dir: str | Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def read_state(path: str | Path) -> dict:
@@ -161,16 +198,26 @@ def _read_rng(path: Path) -> list[dict]:
         return decode_rng(tensors, meta)
 
 
-def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module],
-                    optimizer: torch.optim.Optimizer | None) -> tuple[dict, list[dict]]:
+def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer | None,
+                    read_shards: Callable[[Path], None] | None = None) -> tuple[dict, list[dict]]:
     """Restore modules and optimizer in place; returns ``(trainer_state, per-rank rng states)``.
 
     Nothing here unpickles arbitrary objects: weights and RNG states are safetensors, the
-    optimizer state goes through ``torch.load(weights_only=True)``.
+    optimizer state goes through ``torch.load(weights_only=True)``. ``read_shards(dir)``
+    (FSDP, a collective) reads model and optimizer from the DCP shards instead.
     """
     path = Path(path)
     state = read_state(path)
     rng = _read_rng(path)
+    if read_shards is not None:
+        if not (path / SHARDS).is_dir():
+            raise CompactLMError(f"Checkpoint '{path}' has no {SHARDS}/ folder; it was written by a different kind "
+                                 f"of run.")
+        try:
+            read_shards(path / SHARDS)
+        except Exception as err:  # DCP raises its own types for missing or damaged shard files
+            raise CompactLMError(f"Checkpoint shards '{path / SHARDS}' cannot be read: {err}") from err
+        return state, rng
     for name, module in modules.items():
         file = path / f"{name}.safetensors"
         if not file.is_file():
@@ -197,23 +244,26 @@ def recorded_precision(run_dir: str | Path) -> str | None:
 
 
 def resume_from(run_dir: str | Path, settings: dict, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                is_main: bool) -> tuple[Path, dict, list[dict]]:
+                is_main: bool, read_shards: Callable[[Path], None] | None = None) -> tuple[Path, dict, list[dict]]:
     """Load the newest checkpoint that loads: a damaged newest one is set aside (with a warning) for the one before.
 
     Returns ``(checkpoint, trainer_state, per-rank rng states)``; refuses a checkpoint whose
-    :data:`RESUME_KEYS` settings differ from ``settings``.
+    :data:`RESUME_KEYS` settings differ from ``settings``. ``read_shards``: see :func:`load_checkpoint`.
     """
     found = list_checkpoints(run_dir)
     for i, ckpt in enumerate(reversed(found)):
         try:
             state = read_state(ckpt)
-            changed = [f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}" for k in RESUME_KEYS
-                       if state["settings"].get(k) != settings.get(k)]
+            old = {k: state["settings"].get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_KEYS}
+            changed = [f"{k}: {old[k]!r} -> {settings.get(k)!r}" for k in RESUME_KEYS if old[k] != settings.get(k)]
             if changed:
-                raise CheckpointMismatch(f"Cannot resume from '{ckpt}': settings differ ({'; '.join(changed)}). "
+                hint = (f" A {old['strategy']} checkpoint cannot continue as {settings.get('strategy')} (whole "
+                        f"safetensors weights vs DCP shards): resume with --strategy {old['strategy']}."
+                        if old["strategy"] != settings.get("strategy") else "")
+                raise CheckpointMismatch(f"Cannot resume from '{ckpt}': settings differ ({'; '.join(changed)}).{hint} "
                                          f"Use the original settings, teacher and data, or start afresh without "
                                          f"--resume.")
-            state, rngs = load_checkpoint(ckpt, modules=modules, optimizer=optimizer)
+            state, rngs = load_checkpoint(ckpt, modules=modules, optimizer=optimizer, read_shards=read_shards)
             return ckpt, state, rngs
         except CheckpointMismatch:
             raise

@@ -2,11 +2,13 @@
 
 ``torchrun`` and ``accelerate launch`` both set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
 ``MASTER_ADDR/PORT``; :func:`setup_distributed` reads them and starts NCCL on CUDA, gloo on CPU.
+:func:`resolve_strategy` picks DDP or FSDP and :func:`wrap_model` applies it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import CompactLMError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,24 +102,68 @@ def gather_shares(local: list, info: DistInfo | None) -> list:
     return [parts[i % info.world_size][i // info.world_size] for i in range(sum(map(len, parts)))]
 
 
-def wrap_model(module: nn.Module, info: DistInfo) -> nn.Module:
-    """``module`` as the training step calls it: itself for one process, DDP for several.
+def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Module | None) -> str:
+    """``ddp`` or ``fsdp``: what ``--strategy`` (``args.strategy``) means for this run.
 
-    The one place that knows how the trainable module is parallelised: FSDP (sharding the
-    decoder layers, then the root, as ``tests/distill/fsdp_smoke.py`` does) plugs in here. The
-    step calls the result; validation, checkpoints and the export read the unwrapped ``module``.
+    One process has nothing to shard: always ``ddp`` (the plain module). ``auto`` asks the
+    memory model of ``compactlm plan`` (``compactlm.plan.choose_strategy``, same signature)
+    when it exists and is ``ddp`` without it. This is the one function that decides.
+    """
+    if not info.distributed:
+        if args.strategy == "fsdp":
+            logger.info("--strategy fsdp with one process: nothing to shard, training the plain model")
+        return "ddp"
+    if args.strategy != "auto":
+        return args.strategy
+    try:
+        from ..plan import choose_strategy  # the memory model of `compactlm plan`, when present
+    except ImportError:
+        return "ddp"
+    return choose_strategy(args, info, student, teacher)
+
+
+def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp", *, student: nn.Module | None = None,
+               bf16: bool = False) -> nn.Module:
+    """``module`` as the training step calls it: itself for one process, DDP or FSDP2 for several.
+
+    The one place that knows how the trainable module is parallelised. ``ddp`` returns a
+    wrapper; validation, checkpoints and the export read the unwrapped ``module``. ``fsdp``
+    shards ``student``'s decoder layers, then ``module``, in place
+    (:func:`compactlm.distill.sharding.shard_student`): the result *is* ``module``, its
+    parameters DTensors, so build the optimizer afterwards.
     """
     if not info.distributed:
         return module
+    if strategy == "fsdp":
+        from .sharding import shard_student
+
+        assert student is not None, "fsdp shards the student's decoder layers: pass student="
+        return shard_student(module, student, info, bf16)
     device = info.device
     return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def no_sync(model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
-    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP); a no-op otherwise."""
-    if last_micro_batch or not isinstance(model, nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return model.no_sync()
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if last_micro_batch else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
+        model.set_requires_gradient_sync(last_micro_batch)
+    return contextlib.nullcontext()
+
+
+def norm_value(norm: torch.Tensor) -> float:
+    """The norm ``clip_grad_norm_`` returned as a float: under FSDP it is a replicated DTensor (same on every rank)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class StepSampler:

@@ -2,14 +2,16 @@
 
 :func:`setup` validates the inputs, prepares the run directory, resolves the precision, borrows
 the teacher (:func:`~compactlm.distill.teacher.frozen_teacher`), builds the loss modules, the
-optimizer and the wrapped model (:func:`~compactlm.distill.distributed.wrap_model`), and loads a
-checkpoint to resume from. It is a context manager: on exit, also by an exception, the state
+wrapped model (:func:`~compactlm.distill.distributed.wrap_model`: DDP, or FSDP2 sharding in
+place, which is why it comes before the optimizer) and the optimizer, and loads a checkpoint to
+resume from. It is a context manager: on exit, also by an exception, the state
 hooks are removed, the teacher is handed back as it came and the metric loggers are closed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
 from .checkpoint import latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints, resume_from
 from .config import LossArgs, TrainArgs, as_dict
-from .distributed import DistInfo, StepSampler, barrier, set_rng_state, setup_distributed, wrap_model
+from .distributed import DistInfo, StepSampler, barrier, resolve_strategy, set_rng_state, setup_distributed, wrap_model
 from .intermediate import IntermediateStateLoss, layer_map_from_plan, read_prune_plan
 from .losses import ChunkedLogitLoss, make_loss
 from .metrics import build_loggers
@@ -50,7 +52,7 @@ class TrainSetup:
     student: nn.Module
     teacher: Teacher | None                    # None: plain fine-tuning
     module: DistillModule                      # student + losses, unwrapped: validation, checkpoints, export
-    model: nn.Module                           # ``module`` as the step calls it (itself or DDP)
+    model: nn.Module                           # ``module`` as the step calls it (itself, DDP, or FSDP: ``module``)
     trainable: dict[str, nn.Module]            # what a checkpoint holds
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -66,6 +68,7 @@ class TrainSetup:
     loggers: list = field(default_factory=list)
     start_step: int = 0
     elapsed: float = 0.0                       # training seconds of the sessions before this one (resume)
+    strategy: str = "ddp"                      # ddp (also one process) or fsdp: see distributed.resolve_strategy
 
     @property
     def device(self) -> torch.device:
@@ -110,9 +113,17 @@ class TrainSetup:
         for lg in self.loggers:
             lg.log(metrics, step)
 
-    def export(self, dest: Path) -> None:
-        """Write the student as a plain Hugging Face model directory into ``dest``."""
-        write_model_dir(dest, self.student, self.tokenizer, plan=self.student_dir,
+    def export_model(self) -> nn.Module | None:
+        """The student to export on rank 0 (None elsewhere); under FSDP a gathered CPU copy, and a collective."""
+        if self.strategy == "fsdp":
+            from .sharding import gathered_student
+
+            return gathered_student(self.module, self.student, self.info)
+        return self.student if self.info.is_main else None
+
+    def export(self, dest: Path, model: nn.Module | None = None) -> None:
+        """Write ``model`` (default: the student) as a plain Hugging Face model directory into ``dest``."""
+        write_model_dir(dest, model if model is not None else self.student, self.tokenizer, plan=self.student_dir,
                         provenance={**self.provenance, "distill": self.settings})
 
 
@@ -156,10 +167,24 @@ def _intermediate_loss(student: nn.Module, teacher: nn.Module, student_dir, seed
 
 def _resume(s: TrainSetup) -> None:
     """Weights, optimizer and RNG from the newest checkpoint; the step alone fixes the LR and the data position."""
-    ckpt, state, rngs = resume_from(s.run_dir, s.settings, s.trainable, s.optimizer, s.info.is_main)
+    read_shards = None
+    if s.strategy == "fsdp":
+        from .sharding import load_shards
+
+        read_shards = functools.partial(load_shards, module=s.module, optimizer=s.optimizer)
+    ckpt, state, rngs = resume_from(s.run_dir, s.settings, s.trainable, s.optimizer, s.info.is_main, read_shards)
     set_rng_state(rngs[s.info.rank] if s.info.rank < len(rngs) else rngs[0])
     s.start_step, s.elapsed = state["step"], state.get("elapsed_s", 0.0)
     s.say("resuming from %s (step %d of %d)", ckpt, s.start_step, s.total_steps)
+
+
+def _teacher_sharding(strategy: str, args: TrainArgs, info: DistInfo):
+    """How ``frozen_teacher`` shards the teacher under FSDP (``teacher_placement``), or None: whole on each device."""
+    if strategy != "fsdp" or args.teacher_placement == "replicate":
+        return None
+    from .sharding import shard_teacher
+
+    return lambda model, dtype: shard_teacher(model, info, dtype, offload=args.teacher_placement == "offload")
 
 
 @contextlib.contextmanager
@@ -183,8 +208,10 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
                               next(student.parameters()).dtype)
     student.to(device).train()   # fp32 master weights, trained in place: the student is the product
     layer_map = _layer_map(student, teacher, loss, student_dir)
+    strategy = resolve_strategy(args, info, student, teacher)
     with contextlib.ExitStack() as stack:
-        frozen = (stack.enter_context(frozen_teacher(teacher, device, args.teacher_dtype, layer_map))
+        frozen = (stack.enter_context(frozen_teacher(teacher, device, args.teacher_dtype, layer_map,
+                                                     shard=_teacher_sharding(strategy, args, info)))
                   if teacher is not None else None)
         intermediate = None
         if layer_map is not None:
@@ -198,24 +225,24 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
         stack.enter_context(module.recording())
         trainable = {"student": student, **({"intermediate": intermediate} if intermediate is not None
                                             and intermediate.projection is not None else {})}
+        peak = peak_gflops(choice, student.config, device, args.micro_batch_size * seq_len)
+        flops = train_flops_per_token(student) + (forward_flops_per_token(teacher) if teacher is not None else 0)
+        model = wrap_model(module, info, strategy, student=student, bf16=choice.bf16)  # FSDP: before the optimizer
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
         settings = {**as_dict(loss, args), "warmup_steps": args.warmup(total_steps), "total_steps": total_steps,
                     "num_blocks": train_blocks.shape[0], "seq_len": seq_len, "distill": teacher is not None,
                     "layer_map": layer_map, "precision_used": choice.precision, "gemm_gflops": choice.gflops,
-                    "device_kind": choice.device, **fingerprints}
-        peak = peak_gflops(choice, student.config, device, args.micro_batch_size * seq_len)
-        flops = train_flops_per_token(student) + (forward_flops_per_token(teacher) if teacher is not None else 0)
+                    "device_kind": choice.device, **fingerprints, "strategy": strategy}
         s = TrainSetup(info=info, run_dir=run_dir, loss=loss, args=args, train_blocks=train_blocks, heldout=heldout,
-                       student=student, teacher=frozen, module=module, model=module, trainable=trainable,
+                       student=student, teacher=frozen, module=module, model=model, trainable=trainable,
                        params=params, optimizer=optimizer, choice=choice, settings=settings, total_steps=total_steps,
                        sampler=StepSampler(train_blocks.shape[0], args.batch_size, args.micro_batch_size, args.seed,
                                            info),
                        flops_per_token=flops, peak=peak * info.world_size if peak else None, tokenizer=tokenizer,
-                       student_dir=student_dir, provenance=provenance or {})
+                       student_dir=student_dir, provenance=provenance or {}, strategy=strategy)
         if resume:
             _resume(s)
-        s.model = wrap_model(module, info)
         if info.is_main:
             s.loggers = build_loggers(args.log_to, run_dir, settings, s.start_step if resume else None)
             stack.callback(lambda: [lg.close() for lg in s.loggers])

@@ -8,13 +8,14 @@ so that accumulation and data parallelism give the gradient of the global-batch 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import astuple, dataclass, fields
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, save_sharded_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, no_sync, rng_state
 from .losses import IGNORE_INDEX, ChunkedLogitLoss
 from .setup import TrainSetup
@@ -76,16 +77,21 @@ def validate(s: TrainSetup, step: int) -> dict[str, float]:
     """Held-out KD loss and student perplexity (and the teacher's, at step 0); every process does its share."""
     if s.heldout is None:
         return {}
-    rows = s.heldout[s.info.rank::s.info.world_size]
+    rows, micro = s.heldout[s.info.rank::s.info.world_size], s.args.micro_batch_size
     totals = dict.fromkeys(("kd", "clm", "kd_tokens", "clm_tokens", "teacher_clm"), 0.0)
     teacher_loss = ChunkedLogitLoss(None, s.loss.chunk_size or None)
+    # Sharded forwards are collectives: under FSDP every process runs as many as rank 0 (which has the most rows).
+    batches = math.ceil(math.ceil(s.heldout.shape[0] / s.info.world_size) / micro) if s.strategy == "fsdp" else \
+        math.ceil(rows.shape[0] / micro)
     s.module.eval()
     with s.amp():
-        for start in range(0, rows.shape[0], s.args.micro_batch_size):
-            ids = rows[start:start + s.args.micro_batch_size].to(s.device)   # (micro, T)
+        for start in range(0, batches * micro, micro):
+            ids = (rows[start:start + micro] if start < rows.shape[0] else s.heldout[:1]).to(s.device)  # (micro, T)
             labels, mask = next_token_labels(ids)
             teacher = s.teacher(ids) if s.teacher is not None else None
             out = s.module(ids, labels, mask, teacher, kd_scale=1.0 if teacher is not None else 0.0, clm_scale=1.0)
+            if start >= rows.shape[0]:
+                continue   # a padding forward: counted nowhere
             totals["kd"] += float(out.kd_sum)
             totals["clm"] += float(out.clm_sum)
             totals["kd_tokens"] += mask.sum().item()
@@ -113,9 +119,19 @@ def checkpoint(s: TrainSetup, step: int, session_start: float) -> None:
     checkpoint records the training seconds of all sessions so far.
     """
     rngs = gather_objects(rng_state(), s.info)
-    if s.info.is_main:
-        state = {"settings": s.settings, "tokens": step * s.tokens_per_step,
-                 "elapsed_s": s.elapsed + time.time() - session_start}
+    state = {"settings": s.settings, "tokens": step * s.tokens_per_step,
+             "elapsed_s": s.elapsed + time.time() - session_start}
+    if s.strategy == "fsdp":   # every process writes its shards
+        from .sharding import save_shards
+
+        student = s.export_model() if s.args.export_checkpoints else None   # a collective
+        path = save_sharded_checkpoint(s.run_dir, step, state=state, rng=rngs, keep=s.args.keep_checkpoints,
+                                       write_shards=functools.partial(save_shards, module=s.module,
+                                                                      optimizer=s.optimizer),
+                                       info=s.info, export=functools.partial(s.export, model=student)
+                                       if student is not None else None)
+        s.say("checkpoint %s", path)
+    elif s.info.is_main:
         path = save_checkpoint(s.run_dir, step, modules=s.trainable, optimizer=s.optimizer, state=state, rng=rngs,
                                keep=s.args.keep_checkpoints, export=s.export if s.args.export_checkpoints else None)
         s.say("checkpoint %s", path)

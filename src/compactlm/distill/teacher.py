@@ -15,6 +15,8 @@ The trainer never changes the caller's teacher in a way it cannot undo exactly:
   mode and frozen for the run; :func:`frozen_teacher` restores all three when the run returns or
   raises (device moves are lossless).
 - **hooks.** The intermediate-state recorder is attached for the run and removed on exit.
+- **sharding.** Under FSDP the teacher is sharded by default; sharding changes a module in
+  place, so the run shards a copy (:func:`compactlm.distill.sharding.shard_teacher`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
@@ -103,12 +105,19 @@ def _borrowed(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def frozen_teacher(model: nn.Module, device: torch.device, teacher_dtype: str = "auto",
-                   layers: list[int] | None = None) -> Iterator[Teacher]:
-    """The teacher for a run (see the module docstring for the dtype rule); ``layers`` attaches a state recorder."""
+                   layers: list[int] | None = None,
+                   shard: Callable[[nn.Module, torch.dtype], nn.Module] | None = None) -> Iterator[Teacher]:
+    """The teacher for a run (see the module docstring for the dtype rule); ``layers`` attaches a state recorder.
+
+    ``shard(model, dtype)`` returns a sharded copy in ``dtype`` (FSDP,
+    :func:`compactlm.distill.sharding.shard_teacher`); the teacher runs that copy.
+    """
     own = next(model.parameters()).dtype
     want = DTYPES.get(teacher_dtype, own)
     with contextlib.ExitStack() as stack:
-        if want != own:
+        if shard is not None:
+            model = shard(model, want)
+        elif want != own:
             logger.info("teacher: running a %s copy (teacher_dtype %s; the given teacher is %s and is left as is)",
                         want, teacher_dtype, own)
             model = converted_copy(model, device, want).eval()

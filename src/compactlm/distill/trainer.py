@@ -11,6 +11,7 @@ The caller's teacher is borrowed and handed back unchanged (:mod:`compactlm.dist
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import signal
@@ -29,7 +30,7 @@ from ..hardware import mfu
 from ..progress import progress
 from .checkpoint import RESUME_KEYS, latest_checkpoint
 from .config import LossArgs, TrainArgs, lr_at
-from .distributed import all_reduce_sum, barrier
+from .distributed import all_reduce_sum, barrier, norm_value
 from .setup import TrainSetup, setup
 from .steps import StepSums, checkpoint, loss_step, validate
 
@@ -140,7 +141,7 @@ def _optimizer_step(s: TrainSetup, step: int) -> tuple[StepSums, float, float]:
         group["lr"] = lr
     sums = loss_step(s, step)
     clip = s.args.grad_clip if s.args.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.params, clip).item()
+    grad_norm = norm_value(torch.nn.utils.clip_grad_norm_(s.params, clip))  # DTensor params under FSDP
     if not (math.isfinite(sums.loss.item()) and math.isfinite(grad_norm)):
         good = latest_checkpoint(s.run_dir)
         raise TrainingDiverged(
@@ -209,8 +210,9 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
                provenance=provenance) as s:
         result = _loop(s, on_step)
         if not result.interrupted:
+            model = s.export_model()  # under FSDP: gathered on rank 0, a collective
             if s.info.is_main:
-                publish_export(s.run_dir, s.export)
+                publish_export(s.run_dir, functools.partial(s.export, model=model))
                 s.say("exported the student to %s", s.run_dir)
             barrier(s.info)
     return result
