@@ -115,3 +115,14 @@ def test_accelerate_launch_runs_fsdp(tmp_path):
     _finish(_start(cmd))
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
     assert state["settings"]["strategy"] == "fsdp" and (tmp_path / "run" / "config.json").is_file()
+
+
+def test_resolve_strategy_one_process_is_plain():
+    from compactlm.distill import TrainArgs
+    from compactlm.distill.distributed import DistInfo, resolve_strategy
+
+    two = DistInfo(rank=0, world_size=2)
+    assert resolve_strategy(TrainArgs(strategy="fsdp"), DistInfo(), None, None) == "ddp"
+    assert resolve_strategy(TrainArgs(strategy="auto"), DistInfo(), None, None) == "ddp"
+    assert resolve_strategy(TrainArgs(strategy="fsdp"), two, None, None) == "fsdp"
+    assert resolve_strategy(TrainArgs(strategy="ddp"), two, None, None) == "ddp"
