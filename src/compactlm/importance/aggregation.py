@@ -89,8 +89,9 @@ class ChannelStatistics:
         self.rows = torch.zeros(sites, dtype=torch.float64, device=device)
 
     def update(self, site: int, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        stats, rows = row_statistics(x, mask, self.seq)  # (k, R, C)
-        stats = stats.double()
+        # under device_map the layers live on several devices: compute where x is, accumulate where the totals are
+        stats, rows = row_statistics(x, mask.to(x.device) if mask is not None else None, self.seq)  # (k, R, C)
+        stats = stats.double().to(self.sum.device)
         self.sum[site] += stats.sum(1)
         self.sumsq[site] += stats.square().sum(1)
         self.rows[site] += rows.numel()

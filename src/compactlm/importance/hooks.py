@@ -71,10 +71,10 @@ class ImportanceRecorder:
 
         def post_hook(module, args, kwargs, output):
             out = output[0] if isinstance(output, tuple) else output
-            cos = F.cosine_similarity(self._layer_input.float(), out.float(), dim=-1)   # (B, S)
+            cos = F.cosine_similarity(self._layer_input.float().to(out.device), out.float(), dim=-1)   # (B, S)
             if self.mask is not None:
-                cos = cos * self.mask
-            self.cos_next[index] += cos.sum().double()
+                cos = cos * self.mask.to(cos.device)
+            self.cos_next[index] += cos.sum().double().to(self.cos_next.device)   # device_map: layers on any device
             self._layer_input = None
             if is_last:
                 self._block_states.append(self._unit_sample(out))
@@ -88,10 +88,10 @@ class ImportanceRecorder:
     def _unit_sample(self, hidden: torch.Tensor) -> torch.Tensor:
         # Every block_stride-th token of (B, S, E) as (T', E) unit vectors; padded tokens
         # become zero rows and so add nothing to any dot product.
-        h = F.normalize(hidden[:, :: self.block_stride].float(), dim=-1)
+        h = F.normalize(hidden[:, :: self.block_stride].float(), dim=-1).to(self.cos_next.device)
         mask = self._sampled_mask()
         if mask is not None:
-            h = h * mask.to(h.dtype).unsqueeze(-1)
+            h = h * mask.to(device=h.device, dtype=h.dtype).unsqueeze(-1)
         return h.reshape(-1, h.shape[-1])
 
     def _accumulate_block_cosines(self) -> None:
