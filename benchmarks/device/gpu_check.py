@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_random_model as rm  # noqa: E402
 
+from compactlm.config import AXES  # noqa: E402
 from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, matmul_params, measured_rates, mfu  # noqa: E402
 
 
@@ -160,7 +161,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     train, heldout, source = get_blocks(tok, cfg.vocab_size, a, a.text)
     check.info.update(data=source, data_seconds=time.perf_counter() - t0, seq_len=a.seq_len)
     train_args = TrainArgs(device=str(device), batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
-                           val_every=0, checkpoint_every=0, keep_checkpoints=1)
+                           val_every=0, checkpoint_every=0, keep_checkpoints=1, strategy=a.strategy)
 
     with check.stage("importance") as row:   # main pass only: layer_loss_samples=0
         scores = estimate_importance(teacher, train[:a.importance_blocks], batch_size=a.micro_batch_size,
@@ -185,9 +186,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
 
     prune_dir = work / f"{name}-pruned"
     with check.stage("prune") as row:
-        # the search's distillation cast the teacher to bf16 in place (teacher_dtype auto): back to fp32 master weights
-        student, plan = prune(teacher, scores, **asdict(result.target))
-        student = student.float()
+        student, plan = prune(teacher, scores, **{axis: result.winner[axis] for axis in AXES})
         prune_dir.mkdir()
         plan.save(prune_dir)   # prune_plan.json: the trainer matches layers through it
         row.update(note=f"{result.winner['name']}: {matmul_params(student) / 1e6:.1f}M matmul weights "
@@ -217,9 +216,34 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
                    precision=choice.precision, peak_gflops=peak_at(student.config, device, choice.precision,
                                                                    a.micro_batch_size * a.seq_len),
                    note=f"perplexity, {m['windows']} windows of {m['window']} (ppl {m['ppl']:.1f})")
+    check.info["plan"] = predicted_memory(teacher.config, student.config, a, device, used)
+    for r in check.rows:
+        predicted = check.info["plan"].get(r["stage"])
+        if predicted and r.get("peak_memory_mib"):
+            r["plan_mib"] = predicted
+            r["plan_error"] = predicted / r["peak_memory_mib"] - 1
+            print(f"{name:<16}{r['stage']:<12} compactlm plan {predicted:,.0f} MiB vs measured "
+                  f"{r['peak_memory_mib']:,.0f} MiB ({r['plan_error']:+.0%})", flush=True)
+    save()
     del student, teacher, scores
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def predicted_memory(teacher_config, student_config, a, device: torch.device, precision: str) -> dict[str, float]:
+    """``compactlm plan``'s memory per device (MiB) for each stage of this check, single process (world size 1)."""
+    from compactlm.plan.device import device_spec
+    from compactlm.plan.memory import Workload
+    from compactlm.plan.report import build_plan
+    from compactlm.plan.source import model_shape
+
+    work = Workload(micro_batch=a.micro_batch_size, seq_len=a.seq_len, precision=precision, dtype="float32",
+                    teacher_dtype="float32", importance_batch=a.micro_batch_size, layer_loss=False,
+                    proxy_batch=a.micro_batch_size, eval_batch=a.micro_batch_size, eval_window=a.seq_len,
+                    device_type=device.type)
+    plan = build_plan(model_shape(teacher_config), model_shape(student_config), work, device_spec("cpu", memory=2**40))
+    stages = {"importance": "importance", "search": "distillation", "distill": "distillation", "eval": "eval"}
+    return {ours: plan.row(theirs, "single").total / 2**20 for ours, theirs in stages.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                         'of 4, so the depth-pruned path with the intermediate-state loss runs)')
     p.add_argument("--tolerance", type=float, default=0.1)
     p.add_argument("--text", default="exllamav2:wiki", help="packaged corpus; random tokens when not installed")
+    p.add_argument("--strategy", default="auto", choices=["auto", "ddp", "fsdp"],
+                   help="distillation strategy (TrainArgs.strategy); FSDP shards across torchrun processes, "
+                        "with one process the trainer runs the plain model")
     p.add_argument("--json", default=None, help="default: $OUT/gpu_check.json if $OUT is set, else none")
     a = p.parse_args(argv)
     small = dict(seq_len=64, batch_size=4, micro_batch_size=2, steps=3, search_steps=1, importance_blocks=8, heldout=4,

@@ -134,7 +134,7 @@ def check_recipe(recipe: Recipe) -> list[StepPlan]:
     try:
         config = load_config(recipe.teacher, recipe.trust_remote_code)
     except CompactLMError as err:    # loading the teacher will say it better
-        logger.warning("plan check skipped: %s", err)
+        logger.debug("plan check skipped (loading the model reports it): %s", err)
         return []
     plans = plan_recipe(recipe, local_device(recipe.device), config)
     for step, planned in zip(recipe.steps, plans):
@@ -150,7 +150,7 @@ def check_distill(teacher: str, student: str, train, loss, seq_len: int, dtype: 
     try:
         t, s = (model_shape(load_config(m, trust_remote_code)) for m in (teacher, student))
     except CompactLMError as err:
-        logger.warning("plan check skipped: %s", err)
+        logger.debug("plan check skipped (loading the model reports it): %s", err)
         return None
     device = local_device(train.device)
     precision = train.precision if train.precision != "auto" else (
