@@ -157,18 +157,9 @@ def estimate_importance(
                                    parallel=parallel)
         unit = CRITERIA[criterion](model, data, options)
         tensors |= {f"{axis}.score": t.float() for axis, t in unit._asdict().items()}
-    if layer_loss_samples > 0:
-        if not isinstance(data, torch.Tensor):
-            raise CompactLMError("layer_loss_samples needs data given as an (N, S) tensor of blocks; pass 0 to skip.")
-        with torch.inference_mode():
-            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, choice.bf16, show_progress,
-                                                  parallel)
-    tasks = {}
-    for name in depth_tasks:
-        acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=depth_task_examples,
-                                               lengths=depth_task_lengths, batch_size=batch_size, bf16=choice.bf16,
-                                               data_dir=data_dir, show_progress=show_progress, parallel=parallel)
-        tensors[task_tensor_name(name)] = acc
+    depth, tasks = _removal_metrics(model, data, tokenizer, layer_loss_samples, depth_tasks, depth_task_examples,
+                                    depth_task_lengths, batch_size, choice.bf16, data_dir, show_progress, parallel)
+    tensors |= depth
     info = _metadata(model, adapter, data, seen, seconds, choice, batch_size, parallel)
     info |= {"criterion": criterion, **({"seed": seed} if criterion == "random" else {}),
              "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
@@ -176,6 +167,25 @@ def estimate_importance(
              **(meta or {})}
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))
     return ImportanceScores(tensors=tensors, meta=info)
+
+
+def _removal_metrics(model, data, tokenizer, layer_loss_samples: int, depth_tasks: Sequence[str], examples: int,
+                     lengths: Sequence[int] | None, batch_size: int, bf16: bool, data_dir, show_progress: bool,
+                     parallel: DistInfo | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The metrics that remove layers: LM loss with each layer removed, and task accuracy with each block removed."""
+    tensors, tasks = {}, {}
+    if layer_loss_samples > 0:
+        if not isinstance(data, torch.Tensor):
+            raise CompactLMError("layer_loss_samples needs data given as an (N, S) tensor of blocks; pass 0 to skip.")
+        with torch.inference_mode():
+            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, bf16, show_progress,
+                                                  parallel)
+    for name in depth_tasks:
+        acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=examples, lengths=lengths,
+                                               batch_size=batch_size, bf16=bf16, data_dir=data_dir,
+                                               show_progress=show_progress, parallel=parallel)
+        tensors[task_tensor_name(name)] = acc
+    return tensors, tasks
 
 
 def _metadata(model, adapter, data, seen: int, seconds: float, choice, batch_size: int,

@@ -170,34 +170,18 @@ def probe_model(src_dir: str | Path):
     return model
 
 
-def prune_checkpoint(src_dir: str | Path, plan: PrunePlan, out_dir: str | Path, *, dtype: torch.dtype | None = None,
-                     max_shard_size: int | str | None = None, overwrite: bool = False,
-                     provenance: dict | None = None) -> StreamResult:
-    """Prune the safetensors checkpoint ``src_dir`` by ``plan`` into the new directory ``out_dir``, shard by shard.
+def _output_layout(src: Path, files: dict[str, str], config, plan: PrunePlan, dtype: torch.dtype | None):
+    """(pruned config, slicer, {output key: (source key, meta tensor)}, output dtype), checked against the config.
 
-    Args:
-        dtype: the student's dtype; None keeps each tensor's stored dtype.
-        max_shard_size: bytes per output shard (int or ``"500MB"``; None: :data:`DEFAULT_SHARD_SIZE`);
-            peak memory is about this much plus the largest source tensor.
-        provenance: entries added to ``compactlm_provenance.json`` (with ``parameters`` filled in).
+    Everything is worked out on meta tensors (shapes from the safetensors headers): a plan that does
+    not fit the checkpoint is refused before any data is read.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, GenerationConfig
-
-    from ..export.save import write_provenance
-
-    src = Path(src_dir)
-    limit = parse_size(max_shard_size or DEFAULT_SHARD_SIZE)
-    files = checkpoint_files(src)
-    config = AutoConfig.from_pretrained(src)
     adapter = adapter_for(config)
     check_plan_source(config, plan, adapter)
     adapter.check_target(plan.target)
     new_config = adapter.pruned_config(config, plan.target, plan.layers)
     tied = bool(new_config.tie_word_embeddings)
     head_key = f"{adapter.lm_head}.weight"
-
     slicer = TensorSlicer(plan, adapter)
     source = _source_meta(src, files)
     out_dtype = dtype or next(t.dtype for t in source.values() if t.is_floating_point())
@@ -215,31 +199,63 @@ def prune_checkpoint(src_dir: str | Path, plan: PrunePlan, out_dir: str | Path, 
                              f"{wrong[:3]}); its tensors do not match config.json. Re-export the checkpoint.")
     new_config.architectures = [type(student).__name__]
     new_config.dtype = out_dtype
+    source_parameters = sum(t.numel() for k, t in source.items() if not (config.tie_word_embeddings and k == head_key))
+    return new_config, slicer, layout, out_dtype, source_parameters
+
+
+def _write_shards(tmp: Path, src: Path, files: dict[str, str], layout: dict, slicer: TensorSlicer,
+                  out_dtype: torch.dtype, limit: int, parameters: int) -> int:
+    """Read, slice and write the output shards (one source file open at a time); returns the number of shards."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     shards = _shard_layout({k: t for k, (_, t) in layout.items()}, limit)
     names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
                                                     for i in range(len(shards))]
+    weight_map, total_size = {}, 0
+    for name, keys in zip(names, shards, strict=True):
+        tensors = {}
+        for key in sorted(keys, key=lambda k: files[layout[k][0]]):   # one open file at a time
+            source_key = layout[key][0]
+            with safe_open(src / files[source_key], framework="pt") as f:
+                _, t = slicer(source_key, f.get_tensor(source_key))
+            t = t.to(out_dtype) if t.is_floating_point() else t
+            tensors[key] = t.contiguous()
+            weight_map[key] = name
+            total_size += t.numel() * t.element_size()
+        save_file({k: tensors[k] for k in keys}, tmp / name, metadata={"format": "pt"})
+        logger.debug("wrote %s (%d tensors)", name, len(keys))
+        del tensors
+    if len(names) > 1:
+        index = {"metadata": {"total_size": total_size, "total_parameters": parameters},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return len(names)
+
+
+def prune_checkpoint(src_dir: str | Path, plan: PrunePlan, out_dir: str | Path, *, dtype: torch.dtype | None = None,
+                     max_shard_size: int | str | None = None, overwrite: bool = False,
+                     provenance: dict | None = None) -> StreamResult:
+    """Prune the safetensors checkpoint ``src_dir`` by ``plan`` into the new directory ``out_dir``, shard by shard.
+
+    Args:
+        dtype: the student's dtype; None keeps each tensor's stored dtype.
+        max_shard_size: bytes per output shard (int or ``"500MB"``; None: :data:`DEFAULT_SHARD_SIZE`);
+            peak memory is about this much plus the largest source tensor.
+        provenance: entries added to ``compactlm_provenance.json`` (with ``parameters`` filled in).
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    from ..export.save import write_provenance
+
+    src = Path(src_dir)
+    limit = parse_size(max_shard_size or DEFAULT_SHARD_SIZE)
+    files = checkpoint_files(src)
+    config = AutoConfig.from_pretrained(src)
+    new_config, slicer, layout, out_dtype, source_parameters = _output_layout(src, files, config, plan, dtype)
     student_parameters = sum(t.numel() for _, t in layout.values())
-    source_parameters = sum(t.numel() for k, t in source.items() if not (config.tie_word_embeddings and k == head_key))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        weight_map, total_size = {}, 0
-        for name, keys in zip(names, shards, strict=True):
-            tensors = {}
-            for key in sorted(keys, key=lambda k: files[layout[k][0]]):   # one open file at a time
-                source_key = layout[key][0]
-                with safe_open(src / files[source_key], framework="pt") as f:
-                    _, t = slicer(source_key, f.get_tensor(source_key))
-                t = t.to(out_dtype) if t.is_floating_point() else t
-                tensors[key] = t.contiguous()
-                weight_map[key] = name
-                total_size += t.numel() * t.element_size()
-            save_file({k: tensors[k] for k in keys}, tmp / name, metadata={"format": "pt"})
-            logger.debug("wrote %s (%d tensors)", name, len(keys))
-            del tensors
-        if len(names) > 1:
-            index = {"metadata": {"total_size": total_size, "total_parameters": student_parameters},
-                     "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        shards = _write_shards(tmp, src, files, layout, slicer, out_dtype, limit, student_parameters)
         new_config.save_pretrained(tmp)
         if (src / "generation_config.json").is_file():
             generation = GenerationConfig.from_pretrained(src)
@@ -252,4 +268,4 @@ def prune_checkpoint(src_dir: str | Path, plan: PrunePlan, out_dir: str | Path, 
         plan.save(tmp)
         write_provenance(tmp, {**(provenance or {}), "streamed": True, "parameters": {
             "source": source_parameters, "student": student_parameters}})
-    return StreamResult(Path(out_dir), len(names), source_parameters, student_parameters)
+    return StreamResult(Path(out_dir), shards, source_parameters, student_parameters)
