@@ -82,8 +82,8 @@ def steady(metrics_file: Path) -> dict:
 class Check:
     """Runs the stages on one model and collects one row per stage."""
 
-    def __init__(self, name: str, device: torch.device, dense: dict, record: dict, save) -> None:
-        self.name, self.device, self.dense = name, device, dense
+    def __init__(self, name: str, device: torch.device, dense: dict, record: dict, save, parallel=None) -> None:
+        self.name, self.device, self.dense, self.parallel = name, device, dense, parallel
         self.rows: list[dict] = []
         self.info, self.save = record.setdefault(name, {}), save
         self.info["stages"] = self.rows
@@ -111,7 +111,8 @@ class Check:
                 row["mfu_vs_dense"] = mfu(row["flops_per_token"], row["tokens_per_second"], self.dense[row["precision"]])
         self.rows.append(row)
         self.save()
-        print(fmt(self.name, row), flush=True)
+        if self.parallel is None or self.parallel.is_main:
+            print(fmt(self.name, row), flush=True)
 
 
 HEADER = (f"{'model':<16}{'stage':<12}{'s':>7}{'tok/s':>10}{'GFLOP/tok':>10}{'prec':>6}{'peak GF/s':>11}"
@@ -144,14 +145,18 @@ def get_blocks(tok, vocab: int, a, text_source: str | None):
     return ids[:n_train], ids[n_train:], "random tokens"
 
 
-def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, record: dict, save, work: Path) -> None:
+def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, record: dict, save, work: Path,
+              parallel=None) -> None:
+    """All stages on one model; under torchrun every process runs them data-parallel (rank 0 writes and prints)."""
     from compactlm import estimate_importance, prune
     from compactlm.distill.config import TrainArgs
+    from compactlm.distill.distributed import barrier
     from compactlm.distill.trainer import distill
     from compactlm.evaluate import evaluate
     from compactlm.search import SearchArgs, search
 
-    check = Check(name, device, dense, record, save)
+    check = Check(name, device, dense, record, save, parallel)
+    main_rank = parallel is None or parallel.is_main
     cfg = teacher.config
     check.info.update(config={k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                             "num_attention_heads", "num_key_value_heads", "vocab_size")},
@@ -165,7 +170,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
 
     with check.stage("importance") as row:   # main pass only: layer_loss_samples=0
         scores = estimate_importance(teacher, train[:a.importance_blocks], batch_size=a.micro_batch_size,
-                                     layer_loss_samples=0, show_progress=False)
+                                     layer_loss_samples=0, show_progress=False, parallel=parallel)
         p = scores.meta["precision"]
         row.update(tokens=scores.meta["tokens"], flops_per_token=forward_flops_per_token(teacher, lm_head=False),
                    precision=p["precision"], peak_gflops=peak_at(cfg, device, p["precision"], a.micro_batch_size * a.seq_len),
@@ -176,7 +181,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
         result = search(teacher, scores, heldout, search_dir, train_blocks=train, tokenizer=tok, train_args=train_args,
                         args=SearchArgs(target_params=a.target, tolerance=a.tolerance, max_candidates=a.candidates, space=a.space,
                                         top_k=1, distill_tokens=a.search_steps * a.batch_size * a.seq_len),
-                        batch_size=a.micro_batch_size)
+                        batch_size=a.micro_batch_size, parallel=parallel)
         runs = sorted(search_dir.glob("*/retrained/metrics.jsonl"))
         fast = steady(runs[0]) if runs else {}
         row.update(tokens=len(result.rows) * heldout.numel() + a.search_steps * a.batch_size * a.seq_len,
@@ -187,8 +192,11 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     prune_dir = work / f"{name}-pruned"
     with check.stage("prune") as row:
         student, plan = prune(teacher, scores, **{axis: result.winner[axis] for axis in AXES})
-        prune_dir.mkdir()
-        plan.save(prune_dir)   # prune_plan.json: the trainer matches layers through it
+        if main_rank:
+            prune_dir.mkdir()
+            plan.save(prune_dir)   # prune_plan.json: the trainer matches layers through it
+        if parallel is not None:
+            barrier(parallel)
         row.update(note=f"{result.winner['name']}: {matmul_params(student) / 1e6:.1f}M matmul weights "
                         f"(teacher {matmul_params(teacher) / 1e6:.1f}M)")
 
@@ -210,7 +218,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     choice = choose_precision("auto", student.config, device)
     with check.stage("eval") as row:
         out = evaluate(student, tok, [f"ppl:{text_file}"], limit=a.heldout, batch_size=a.micro_batch_size,
-                       bf16=choice.bf16, window=a.seq_len)["results"][f"ppl:{text_file}"]
+                       bf16=choice.bf16, window=a.seq_len, parallel=parallel)["results"][f"ppl:{text_file}"]
         m = out["metrics"]
         row.update(tokens=m["windows"] * m["window"], flops_per_token=forward_flops_per_token(student),
                    precision=choice.precision, peak_gflops=peak_at(student.config, device, choice.precision,
@@ -222,8 +230,9 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
         if predicted and r.get("peak_memory_mib"):
             r["plan_mib"] = predicted
             r["plan_error"] = predicted / r["peak_memory_mib"] - 1
-            print(f"{name:<16}{r['stage']:<12} compactlm plan {predicted:,.0f} MiB vs measured "
-                  f"{r['peak_memory_mib']:,.0f} MiB ({r['plan_error']:+.0%})", flush=True)
+            if main_rank:
+                print(f"{name:<16}{r['stage']:<12} compactlm plan {predicted:,.0f} MiB vs measured "
+                      f"{r['peak_memory_mib']:,.0f} MiB ({r['plan_error']:+.0%})", flush=True)
     save()
     del student, teacher, scores
     if device.type == "cuda":
@@ -295,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+    from compactlm.distill.distributed import barrier, setup_distributed
+
+    parallel = setup_distributed(a.device)
+    if parallel.distributed:
+        device = parallel.device
+        if not parallel.is_main:
+            json_path = None
+    else:
+        parallel = None
     dense = dense_peak(device)
     record = {"machine": device_kind(device), "torch": torch.__version__, "transformers": transformers.__version__,
               "dense_peak_gflops": dense, "settings": vars(a), "models": {}}
@@ -304,11 +322,15 @@ def main(argv: list[str] | None = None) -> int:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
             Path(json_path).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
-    print(f"{record['machine']}; torch {torch.__version__}, transformers {transformers.__version__}; dense GEMM peak "
-          f"GFLOP/s: fp32 {dense['fp32']:,.0f}, bf16 {dense['bf16']:,.0f}")
-    print(HEADER, flush=True)
+    if parallel is None or parallel.is_main:
+        print(f"{record['machine']}; torch {torch.__version__}, transformers {transformers.__version__}; dense GEMM "
+              f"peak GFLOP/s: fp32 {dense['fp32']:,.0f}, bf16 {dense['bf16']:,.0f}")
+        print(HEADER, flush=True)
     failed = []
-    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
+    # under torchrun every process works in the same folder (rank 0 writes, the others read)
+    shared = Path(tempfile.gettempdir()) / f"gpu_check-{os.environ.get('TORCHELASTIC_RUN_ID', os.getpid())}"
+    with (contextlib.nullcontext(str(shared)) if parallel else tempfile.TemporaryDirectory(prefix="gpu_check-")) as tmp:
+        Path(tmp).mkdir(exist_ok=True)
         for name in a.models.split(","):
             start = time.perf_counter()
             try:
@@ -326,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 record["models"][label] = {}
                 record["models"][label]["load_seconds"] = time.perf_counter() - start
                 work = Path(tmp) / label
-                work.mkdir()
-                run_model(label, teacher, tok, a, device, dense, record["models"], save, work)
+                work.mkdir(exist_ok=True)
+                run_model(label, teacher, tok, a, device, dense, record["models"], save, work, parallel)
             except Exception as err:  # noqa: BLE001 - one model's failure must not hide the others' figures
                 import traceback
 
@@ -337,8 +359,11 @@ def main(argv: list[str] | None = None) -> int:
                 save()
             finally:
                 teacher = tok = None
-                for leftover in Path(tmp).iterdir():      # checkpoints of a 1B student are GBs: free the disk
-                    shutil.rmtree(leftover, ignore_errors=True)
+                if parallel is not None:
+                    barrier(parallel)
+                if parallel is None or parallel.is_main:
+                    for leftover in Path(tmp).iterdir():      # checkpoints of a 1B student are GBs: free the disk
+                        shutil.rmtree(leftover, ignore_errors=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     save()

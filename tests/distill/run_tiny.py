@@ -53,7 +53,20 @@ def main() -> None:
             args=TrainArgs(lr=3e-3, batch_size=a.batch, micro_batch_size=a.micro, max_steps=a.steps,
                            checkpoint_every=2, val_every=3, precision=a.precision, keep_checkpoints=2, device="cpu",
                            strategy=a.strategy, teacher_placement=a.teacher_placement))
+    if not result.interrupted and a.strategy == "fsdp":
+        _check_handed_back(student, a.out)
     sys.exit(result.exit_code)
+
+
+def _check_handed_back(student, out: str) -> None:
+    """FSDP trains a sharded copy: the caller's student must come back plain, holding the exported weights."""
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
+
+    assert not any(isinstance(p, DTensor) for p in student.parameters()), "the caller's student was left sharded"
+    exported = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    for name, p in student.named_parameters():
+        assert torch.equal(p.detach().cpu(), exported[name].detach()), f"{name} differs from the export"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ hooks are removed, the teacher is handed back as it came and the metric loggers 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import shutil
@@ -68,6 +69,7 @@ class TrainSetup:
     loggers: list = field(default_factory=list)
     start_step: int = 0
     elapsed: float = 0.0                       # training seconds of the sessions before this one (resume)
+    caller_student: nn.Module | None = None    # FSDP: the caller's plain student; ``student`` is its sharded copy
     strategy: str = "ddp"                      # ddp (also one process) or fsdp: see distributed.resolve_strategy
 
     @property
@@ -112,6 +114,14 @@ class TrainSetup:
     def log(self, metrics: dict, step: int) -> None:
         for lg in self.loggers:
             lg.log(metrics, step)
+
+    def hand_back(self) -> None:
+        """FSDP trains a sharded copy (``fully_shard`` changes a module in place): its weights go back into the
+        caller's plain student on every process, so the student is trained in place under every strategy. A collective."""
+        if self.caller_student is not None:
+            from .sharding import hand_back
+
+            hand_back(self.module, self.student, self.caller_student)
 
     def export_model(self) -> nn.Module | None:
         """The student to export on rank 0 (None elsewhere); under FSDP a gathered CPU copy, and a collective."""
@@ -209,6 +219,7 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
     student.to(device).train()   # fp32 master weights, trained in place: the student is the product
     layer_map = _layer_map(student, teacher, loss, student_dir)
     strategy = resolve_strategy(args, info, student, teacher)
+    caller, student = (student, copy.deepcopy(student)) if strategy == "fsdp" else (None, student)
     with contextlib.ExitStack() as stack:
         frozen = (stack.enter_context(frozen_teacher(teacher, device, args.teacher_dtype, layer_map,
                                                      shard=_teacher_sharding(strategy, args, info)))
@@ -240,7 +251,7 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
                        sampler=StepSampler(train_blocks.shape[0], args.batch_size, args.micro_batch_size, args.seed,
                                            info),
                        flops_per_token=flops, peak=peak * info.world_size if peak else None, tokenizer=tokenizer,
-                       student_dir=student_dir, provenance=provenance or {}, strategy=strategy)
+                       student_dir=student_dir, provenance=provenance or {}, strategy=strategy, caller_student=caller)
         if resume:
             _resume(s)
         if info.is_main:

@@ -117,3 +117,16 @@ def gathered_student(module: nn.Module, student: nn.Module, info: DistInfo) -> n
     for name, buffer in student.named_buffers():
         plain.get_buffer(name).copy_(buffer.detach().cpu())
     return plain.eval()
+
+
+def hand_back(module: nn.Module, trained: nn.Module, student: nn.Module) -> None:
+    """Copy the full weights of the sharded ``trained`` (inside ``module``) into the plain ``student``, on every process.
+
+    ``full_state_dict`` without ``cpu_offload`` all-gathers every tensor to every process (a collective).
+    """
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    prefix = next(name for name, m in module.named_modules() if m is trained)
+    own = {k[len(prefix) + 1:]: v for k, v in full.items() if k.startswith(prefix + ".")}
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            p.copy_(own[name].to(device=p.device, dtype=p.dtype))

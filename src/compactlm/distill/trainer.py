@@ -209,6 +209,7 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
                heldout=heldout, student_dir=student_dir, resume=resume, overwrite=overwrite,
                provenance=provenance) as s:
         result = _loop(s, on_step)
+        s.hand_back()
         if not result.interrupted:
             model = s.export_model()  # under FSDP: gathered on rank 0, a collective
             if s.info.is_main:
