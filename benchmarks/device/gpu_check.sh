@@ -9,15 +9,7 @@
 #   GPU_CHECK_TIMEOUT=280 PYTHON=python3 bash benchmarks/device/gpu_check.sh --models smollm2-135m
 #
 # Extra arguments go to gpu_check.py (e.g. --steps 40, --models llama-1b, --device cpu --tiny).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-
-if ! "$PY" -c "import compactlm" 2>/dev/null; then
-    # offline: no build isolation (it would fetch setuptools), no dependencies (the device has its own torch)
-    "$PY" -m pip install -q -e . --no-deps --no-build-isolation 2>/dev/null \
-        || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source "$(dirname "$0")/env.sh"
 "$PY" - <<'EOF'
 import importlib.util, torch, transformers
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}), "

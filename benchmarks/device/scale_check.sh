@@ -10,13 +10,7 @@
 # With one GPU the trainer has nothing to shard and trains the plain model (distill/distributed.py
 # resolve_strategy); with two or more the FSDP2 path (sharded student and teacher, DCP checkpoints,
 # gathered export) runs on NCCL. Sized to stay under 5 minutes on one H100/H200-class GPU.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-if ! "$PY" -c "import compactlm" 2>/dev/null; then
-    "$PY" -m pip install -q -e . --no-deps --no-build-isolation 2>/dev/null \
-        || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source "$(dirname "$0")/env.sh"
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 NPROC=${NPROC:-$GPUS}
 if [[ "$NPROC" -lt 1 ]]; then echo "scale_check: no CUDA GPU visible" >&2; exit 2; fi
