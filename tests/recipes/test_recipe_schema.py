@@ -92,3 +92,11 @@ def test_importance_section_passes_every_key_to_estimate_importance():
     kwargs = ImportanceSection(criterion="taylor", depth_tasks=["winogrande"]).estimate_kwargs()
     assert set(kwargs) <= set(inspect.signature(estimate_importance).parameters)
     assert kwargs["criterion"] == "taylor" and kwargs["depth_tasks"] == ["winogrande"] and "samples" not in kwargs
+
+
+def test_run_refuses_to_start_as_several_processes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "started as 2 processes (WORLD_SIZE=2)" in err and "distill --strategy fsdp" in err
+    assert not (tmp_path / "x").exists()

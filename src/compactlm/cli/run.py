@@ -44,9 +44,17 @@ def _print_eval(evaluation: dict) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> int:
+    import os
+
     from ..recipes import load_recipe, resolve_path, run
     from ..recipes.gguf_stage import describe_exports
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:   # every process would run every stage and write the same run directory
+        raise CompactLMError(
+            f"compactlm run was started as {world} processes (WORLD_SIZE={world}); a recipe run is one process. "
+            f"Run it without torchrun/accelerate, or run its stages as verbs under torchrun "
+            f"(importance, search, distill --strategy fsdp, eval: see README 'Scaling out').")
     recipe = load_recipe(args.recipe, args.overrides)
     if recipe.trust_remote_code and not args.trust_remote_code:
         raise CompactLMError("The recipe sets trust_remote_code: true, which runs Python code shipped with the "
