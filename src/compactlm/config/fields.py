@@ -37,6 +37,21 @@ def parse_tokens(text: str | int) -> int:
     return int(count)
 
 
+def parse_bytes(value: int | str, what: str = "size", bare_unit: str = "B") -> int:
+    """``80GB``/``500MB`` (powers of 1000), ``80GiB``/``24G``/``40MiB`` (powers of 1024), or a plain number in
+    ``bare_unit`` → bytes. The one size parser (shard sizes, device memory)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", str(value), re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise CompactLMError(f"{what} {clip(str(value), 40)!r} is not a size; expected a size such as 80GB, "
+                             f"80GiB, 24G or 500MB (more than 0).")
+    unit = (match[2] or bare_unit).upper()
+    power = "BKMGT".index(unit[0])
+    base = 1000 if len(unit) == 2 and unit.endswith("B") else 1024
+    return int(float(match[1]) * base ** power)
+
+
 def _tokens(value):
     try:
         return parse_tokens(value)

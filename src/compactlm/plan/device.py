@@ -13,9 +13,9 @@ the rate its GEMMs are measured at (the README's ``make run`` measures 39-58%).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
+from ..config.fields import parse_bytes
 from ..errors import CompactLMError, unknown_name
 from .memory import GiB
 
@@ -61,14 +61,8 @@ def host_memory() -> int:
 
 
 def parse_memory(text: str) -> int:
-    """``80GB``, ``80GiB``, ``24G`` (GiB), ``81920MiB`` → bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", str(text), re.IGNORECASE)
-    if not match:
-        raise CompactLMError(f"memory '{text}': expected a size such as 80GB, 80GiB or 24G.")
-    number, unit = float(match[1]), (match[2] or "GiB").upper()
-    power = "BKMGT".index(unit[0]) if unit[0] in "KMGT" else 0
-    base = 1000 if unit.endswith("B") and "I" not in unit and len(unit) == 2 else 1024
-    return int(number * base ** power)
+    """``80GB``, ``80GiB``, ``24G`` (GiB), ``81920MiB`` → bytes; a plain number is GiB."""
+    return parse_bytes(text, "device memory", bare_unit="GiB")
 
 
 def device_spec(device: str = "cpu", count: int = 1, memory: str | int | None = None, mfu: float | None = None,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..arch import ArchAdapter, adapter_for
+from ..config.fields import parse_bytes
 from ..errors import CompactLMError
 from ..io import atomic_dir
 from .apply import TensorSlicer, check_plan_source
@@ -41,9 +42,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _SAFE_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
 @dataclass(frozen=True)
 class StreamResult:
     """What :func:`prune_checkpoint` wrote: the directory, its shards and the parameter counts."""
@@ -55,17 +53,8 @@ class StreamResult:
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes of ``size``: an int, or a string such as ``"500MB"``, ``"2GB"``, ``"40MiB"``."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
-    text = str(size).strip().upper().replace(" ", "")
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if text.endswith(unit) and text[:-len(unit)].replace(".", "", 1).isdigit():
-            return int(float(text[:-len(unit)]) * _UNITS[unit])
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise CompactLMError(f"Shard size {size!r} is not a size; expected a positive number of bytes or e.g. '2GB', "
-                         f"'500MB'.")
+    """Bytes of a shard size: an int, or a string such as ``"500MB"``, ``"2GB"``, ``"40MiB"``."""
+    return parse_bytes(size, "shard size")
 
 
 def checkpoint_files(src_dir: str | Path) -> dict[str, str]:
