@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from ..config import fields
 from ..errors import CompactLMError, unknown_name
 
 AGGREGATIONS = ("mean", "l2", "var")
-DEFAULT_AGGREGATION = ("l2", "mean")  # (batch, seq): paper best practice #2, Table 13
+DEFAULT_AGGREGATION = tuple(fields.DEFAULT_AGGREGATION.split(","))  # (batch, seq) l2,mean: best practice #2, Table 13
 DEFAULT_SEQ_AGGREGATIONS = ("mean",)  # what the default records; all three serve all nine
 
 
