@@ -70,6 +70,7 @@ class TrainSetup:
     start_step: int = 0
     elapsed: float = 0.0                       # training seconds of the sessions before this one (resume)
     caller_student: nn.Module | None = None    # FSDP: the caller's plain student; ``student`` is its sharded copy
+    handed_back: bool = False                  # FSDP: the trained weights are back in ``caller_student``
     strategy: str = "ddp"                      # ddp (also one process) or fsdp: see distributed.resolve_strategy
 
     @property
@@ -118,13 +119,17 @@ class TrainSetup:
     def hand_back(self) -> None:
         """FSDP trains a sharded copy (``fully_shard`` changes a module in place): its weights go back into the
         caller's plain student on every process, so the student is trained in place under every strategy. A collective."""
-        if self.caller_student is not None:
+        if self.caller_student is not None and not self.handed_back:
             from .sharding import hand_back
 
-            hand_back(self.module, self.student, self.caller_student)
+            hand_back(self.student, self.caller_student)
+            self.handed_back = True
 
     def export_model(self) -> nn.Module | None:
-        """The student to export on rank 0 (None elsewhere); under FSDP a gathered CPU copy, and a collective."""
+        """The student to export on rank 0 (None elsewhere): under FSDP, before :meth:`hand_back` a gathered CPU copy
+        (a collective), after it the caller's student, which then holds the weights."""
+        if self.handed_back:
+            return self.caller_student if self.info.is_main else None
         if self.strategy == "fsdp":
             from .sharding import gathered_student
 
@@ -216,10 +221,12 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
     recorded = recorded_precision(run_dir) if resume else None
     choice = choose_precision(recorded if recorded in ("bf16", "fp32") else args.precision, student.config, device,
                               next(student.parameters()).dtype)
+    strategy = resolve_strategy(args, info, student, teacher)
+    caller = None
+    if strategy == "fsdp":   # fully_shard converts a module in place: train a sharded copy; the caller's stays put
+        caller, student = student, copy.deepcopy(student)
     student.to(device).train()   # fp32 master weights, trained in place: the student is the product
     layer_map = _layer_map(student, teacher, loss, student_dir)
-    strategy = resolve_strategy(args, info, student, teacher)
-    caller, student = (student, copy.deepcopy(student)) if strategy == "fsdp" else (None, student)
     with contextlib.ExitStack() as stack:
         frozen = (stack.enter_context(frozen_teacher(teacher, device, args.teacher_dtype, layer_map,
                                                      shard=_teacher_sharding(strategy, args, info)))

@@ -119,14 +119,16 @@ def gathered_student(module: nn.Module, student: nn.Module, info: DistInfo) -> n
     return plain.eval()
 
 
-def hand_back(module: nn.Module, trained: nn.Module, student: nn.Module) -> None:
-    """Copy the full weights of the sharded ``trained`` (inside ``module``) into the plain ``student``, on every process.
+def hand_back(trained: nn.Module, student: nn.Module) -> None:
+    """Copy the weights of the sharded ``trained`` into the plain ``student`` (its original), on every process.
 
-    ``full_state_dict`` without ``cpu_offload`` all-gathers every tensor to every process (a collective).
+    One parameter at a time (``DTensor.full_tensor`` all-gathers it, a collective), written where the
+    student's own parameter lives: peak extra memory is one full parameter, not the model.
     """
-    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
-    prefix = next(name for name, m in module.named_modules() if m is trained)
-    own = {k[len(prefix) + 1:]: v for k, v in full.items() if k.startswith(prefix + ".")}
+    from torch.distributed.tensor import DTensor
+
+    plain = dict(student.named_parameters())
     with torch.no_grad():
-        for name, p in student.named_parameters():
-            p.copy_(own[name].to(device=p.device, dtype=p.dtype))
+        for name, p in trained.named_parameters():
+            full = p.full_tensor() if isinstance(p, DTensor) else p
+            plain[name].copy_(full.to(device=plain[name].device, dtype=plain[name].dtype))
