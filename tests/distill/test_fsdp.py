@@ -126,3 +126,21 @@ def test_resolve_strategy_one_process_is_plain():
     assert resolve_strategy(TrainArgs(strategy="auto"), DistInfo(), None, None) == "ddp"
     assert resolve_strategy(TrainArgs(strategy="fsdp"), two, None, None) == "fsdp"
     assert resolve_strategy(TrainArgs(strategy="ddp"), two, None, None) == "ddp"
+
+
+def test_auto_strategy_is_ddp_when_it_fits_and_fsdp_when_not(monkeypatch):
+    import torch
+    from helpers import make_tiny_model
+
+    from compactlm.distill import TrainArgs
+    from compactlm.distill.distributed import DistInfo, resolve_strategy
+    from compactlm.plan import recipe
+    from compactlm.plan.device import DeviceSpec
+
+    teacher = make_tiny_model("llama", dtype=torch.float32, seed=0)
+    student = make_tiny_model("llama", dtype=torch.float32, seed=1, num_hidden_layers=2)
+    two = DistInfo(rank=0, world_size=2, device=torch.device("cpu"))
+    auto = TrainArgs(strategy="auto", micro_batch_size=2)
+    for memory, expected in ((2**40, "ddp"), (2**20, "fsdp")):   # a roomy device, then one DDP cannot fit
+        monkeypatch.setattr(recipe, "local_device", lambda _type, m=memory: DeviceSpec("test", "cpu", m))
+        assert resolve_strategy(auto, two, student, teacher, 64, "fp32") == expected

@@ -102,12 +102,13 @@ def gather_shares(local: list, info: DistInfo | None) -> list:
     return [parts[i % info.world_size][i // info.world_size] for i in range(sum(map(len, parts)))]
 
 
-def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Module | None) -> str:
+def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Module | None, seq_len: int = 512,
+                     precision: str = "fp32") -> str:
     """``ddp`` or ``fsdp``: what ``--strategy`` (``args.strategy``) means for this run.
 
     One process has nothing to shard: always ``ddp`` (the plain module). ``auto`` asks the
-    memory model of ``compactlm plan`` (``compactlm.plan.choose_strategy``, same signature)
-    when it exists and is ``ddp`` without it. This is the one function that decides.
+    memory model of ``compactlm plan`` (:func:`compactlm.plan.choose_strategy`) with the run's
+    sequence length and resolved precision. This is the one function that decides.
     """
     if not info.distributed:
         if args.strategy == "fsdp":
@@ -115,11 +116,9 @@ def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Modul
         return "ddp"
     if args.strategy != "auto":
         return args.strategy
-    try:
-        from ..plan import choose_strategy  # the memory model of `compactlm plan`, when present
-    except ImportError:
-        return "ddp"
-    return choose_strategy(args, info, student, teacher)
+    from ..plan import choose_strategy  # lazy: the planner imports the search, which imports the trainer
+
+    return choose_strategy(args, info, student, teacher, seq_len, precision)
 
 
 def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp", *, student: nn.Module | None = None,

@@ -221,7 +221,7 @@ def setup(student: nn.Module, train_blocks: torch.Tensor, run_dir: Path, *, teac
     recorded = recorded_precision(run_dir) if resume else None
     choice = choose_precision(recorded if recorded in ("bf16", "fp32") else args.precision, student.config, device,
                               next(student.parameters()).dtype)
-    strategy = resolve_strategy(args, info, student, teacher)
+    strategy = resolve_strategy(args, info, student, teacher, train_blocks.shape[1], choice.precision)
     caller = None
     if strategy == "fsdp":   # fully_shard converts a module in place: train a sharded copy; the caller's stays put
         caller, student = student, copy.deepcopy(student)

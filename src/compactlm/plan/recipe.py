@@ -165,16 +165,15 @@ def check_distill(teacher: str, student: str, train, loss, seq_len: int, dtype: 
     return plan
 
 
-def choose_strategy(args, info, student, teacher) -> str:
+def choose_strategy(args, info, student, teacher, seq_len: int, precision: str) -> str:
     """``ddp`` or ``fsdp`` for ``strategy: auto`` (called by ``distill/distributed.py:resolve_strategy``): ddp when
-    the distillation fits each device with everything replicated, else fsdp."""
+    the distillation of ``seq_len``-token blocks in ``precision`` (bf16 | fp32, resolved) fits each device with
+    everything replicated, else fsdp. Every process decides from the same inputs, so they agree."""
     if teacher is None:
         return "ddp"
-    device = local_device(str(next(student.parameters()).device.type))
+    device = local_device(info.device.type)
     device = DeviceSpec(device.name, device.type, device.memory, info.world_size, device.peak_tflops, device.mfu)
-    bf16 = getattr(args, "precision", "auto") != "fp32"
-    work = Workload(micro_batch=args.micro_batch_size, seq_len=int(getattr(args, "seq_len", 2048)),
-                    precision="bf16" if bf16 else "fp32", device_type=device.type,
+    work = Workload(micro_batch=args.micro_batch_size, seq_len=seq_len, precision=precision, device_type=device.type,
                     teacher_dtype={"bf16": "bf16", "fp32": "float32"}.get(args.teacher_dtype, str(
                         next(teacher.parameters()).dtype).removeprefix("torch.")))
     plan = build_plan(model_shape(teacher.config), model_shape(student.config), work, device)
