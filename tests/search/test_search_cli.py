@@ -32,8 +32,9 @@ def test_search_cli(tmp_path, tiny_checkpoint, text_file, capsys):
     rows = list(csv.DictReader(layout.candidates_csv.open()))
     assert len(rows) >= 2 and sum(r["selected"] == "True" for r in rows) == 1
     first = json.loads(layout.candidates_json.read_text())
-    assert all((layout.retrained(r["name"]) / "config.json").is_file() for r in first["candidates"]
-               if r["retrained_loss"] is not None)
+    retrained = [r for r in first["candidates"] if r["retrained_loss"] is not None]
+    assert len(retrained) == 2   # --top-k 2
+    assert all((layout.retrained(r["name"]) / "config.json").is_file() for r in retrained)
     # resuming a finished search recomputes nothing and gives the same table
     assert main(args + ["--resume"]) == 0
     assert json.loads(layout.candidates_json.read_text())["candidates"] == first["candidates"]

@@ -13,12 +13,14 @@ from .flags import add_flags, from_flags
 DATA_FLAGS = {"source": "--data", "config": "--data-config", "split": "--data-split"}
 
 
-def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", default: str | None = DEFAULT_MODEL) -> None:
+def add_model_args(parser: argparse.ArgumentParser, flag: str = "--model", default: str | None = DEFAULT_MODEL,
+                   dtype_default: str | None = "float32", dtype_note: str = "") -> None:
     group = parser.add_argument_group("model")
     group.add_argument(flag, default=default, required=default is None,
                        help=f"built-in name ({DEFAULT_MODEL}), local checkpoint dir, .gguf file or Hugging Face id "
                             "(default: %(default)s)")
-    group.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
+    group.add_argument("--dtype", default=dtype_default,
+                       help=f"float32 | bfloat16 | float16 (default: {dtype_default or 'float32'}{dtype_note})")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     add_trust_args(group)
 

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("prune", help="prune a model to a target architecture using saved scores",
                        description="Width (hidden, heads, KV groups, MLP) and depth pruning; writes a standard HF checkpoint.")
-    add_model_args(p)
+    add_model_args(p, dtype_default=None, dtype_note="; with --stream: as stored")
     p.add_argument("--scores", help="directory written by `compactlm importance`")
     p.add_argument("--plan", help="replay an existing prune_plan.json instead of planning from --scores")
     add_flags(p.add_argument_group("target architecture (an axis left out keeps the source size)"), ArchitectureArgs,
@@ -41,8 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     stream.add_argument("--max-shard-size", help="with --stream: size of each output shard, e.g. 500MB "
                                                  "(default: 2GB)")
     add_output_args(p)
-    dtype = next(a for a in p._actions if a.dest == "dtype")
-    dtype.default, dtype.help = None, "float32 | bfloat16 | float16 (default: float32; with --stream: as stored)"
     p.set_defaults(func=run_prune)
 
     p = sub.add_parser("info", help="architecture and parameter breakdown of a model")

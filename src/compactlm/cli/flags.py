@@ -104,7 +104,8 @@ def add_flags(parser, cls: type, *, only: Iterable[str] | None = None, skip: Ite
     defaults, names, aliases = defaults or {}, names or {}, aliases or {}
     for f in chosen:
         info = fields[f.name]
-        if any(isinstance(t, type) and dataclasses.is_dataclass(t) for t in (_base(info.annotation)[0],)):
+        base = _base(info.annotation)[0]
+        if isinstance(base, type) and dataclasses.is_dataclass(base):   # a nested section: its own add_flags call
             continue
         default = defaults.get(f.name, info.get_default(call_default_factory=True))
         kwargs = _argument(info, default)

@@ -131,13 +131,13 @@ class SearchSpaceArgs:
 
     hidden_size: list[Count] | None = None
     """hidden sizes to try"""
-    intermediate_size: list[Int] | None = None
+    intermediate_size: list[Count] | None = None
     """MLP sizes to try"""
-    num_attention_heads: list[Int] | None = None
+    num_attention_heads: list[Count] | None = None
     """query-head counts to try"""
-    num_key_value_heads: list[Int] | None = None
+    num_key_value_heads: list[Count] | None = None
     """KV-group counts to try"""
-    num_hidden_layers: list[Int] | None = None
+    num_hidden_layers: list[Count] | None = None
     """layer counts to try"""
 
     def given(self) -> dict[str, list[int]]:

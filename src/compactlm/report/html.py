@@ -14,6 +14,7 @@ import io
 import json
 from pathlib import Path
 
+from ..config import DEFAULT_AGGREGATION
 from ..distill.metrics import METRICS_FILE
 from ..errors import CompactLMError
 from ..importance import ImportanceScores
@@ -111,7 +112,7 @@ def _prune_section(step: StepLayout, plan: PrunePlan) -> list[str]:
            f"<p>Criteria: {html.escape(json.dumps(plan.criteria))}; removed layers: "
            f"{[i for i in range(plan.source.num_hidden_layers) if i not in plan.layers] or 'none'}.</p>"]
     scores = ImportanceScores.load(step.scores)
-    aggregation = tuple(plan.criteria.get("aggregation", "l2,mean").split(","))
+    aggregation = tuple(plan.criteria.get("aggregation", DEFAULT_AGGREGATION).split(","))
     out.append("<h3>Importance</h3>")
     out.append(_png(plots.importance_heatmaps(scores.neurons(aggregation), scores.heads(aggregation), plan.layers)))
     out.append(_png(plots.channel_importance(scores.channels(aggregation), plan.hidden)))
