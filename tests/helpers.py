@@ -18,14 +18,37 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# family -> config overrides; covers tied/untied embeddings, biases, GQA and Qwen3 q/k norms.
-FAMILIES = {
+# family -> config overrides; covers tied/untied embeddings, biases, GQA, q/k norms (per head and over
+# the projection), fused projections, a non-gated MLP with LayerNorm, four norms per layer with a scaled
+# embedding and soft-capping, config multipliers, and four mixture-of-experts layouts.
+DENSE_FAMILIES = {
     "llama": dict(model_type="llama", tie_word_embeddings=True),
     "llama_bias_untied": dict(model_type="llama", tie_word_embeddings=False, attention_bias=True, mlp_bias=True),
     "mistral": dict(model_type="mistral", tie_word_embeddings=False, sliding_window=None),
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=False),
     "qwen3": dict(model_type="qwen3", tie_word_embeddings=True),
+    "granite": dict(model_type="granite", tie_word_embeddings=False, embedding_multiplier=3.0,
+                    residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=4.0),
+    "nemotron": dict(model_type="nemotron", tie_word_embeddings=False, partial_rotary_factor=0.5,
+                     attention_bias=True, mlp_bias=True),
+    "gemma2": dict(model_type="gemma2", tie_word_embeddings=True, sliding_window=6, query_pre_attn_scalar=16,
+                   attn_logit_softcapping=20.0, final_logit_softcapping=10.0),
+    "gemma3_text": dict(model_type="gemma3_text", tie_word_embeddings=True, sliding_window=6, query_pre_attn_scalar=16,
+                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "phi3": dict(model_type="phi3", tie_word_embeddings=False),
+    "olmo2": dict(model_type="olmo2", tie_word_embeddings=False),
 }
+MOE_FAMILIES = {
+    "qwen3_moe": dict(model_type="qwen3_moe", tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, norm_topk_prob=True),
+    "mixtral": dict(model_type="mixtral", tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2,
+                    intermediate_size=32, sliding_window=None),
+    "olmoe": dict(model_type="olmoe", tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2,
+                  intermediate_size=32, norm_topk_prob=False),
+    "qwen2_moe": dict(model_type="qwen2_moe", tie_word_embeddings=False, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, shared_expert_intermediate_size=48, norm_topk_prob=False),
+}
+FAMILIES = DENSE_FAMILIES | MOE_FAMILIES
 
 
 def make_tiny_model(family: str = "llama", dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
@@ -43,12 +66,18 @@ def make_tiny_model(family: str = "llama", dtype: torch.dtype = torch.float64, s
     kwargs.update(overrides)
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "eager"
+    if hasattr(config, "_experts_implementation"):
+        config._experts_implementation = "eager"   # the grouped_mm kernel has no float64
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    with torch.no_grad():  # HF init leaves norms at 1 and biases at 0; randomise so tests see them
+    with torch.no_grad():  # HF init leaves norms at 1 (Gemma: 0) and biases at 0; randomise so tests see them
         for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(p + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("mlp.gate.weight"):   # routers: spread the logits so top-k has no near-ties
+                p.copy_(0.5 * torch.randn_like(p))
     return model.eval()
 
 

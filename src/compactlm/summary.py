@@ -9,9 +9,7 @@ def parameter_breakdown(model) -> dict[str, int]:
     """Count unique parameters per part; a tied LM head counts once, under embeddings."""
     a = adapter_for(model.config)
     parts = {"embeddings": 0, "attention": 0, "mlp": 0, "norms": 0, "other": 0}
-    attention = {a.q_proj, a.k_proj, a.v_proj, a.o_proj, *a.head_norms}
-    mlp = {a.gate_proj, a.up_proj, a.down_proj}
-    norms = {a.input_norm, a.post_attention_norm}
+    attention, mlp, norms = set(a.attention_modules), set(a.mlp_modules), set(a.norms)
     layer_prefix = a.layers + "."
     for name, p in model.named_parameters():  # named_parameters() yields a tied weight once
         module = name.rpartition(".")[0]
@@ -34,5 +32,10 @@ def parameter_breakdown(model) -> dict[str, int]:
 def describe(model) -> dict:
     """Architecture and parameter breakdown as a JSON-able dict."""
     arch = adapter_for(model.config).architecture(model.config)
-    return {"model_type": model.config.model_type, "architecture": arch.to_dict(),
-            "parameters": parameter_breakdown(model)}
+    out = {"model_type": model.config.model_type, "architecture": arch.to_dict(),
+           "parameters": parameter_breakdown(model)}
+    if arch.is_moe:
+        from .search.params import count_active_parameters, parameter_layout
+
+        out["active_parameters"] = count_active_parameters(arch, parameter_layout(model.config))
+    return out

@@ -1,10 +1,21 @@
 """Architecture adapters: the only code in compactlm that knows a family's module names.
 
-Pruning, importance and distillation speak of heads, neurons, channels and layers; an
-adapter maps those to parameter names (``model.layers.3.self_attn.q_proj.weight``) and to
-config fields. All families supported today share the Llama layout (pre-norm residual blocks,
-separate q/k/v/o projections, gated MLP), so one class describes them, parameterised by the
-few places they differ.
+Pruning, importance and distillation speak of heads, neurons, channels, experts and layers;
+an adapter maps those to parameter names (``model.layers.3.self_attn.q_proj.weight``) and
+to config fields. Every supported family is a pre- or post-norm residual decoder; one class
+describes them all, by the parts each has (docs/method.md §3, "Families"):
+
+* attention: separate q/k/v projections, or one fused ``qkv_proj`` (Phi-3, rows [q | k | v]);
+  optional q/k norms, either per head over ``head_dim`` (Qwen3, Gemma 3) or over the whole
+  projection (OLMo 2, OLMoE: head pruning slices them);
+* MLP: gated (gate, up, down), non-gated (up, down: Nemotron), gated with one fused
+  ``gate_up_proj`` (Phi-3, rows [gate | up]), or mixture-of-experts: a router, experts stored
+  as 3-D tensors (``gate_up_proj`` (X, 2I, E), ``down_proj`` (X, E, I)) and an optional shared
+  expert with its sigmoid gate (Qwen2-MoE);
+* norms: the names of every norm over the hidden channels in a layer (two for Llama, four for
+  Gemma 2/3, the two post-norms of OLMo 2); all are sliced on hidden pruning and all are
+  hidden-channel importance sites. Gemma's norms compute ``(1 + weight) * x`` and its
+  embeddings are scaled by ``sqrt(hidden_size)`` (``norm_offset``, ``embed_scale``).
 """
 
 from __future__ import annotations
@@ -14,13 +25,19 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+# Architecture fields a family may lack (0 = absent): the MoE axes.
+MOE_FIELDS = ("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
+
 
 @dataclass(frozen=True)
 class Architecture:
     """The shape of a decoder: every number that pruning can change.
 
     ``head_dim`` is never pruned; it is carried so that configs stay explicit once
-    ``hidden_size != num_attention_heads * head_dim``.
+    ``hidden_size != num_attention_heads * head_dim``. ``intermediate_size`` is the dense
+    MLP's width (0 for a mixture-of-experts model, whose layers have none);
+    ``moe_intermediate_size`` is each expert's width and ``num_experts_per_tok`` the router's
+    top-k, which pruning keeps.
     """
 
     hidden_size: int
@@ -31,6 +48,10 @@ class Architecture:
     head_dim: int
     vocab_size: int = 0
     tie_word_embeddings: bool = True
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,27 +59,59 @@ class Architecture:
     def replace(self, **changes) -> "Architecture":
         return Architecture(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
 
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+
+# Architecture field -> config attribute of a dense family; None: the family has no such part.
+DENSE_CONFIG_NAMES = {"hidden_size": "hidden_size", "intermediate_size": "intermediate_size",
+                      "num_attention_heads": "num_attention_heads", "num_key_value_heads": "num_key_value_heads",
+                      "num_hidden_layers": "num_hidden_layers", "head_dim": "head_dim",
+                      **{name: None for name in MOE_FIELDS}, "num_experts_per_tok": None}
+
+
+def config_names(**changes: str | None) -> dict[str, str | None]:
+    return {**DENSE_CONFIG_NAMES, **changes}
+
 
 @dataclass(frozen=True)
 class ArchAdapter:
-    """Module names and config conventions of one model family (Llama layout)."""
+    """Module names and config conventions of one model family (defaults: the Llama layout)."""
 
     model_type: str
     layers: str = "model.layers"
     embed_tokens: str = "model.embed_tokens"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
-    q_proj: str = "self_attn.q_proj"
-    k_proj: str = "self_attn.k_proj"
-    v_proj: str = "self_attn.v_proj"
+    # attention: separate q/k/v, or a fused qkv_proj (then q/k/v_proj are None)
+    q_proj: str | None = "self_attn.q_proj"
+    k_proj: str | None = "self_attn.k_proj"
+    v_proj: str | None = "self_attn.v_proj"
+    qkv_proj: str | None = None
     o_proj: str = "self_attn.o_proj"
-    gate_proj: str = "mlp.gate_proj"
-    up_proj: str = "mlp.up_proj"
-    down_proj: str = "mlp.down_proj"
-    input_norm: str = "input_layernorm"
-    post_attention_norm: str = "post_attention_layernorm"
-    head_norms: tuple[str, ...] = ()     # per-head q/k RMSNorms over head_dim (Qwen3)
+    head_norms: tuple[str, ...] = ()           # q/k norms per head over head_dim (Qwen3, Gemma 3): never sliced
+    q_projection_norm: str | None = None       # norm over the whole q projection, H*d (OLMo 2, OLMoE)
+    k_projection_norm: str | None = None       # norm over the whole k projection, KV*d
+    # dense MLP: gate/up/down, up/down (gate_proj None), or a fused gate_up_proj
+    gate_proj: str | None = "mlp.gate_proj"
+    up_proj: str | None = "mlp.up_proj"
+    gate_up_proj: str | None = None
+    down_proj: str | None = "mlp.down_proj"
+    # mixture of experts (then the dense MLP names are None)
+    router: str | None = None                  # weight (num_experts, hidden)
+    experts: str | None = None                 # gate_up_proj (X, 2I, E), down_proj (X, E, I)
+    shared_expert: str | None = None           # a dense gated MLP seen by every token (Qwen2-MoE)
+    shared_expert_gate: str | None = None      # weight (1, hidden): sigmoid gate of the shared expert
+    # every norm over the hidden channels in a layer, in forward order
+    norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    norm_bias: bool = False                    # Nemotron's LayerNorm1P: weight and bias
+    norm_offset: float = 0.0                   # Gemma: norms compute (norm_offset + weight) * x
+    embed_scale: bool = False                  # Gemma: embeddings are multiplied by sqrt(hidden_size)
+    # OLMoE's modelling code sizes q_norm by hidden_size: the target must keep hidden = heads x head_dim
+    hidden_is_heads_x_head_dim: bool = False
     per_layer_config_lists: tuple[str, ...] = field(default=("layer_types",))
+    config_names: dict = field(default_factory=lambda: dict(DENSE_CONFIG_NAMES), hash=False)
     # Biases: True/False when the family hard-codes them, else the config field that switches them.
     qkv_bias: bool | str = "attention_bias"
     o_bias: bool | str = "attention_bias"
@@ -72,33 +125,75 @@ class ArchAdapter:
         return layer.get_submodule(name)
 
     def hidden_norms(self, layer: nn.Module) -> list[nn.Module]:
-        """The norms whose outputs feed attention and MLP (hidden-channel importance sites)."""
-        return [layer.get_submodule(self.input_norm), layer.get_submodule(self.post_attention_norm)]
+        """Every norm over the hidden channels of ``layer`` (hidden-channel importance sites)."""
+        return [layer.get_submodule(name) for name in self.norms]
 
     def decoder_body(self, model: nn.Module) -> nn.Module:
         """The transformer without the LM head (``model.model``)."""
         return model.get_submodule(self.layers.rsplit(".", 1)[0])
 
+    @property
+    def attention_modules(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.q_proj, self.k_proj, self.v_proj, self.qkv_proj, self.o_proj, *self.head_norms,
+                                 self.q_projection_norm, self.k_projection_norm) if n)
+
+    @property
+    def mlp_modules(self) -> tuple[str, ...]:
+        shared = () if not self.shared_expert else tuple(f"{self.shared_expert}.{p}" for p in ("gate_proj", "up_proj",
+                                                                                                 "down_proj"))
+        return tuple(n for n in (self.gate_proj, self.up_proj, self.gate_up_proj, self.down_proj, self.router,
+                                 self.experts, *shared, self.shared_expert_gate) if n)
+
+    @property
+    def probes(self) -> tuple[str, str]:
+        """Two linear modules (one in the first layer, one in the last) that fingerprints and placement probes read."""
+        return self.down_proj or self.o_proj, self.q_proj or self.qkv_proj
+
     # -- architecture & config ---------------------------------------------------------
     def architecture(self, config) -> Architecture:
+        names = self.config_names
+
+        def read(name: str, default=0):
+            attr = names.get(name)
+            return default if attr is None else getattr(config, attr, None)
+
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return Architecture(
             hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
+            intermediate_size=read("intermediate_size") or 0,
             num_attention_heads=heads,
             num_key_value_heads=getattr(config, "num_key_value_heads", None) or heads,
             num_hidden_layers=config.num_hidden_layers,
             head_dim=head_dim,
             vocab_size=config.vocab_size,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            **{name: int(read(name) or 0) for name in (*MOE_FIELDS, "num_experts_per_tok")},
         )
+
+    def config_values(self, target: Architecture) -> dict:
+        """The config attributes that describe ``target`` in this family's spelling."""
+        return {attr: getattr(target, name) for name, attr in self.config_names.items() if attr is not None}
 
     def biases(self, config) -> tuple[bool, bool, bool]:
         """Whether q/k/v, o and the MLP projections carry biases in this config."""
         def flag(rule: bool | str) -> bool:
             return rule if isinstance(rule, bool) else bool(getattr(config, rule, False))
         return flag(self.qkv_bias), flag(self.o_bias), flag(self.mlp_bias)
+
+    def check_config(self, config) -> None:
+        """Raise for configs of this family that compactlm cannot prune (mixed dense/MoE layers)."""
+        from ..errors import CompactLMError
+
+        if self.experts is None:
+            return
+        dense = list(getattr(config, "mlp_only_layers", None) or [])
+        step = getattr(config, "decoder_sparse_step", 1) or 1
+        if dense or step != 1:
+            raise CompactLMError(
+                f"This {self.model_type} model mixes dense and MoE layers (mlp_only_layers={dense}, "
+                f"decoder_sparse_step={step}); compactlm prunes models whose every layer is MoE. "
+                f"Use a checkpoint with decoder_sparse_step=1 and mlp_only_layers=[] (as released).")
 
     def check_target(self, target: Architecture) -> None:
         """Raise if transformers would refuse to save/load this family at ``target``'s sizes.
@@ -111,7 +206,18 @@ class ArchAdapter:
 
         from ..errors import CompactLMError
 
-        fields = {k: v for k, v in target.to_dict().items() if k != "tie_word_embeddings"}
+        if target.is_moe and target.num_experts_per_tok > target.num_experts:
+            raise CompactLMError(
+                f"num_experts={target.num_experts} keeps fewer experts than the router's top-k "
+                f"(num_experts_per_tok={target.num_experts_per_tok}); keep at least {target.num_experts_per_tok}.")
+        if self.hidden_is_heads_x_head_dim and target.hidden_size != target.num_attention_heads * target.head_dim:
+            heads = target.hidden_size // target.head_dim
+            raise CompactLMError(
+                f"{self.model_type}'s modelling code sizes its q/k norms by hidden_size, so a {self.model_type} model "
+                f"needs hidden_size = num_attention_heads x head_dim; got hidden_size={target.hidden_size} with "
+                f"{target.num_attention_heads} heads of {target.head_dim}. Prune them together, e.g. --hidden-size "
+                f"{max(heads, 1) * target.head_dim} --num-attention-heads {max(heads, 1)}.")
+        fields = self.config_values(target)
         try:
             config = AutoConfig.for_model(self.model_type, **fields)
             if hasattr(config, "validate"):
@@ -126,12 +232,8 @@ class ArchAdapter:
     def pruned_config(self, config, target: Architecture, kept_layers: list[int]):
         """A copy of ``config`` describing ``target``; per-layer lists follow ``kept_layers``."""
         new = copy.deepcopy(config)
-        new.hidden_size = target.hidden_size
-        new.intermediate_size = target.intermediate_size
-        new.num_attention_heads = target.num_attention_heads
-        new.num_key_value_heads = target.num_key_value_heads
-        new.num_hidden_layers = target.num_hidden_layers
-        new.head_dim = target.head_dim  # explicit: hidden pruning breaks hidden = heads * head_dim
+        for attr, value in self.config_values(target).items():
+            setattr(new, attr, value)   # head_dim explicit: hidden pruning breaks hidden = heads * head_dim
         for name in self.per_layer_config_lists:
             values = getattr(new, name, None)
             if isinstance(values, (list, tuple)) and len(values) == config.num_hidden_layers:

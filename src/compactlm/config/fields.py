@@ -13,10 +13,14 @@ from ..readers import clip
 CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 # The architecture axes, by their Hugging Face config names: the one vocabulary of compactlm.
-AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
-# Letters of the candidate ids (h576-f1536-a9-kv3-l26): ids, not keys; every key is spelled as in AXES.
+# The mixture-of-experts axes are 0 for a dense model (and ``intermediate_size`` is 0 for an MoE model).
+AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers",
+        "num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
+# Letters of the candidate ids (h576-f1536-a9-kv3-l26, MoE: h2048-a32-kv4-l48-x96-m768): ids, not keys;
+# every key is spelled as in AXES. An axis at 0 (absent from the family) is left out of the id.
 SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a", "num_key_value_heads": "kv",
-         "num_hidden_layers": "l"}
+         "num_hidden_layers": "l", "num_experts": "x", "moe_intermediate_size": "m",
+         "shared_expert_intermediate_size": "s"}
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_AGGREGATION = "l2,mean"
 MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)

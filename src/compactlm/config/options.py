@@ -123,6 +123,12 @@ class ArchitectureArgs:
     """KV groups (whole groups are dropped)"""
     num_hidden_layers: Count | None = None
     """decoder layers"""
+    num_experts: Count | None = None
+    """experts per MoE layer (router rows; num_experts_per_tok is kept)"""
+    moe_intermediate_size: Count | None = None
+    """neurons of each expert (the same for every expert)"""
+    shared_expert_intermediate_size: Count | None = None
+    """neurons of the shared expert (Qwen2-MoE)"""
 
 
 @dataclass(config=CONFIG)
@@ -139,6 +145,12 @@ class SearchSpaceArgs:
     """KV-group counts to try"""
     num_hidden_layers: list[Count] | None = None
     """layer counts to try"""
+    num_experts: list[Count] | None = None
+    """expert counts to try (MoE)"""
+    moe_intermediate_size: list[Count] | None = None
+    """expert widths to try (MoE)"""
+    shared_expert_intermediate_size: list[Count] | None = None
+    """shared-expert widths to try (Qwen2-MoE)"""
 
     def given(self) -> dict[str, list[int]]:
         return {a: v for a, v in dataclasses.asdict(self).items() if v is not None}

@@ -55,11 +55,12 @@ class CriterionOptions:
 def unit_sums(model, elem: Callable[[torch.Tensor], torch.Tensor]) -> UnitScores:
     """Sum ``elem(weight)`` (same shape as the weight) over each unit's weights, in float64.
 
-    A neuron owns its ``gate_proj`` and ``up_proj`` rows and its ``down_proj`` column; a query
+    A neuron owns its ``gate_proj`` and ``up_proj`` rows (both halves of a fused ``gate_up_proj``;
+    only ``up_proj`` in a non-gated MLP) and its ``down_proj`` column; a query
     head owns its ``q_proj`` rows and ``o_proj`` columns (k/v are shared by a KV group, so they
     are not a head's own); a hidden channel owns every column or row that reads or writes it:
     q/k/v/gate/up columns, o/down rows, embeddings and an untied LM head. Norm weights and
-    biases are left out.
+    biases are left out. Dense models only (:func:`check_criterion_for` refuses MoE models).
     """
     a = adapter_for(model.config)
     arch = a.architecture(model.config)
@@ -67,12 +68,28 @@ def unit_sums(model, elem: Callable[[torch.Tensor], torch.Tensor]) -> UnitScores
     neurons, heads = [], []
     channels = torch.zeros(arch.hidden_size, dtype=torch.float64)
     for layer in a.decoder_layers(model):
-        w = {n: elem(a.layer_module(layer, n).weight).detach().double().cpu()
-             for n in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.gate_proj, a.up_proj, a.down_proj)}
-        neurons.append(w[a.gate_proj].sum(1) + w[a.up_proj].sum(1) + w[a.down_proj].sum(0))            # (I,)
-        heads.append(w[a.q_proj].view(H, d, -1).sum((1, 2)) + w[a.o_proj].view(-1, H, d).sum((0, 2)))  # (H,)
-        channels += sum(w[n].sum(0) for n in (a.q_proj, a.k_proj, a.v_proj, a.gate_proj, a.up_proj))
-        channels += w[a.o_proj].sum(1) + w[a.down_proj].sum(1)
+        def w(name: str) -> torch.Tensor:
+            return elem(a.layer_module(layer, name).weight).detach().double().cpu()
+
+        o, down = w(a.o_proj), w(a.down_proj)
+        if a.qkv_proj:                      # fused [q | k | v] rows: a head owns its q rows
+            reads = [w(a.qkv_proj)]
+            q = reads[0][: H * d]
+        else:
+            reads = [w(a.q_proj), w(a.k_proj), w(a.v_proj)]
+            q = reads[0]
+        if a.gate_up_proj:                  # fused [gate | up] rows: a neuron owns row n and row I + n
+            gate_up = w(a.gate_up_proj)
+            reads.append(gate_up)
+            width = gate_up.shape[0] // 2
+            neuron_rows = gate_up[:width].sum(1) + gate_up[width:].sum(1)
+        else:                               # gated (gate, up) or not (up only: Nemotron)
+            mlp_in = [w(name) for name in (a.gate_proj, a.up_proj) if name]
+            reads += mlp_in
+            neuron_rows = sum(m.sum(1) for m in mlp_in)
+        neurons.append(neuron_rows + down.sum(0))                                           # (I,)
+        heads.append(q.view(H, d, -1).sum((1, 2)) + o.view(-1, H, d).sum((0, 2)))           # (H,)
+        channels += sum(m.sum(0) for m in reads) + o.sum(1) + down.sum(1)
     embed, head = model.get_submodule(a.embed_tokens).weight, model.get_submodule(a.lm_head).weight
     channels += elem(embed).detach().double().cpu().sum(0)
     if head is not embed:
@@ -158,3 +175,12 @@ def check_criterion(name: str) -> str:
     if name not in CRITERIA:
         raise unknown_name("criterion", name, CRITERIA)
     return name
+
+
+def check_criterion_for(name: str, config) -> None:
+    """Raise unless criterion ``name`` can score a model of ``config``: only ``activation`` scores experts."""
+    arch = adapter_for(config).architecture(config)
+    if arch.is_moe and name != "activation":
+        raise CompactLMError(
+            f"Criterion '{name}' scores dense MLP neurons; this {config.model_type} model is a mixture of experts, "
+            f"whose experts and expert neurons only the 'activation' criterion scores. Use --criterion activation.")

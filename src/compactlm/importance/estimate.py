@@ -15,7 +15,7 @@ from ..errors import CompactLMError
 from ..hardware import autocast, forward_flops_per_token, mfu, peak_gflops, precision_for
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
-from .criteria import CRITERIA, CriterionOptions, check_criterion
+from .criteria import CRITERIA, CriterionOptions, check_criterion, check_criterion_for
 from .depth import block_lengths, layer_losses, task_block_accuracy, task_tensor_name
 from .hooks import ImportanceRecorder
 from .loss import Batch, batches, lm_loss
@@ -142,6 +142,7 @@ def estimate_importance(
         Importance for every contiguous block, and the layer-removal metrics asked for.
     """
     check_criterion(criterion)
+    check_criterion_for(criterion, model.config)
     _check_depth_tasks(model, tokenizer, depth_tasks, depth_task_examples, depth_task_lengths)
     if criterion == "taylor" and not isinstance(data, torch.Tensor) and iter(data) is data:
         data = list(data)  # an iterator would be spent by the calibration pass

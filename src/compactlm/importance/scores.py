@@ -35,8 +35,9 @@ def model_fingerprint(model) -> str:
     adapter = adapter_for(model.config)
     h = hashlib.sha256(json.dumps(adapter.architecture(model.config).to_dict(), sort_keys=True).encode())
     layers = adapter.decoder_layers(model)
-    probes = [model.get_input_embeddings().weight, layers[0].get_submodule(adapter.down_proj).weight,
-              layers[-1].get_submodule(adapter.q_proj).weight]
+    first, last = adapter.probes
+    probes = [model.get_input_embeddings().weight, layers[0].get_submodule(first).weight,
+              layers[-1].get_submodule(last).weight]
     for p in probes:
         h.update(p.detach().flatten()[:4096].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -49,7 +50,13 @@ class ImportanceScores:
     tensors:
         ``neurons.{sum,sumsq,rows}``  (L, k, I): input of each ``down_proj``
         ``heads.{sum,sumsq,rows}``    (L, k, H*d): input of each ``o_proj``
-        ``channels.{sum,sumsq,rows}`` (2L, k, E): outputs of each layer's two hidden norms
+        ``channels.{sum,sumsq,rows}`` (nL, k, E): outputs of each layer's n hidden norms
+        ``expert_neurons.{sum,sumsq,rows}`` (L*X, k, I_moe): input of each expert's down projection,
+                          over the tokens routed to it (MoE models; site = layer * X + expert)
+        ``experts.contribution`` (L, X): sum over real tokens routed to each expert of
+                          ``g * ||expert output||_2`` (g: the router weight the family applies)
+        ``experts.tokens`` (L, X): real tokens routed to each expert (top-k slots)
+        ``shared_neurons.{sum,sumsq,rows}`` (L, k, S): input of the shared expert's down_proj
         (k = the sequence aggregations recorded, ``meta["seq_aggregations"]``)
         ``layers.cos_next`` (L,): sum over real tokens of cos(h_i, h_i+1), h_i = input of layer i
         ``layers.tokens`` (1,) real tokens behind ``layers.cos_next``
@@ -89,8 +96,43 @@ class ImportanceScores:
         return finalize(t[f"{prefix}.sum"], t[f"{prefix}.sumsq"], t[f"{prefix}.rows"], batch, seq, recorded)
 
     def neurons(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
-        """(L, I) importance of each MLP neuron in each layer."""
+        """(L, I) importance of each MLP neuron in each layer ((L, 0) for a model without dense MLPs)."""
+        arch = self.architecture
+        if not arch.intermediate_size:
+            return torch.zeros(arch.num_hidden_layers, 0)
         return self._finalize("neurons", aggregation)
+
+    # -- mixture of experts --------------------------------------------------------------
+    def experts(self) -> torch.Tensor:
+        """(L, X) importance of each expert: its router-weighted output norm, averaged over all real tokens.
+
+        ``I_e = (1/T) sum_{t routed to e} g_te ||E_e(x_t)||_2`` (0 for tokens not routed to e): the
+        mean norm over its routed tokens, weighted by the router weight, times the fraction of tokens
+        routed to it. An expert the router rarely picks contributes little, however large its output.
+        """
+        self._require_experts()
+        return (self.tensors["experts.contribution"] / self.tensors["layers.tokens"].clamp_min(1)).float()
+
+    def expert_tokens(self) -> torch.Tensor:
+        """(L, X) real tokens routed to each expert during calibration (top-k slots)."""
+        self._require_experts()
+        return self.tensors["experts.tokens"].clone()
+
+    def expert_neurons(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
+        """(L, X, I_moe) importance of each expert's neurons over the tokens routed to that expert."""
+        self._require_experts()
+        arch = self.architecture
+        return self._finalize("expert_neurons", aggregation).view(arch.num_hidden_layers, arch.num_experts, -1)
+
+    def shared_neurons(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
+        """(L, S) importance of each neuron of the shared expert (Qwen2-MoE)."""
+        self._require_experts()
+        return self._finalize("shared_neurons", aggregation)
+
+    def _require_experts(self) -> None:
+        if "experts.contribution" not in self.tensors:
+            raise CompactLMError("These scores hold no expert statistics: the model is not a mixture of experts, or "
+                                 "they were computed with layers_only. Recompute importance on the MoE model.")
 
     def heads(self, aggregation=DEFAULT_AGGREGATION) -> torch.Tensor:
         """(L, H) importance of each query head: L2 over head_dim of per-channel scores."""
@@ -203,18 +245,22 @@ class ImportanceScores:
         """The tensors and the metadata describe one model (a damaged or edited file fails here, not mid-prune)."""
         arch = self.architecture
         layers, t = arch.num_hidden_layers, self.tensors
+        experts = arch.num_hidden_layers * arch.num_experts
         expected = {"neurons.sum": (layers, arch.intermediate_size), "heads.sum": (layers, None),
-                    "channels.sum": (2 * layers, arch.hidden_size), "neurons.score": (layers, arch.intermediate_size),
+                    "channels.sum": (None, arch.hidden_size), "neurons.score": (layers, arch.intermediate_size),
+                    "expert_neurons.sum": (experts, arch.moe_intermediate_size),
+                    "experts.contribution": (layers, arch.num_experts),
+                    "shared_neurons.sum": (layers, arch.shared_expert_intermediate_size),
                     "heads.score": (layers, arch.num_attention_heads), "channels.score": (arch.hidden_size,),
                     "layers.cos_next": (layers,)}
         expected |= {f"layers.task.{task}": (layers + 1, layers + 1) for task in self.depth_tasks}
-        width = ("neurons.sum", "neurons.score")
+        width = ("neurons.sum", "neurons.score", "heads.sum", "heads.score")
         if not self.meta.get("layers_only") and not any(k in t for k in width):
             raise ValueError(f"no width scores ({' or '.join(width)}) although {META_FILE} says layers_only is false")
         for name, shape in expected.items():
             if name not in t and name != "layers.cos_next":
                 continue
             got = tuple(t[name].shape)
-            if got[0] != shape[0] or (len(shape) > 1 and shape[1] is not None and got[-1] != shape[1]):
+            if (shape[0] is not None and got[0] != shape[0]) or (len(shape) > 1 and shape[1] is not None and got[-1] != shape[1]):
                 raise ValueError(f"tensor {name} has shape {got}, which does not fit the architecture in "
                                  f"{META_FILE} ({layers} layers)")

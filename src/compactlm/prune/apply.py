@@ -5,19 +5,31 @@ Pruning is a pure state-dict transformation followed by ``from_config`` +
 renumbered ``layer_idx``, correct tying and no custom code. Which rows/columns each weight
 loses is decided here from the adapter's module names (docs/method.md §3):
 
-=================  =====================  ==========================
-weight             rows (dim 0)           columns (dim 1)
-=================  =====================  ==========================
-q_proj             kept heads x head_dim  hidden
-k_proj, v_proj     kept groups x head_dim hidden
-o_proj             hidden                 kept heads x head_dim
-gate/up_proj       kept neurons           hidden
-down_proj          hidden                 kept neurons
-norms, embeddings  hidden (norms)         hidden (embed_tokens, lm_head)
-=================  =====================  ==========================
+=====================  ==========================  ==========================
+weight                 rows (dim 0)                columns (dim 1)
+=====================  ==========================  ==========================
+q_proj                 kept heads x head_dim       hidden
+k_proj, v_proj         kept groups x head_dim      hidden
+qkv_proj (fused)       the q, k and v rows above   hidden
+o_proj                 hidden                      kept heads x head_dim
+q/k projection norms   kept heads/groups x hd      -
+gate/up_proj           kept neurons                hidden
+gate_up_proj (fused)   kept gate and up rows       hidden
+down_proj              hidden                      kept neurons
+router (mlp.gate)      kept experts                hidden
+experts.gate_up_proj   (X, 2I, E): kept experts, each expert's kept neurons (gate and up), hidden
+experts.down_proj      (X, E, I): kept experts, hidden, each expert's kept neurons
+shared expert          like a dense MLP; its gate keeps its one row, hidden columns
+norms, embeddings      hidden (weight and bias)    hidden (embed_tokens, lm_head)
+=====================  ==========================  ==========================
+
+Gemma's embedding scale ``sqrt(hidden_size)`` is folded into the sliced embedding (see
+:class:`TensorSlicer`), so the student computes the teacher's function with its own config.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,22 +46,64 @@ def _take(t: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor
     return t if index is None else t.index_select(dim, index.to(t.device)).contiguous()
 
 
-def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tensor | None):
-    """Map a parameter name inside layer ``layer`` to a function slicing it."""
-    d = plan.source.head_dim
+def _expert_rule(experts: torch.Tensor, per_expert: list[torch.Tensor], hidden: torch.Tensor | None, width: int):
+    """Slice the 3-D expert tensors: experts on dim 0, each kept expert's own neurons, hidden channels."""
+    def slice_experts(kind: str, t: torch.Tensor) -> torch.Tensor:
+        t = _take(t, 0, experts)
+        if kind == "gate_up_proj":     # (X, 2I, E): rows [gate | up] of each expert
+            t = torch.stack([_take(t[j], 0, torch.cat([n, width + n])) for j, n in enumerate(per_expert)])
+            return _take(t, 2, hidden)
+        if kind == "down_proj":        # (X, E, I)
+            t = torch.stack([_take(t[j], 1, n) for j, n in enumerate(per_expert)])
+            return _take(t, 1, hidden)
+        raise CompactLMError(f"Expert tensor '{kind}' is unknown to compactlm; cannot prune it.")
+    return slice_experts
+
+
+def _layer_rules(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tensor | None) -> dict:
+    """Module name -> (row index, column index) for every module of layer ``layer``."""
+    src = plan.source
+    d = src.head_dim
     q_rows = _head_rows(plan.heads[layer], d)
     kv_rows = _head_rows(plan.kv_groups[layer], d)
-    neurons = torch.tensor(plan.neurons[layer], dtype=torch.long)
-    rows_cols = {  # module name -> (row index, column index)
-        a.q_proj: (q_rows, hidden), a.k_proj: (kv_rows, hidden), a.v_proj: (kv_rows, hidden),
-        a.o_proj: (hidden, q_rows), a.gate_proj: (neurons, hidden), a.up_proj: (neurons, hidden),
-        a.down_proj: (hidden, neurons), a.input_norm: (hidden, None), a.post_attention_norm: (hidden, None),
-    }
-    for name in a.head_norms:
-        rows_cols[name] = (None, None)  # per-head norms act over head_dim, which is never pruned
+    rules = {a.o_proj: (hidden, q_rows)}
+    if a.qkv_proj:       # fused rows [q | k | v]
+        q_width, kv_width = src.num_attention_heads * d, src.num_key_value_heads * d
+        rules[a.qkv_proj] = (torch.cat([q_rows, q_width + kv_rows, q_width + kv_width + kv_rows]), hidden)
+    else:
+        rules |= {a.q_proj: (q_rows, hidden), a.k_proj: (kv_rows, hidden), a.v_proj: (kv_rows, hidden)}
+    if a.q_projection_norm:   # norms over the whole projection lose the removed heads' channels
+        rules |= {a.q_projection_norm: (q_rows, None), a.k_projection_norm: (kv_rows, None)}
+    rules |= {name: (None, None) for name in a.head_norms}   # per-head norms act over head_dim, never pruned
+    rules |= {name: (hidden, None) for name in a.norms}
+    if src.intermediate_size:       # dense MLP
+        neurons = torch.tensor(plan.neurons[layer], dtype=torch.long)
+        if a.gate_up_proj:   # fused rows [gate | up]
+            rules[a.gate_up_proj] = (torch.cat([neurons, src.intermediate_size + neurons]), hidden)
+        rules |= {name: (neurons, hidden) for name in (a.gate_proj, a.up_proj) if name}
+        rules[a.down_proj] = (hidden, neurons)
+    if src.is_moe:
+        rules[a.router] = (torch.tensor(plan.experts[layer], dtype=torch.long), hidden)
+        if a.shared_expert:
+            shared = torch.tensor(plan.shared_neurons[layer], dtype=torch.long)
+            rules |= {f"{a.shared_expert}.gate_proj": (shared, hidden), f"{a.shared_expert}.up_proj": (shared, hidden),
+                      f"{a.shared_expert}.down_proj": (hidden, shared), a.shared_expert_gate: (None, hidden)}
+    return rules
+
+
+def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tensor | None):
+    """Map a parameter name inside layer ``layer`` to a function slicing it."""
+    rows_cols = _layer_rules(a, plan, layer, hidden)
+    experts = None
+    if plan.source.is_moe:
+        per_expert = [torch.tensor(n, dtype=torch.long) for n in plan.expert_neurons[layer]]
+        experts = _expert_rule(torch.tensor(plan.experts[layer], dtype=torch.long), per_expert, hidden,
+                               plan.source.moe_intermediate_size)
 
     def slice_param(name: str, t: torch.Tensor) -> torch.Tensor:
         module, _, kind = name.rpartition(".")
+        if experts is not None and module == a.experts:
+            return experts(kind, t)
         if module not in rows_cols:
             raise CompactLMError(f"Parameter '{name}' of layer {layer} is unknown to the '{a.model_type}' adapter; "
                                  "cannot prune it.")
@@ -76,6 +130,13 @@ class TensorSlicer:
         self.slicers = {i: _layer_slicer(adapter, plan, i, self.hidden) for i in plan.layers}
         self.prefix = adapter.layers + "."
         self.embeddings = (f"{adapter.embed_tokens}.weight", f"{adapter.lm_head}.weight")
+        # Gemma multiplies embeddings by sqrt(hidden_size), which the student computes from its own
+        # (smaller) hidden_size: fold the ratio into the embedding so layer 0 sees the teacher's
+        # scale, and, when the LM head shares that weight, divide it back out in the final norm.
+        self.embed_gain = 1.0
+        if adapter.embed_scale and plan.hidden is not None:
+            self.embed_gain = math.sqrt(plan.source.hidden_size / plan.target.hidden_size)
+        self.tied = plan.source.tie_word_embeddings
 
     def __call__(self, key: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
         a, prefix = self.adapter, self.prefix
@@ -86,9 +147,16 @@ class TensorSlicer:
                 return None
             return f"{prefix}{self.new_index[layer]}.{name}", self.slicers[layer](name, tensor)
         if key in self.embeddings:
-            return key, _take(tensor, 1, self.hidden)
+            tensor = _take(tensor, 1, self.hidden)
+            if self.embed_gain != 1.0 and (key == self.embeddings[0] or self.tied):
+                tensor = (tensor.double() * self.embed_gain).to(tensor.dtype)
+            return key, tensor
         if key.startswith(a.final_norm + "."):
-            return key, _take(tensor, 0, self.hidden)
+            tensor = _take(tensor, 0, self.hidden)
+            if self.embed_gain != 1.0 and self.tied and key.endswith(".weight"):
+                offset = a.norm_offset
+                tensor = ((tensor.double() + offset) / self.embed_gain - offset).to(tensor.dtype)
+            return key, tensor
         return key, tensor  # e.g. lm_head.bias (vocab-sized): untouched
 
 

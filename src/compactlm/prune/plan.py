@@ -8,9 +8,14 @@ JSON layout::
      "kept": {"layers": [orig layer index of each student layer],
               "hidden": [kept channel indices] | null (all kept),
               "kv_groups": {"<orig layer>": [...]}, "heads": {"<orig layer>": [...]},
-              "neurons": {"<orig layer>": [...]}}}
+              "neurons": {"<orig layer>": [...]},
+              # mixture-of-experts models only:
+              "experts": {"<orig layer>": [kept expert indices]},
+              "expert_neurons": {"<orig layer>": [[kept neurons of each kept expert]]},
+              "shared_neurons": {"<orig layer>": [...]}}}     # the shared expert (Qwen2-MoE)
 
-All index lists are sorted, so original order is preserved.
+All index lists are sorted, so original order is preserved. A dense model's plan has no
+expert keys (plans written before MoE support read unchanged).
 """
 
 from __future__ import annotations
@@ -36,10 +41,19 @@ class PrunePlan:
     kv_groups: dict[int, list[int]]
     heads: dict[int, list[int]]
     neurons: dict[int, list[int]]
+    experts: dict[int, list[int]] = field(default_factory=dict)
+    expert_neurons: dict[int, list[list[int]]] = field(default_factory=dict)
+    shared_neurons: dict[int, list[int]] = field(default_factory=dict)
     source_model: str | None = None
     criteria: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        moe = {}
+        if self.source.is_moe:
+            moe = {"experts": {str(k): v for k, v in self.experts.items()},
+                   "expert_neurons": {str(k): v for k, v in self.expert_neurons.items()}}
+            if self.source.shared_expert_intermediate_size:
+                moe["shared_neurons"] = {str(k): v for k, v in self.shared_neurons.items()}
         return {
             "format": FORMAT,
             "source_model": self.source_model,
@@ -52,6 +66,7 @@ class PrunePlan:
                 "kv_groups": {str(k): v for k, v in self.kv_groups.items()},
                 "heads": {str(k): v for k, v in self.heads.items()},
                 "neurons": {str(k): v for k, v in self.neurons.items()},
+                **moe,
             },
         }
 
@@ -66,7 +81,9 @@ class PrunePlan:
             source=Architecture(**d["source"]), target=Architecture(**d["target"]),
             layers=list(kept["layers"]), hidden=kept["hidden"],
             kv_groups=as_int_keys(kept["kv_groups"]), heads=as_int_keys(kept["heads"]),
-            neurons=as_int_keys(kept["neurons"]), source_model=d.get("source_model"),
+            neurons=as_int_keys(kept["neurons"]), experts=as_int_keys(kept.get("experts", {})),
+            expert_neurons=as_int_keys(kept.get("expert_neurons", {})),
+            shared_neurons=as_int_keys(kept.get("shared_neurons", {})), source_model=d.get("source_model"),
             criteria=d.get("criteria", {}),
         )
         problems = plan.problems()
@@ -98,6 +115,26 @@ class PrunePlan:
                 found.append(f"kept.{name} must have an entry for each kept layer {clip(self.layers, 60)}")
             for layer, index in table.items():
                 check(f"kept.{name}[{layer}]", index, limit, length)
+        if src.is_moe:
+            moe_tables = [("experts", self.experts, src.num_experts, tgt.num_experts)]
+            if src.shared_expert_intermediate_size:
+                moe_tables.append(("shared_neurons", self.shared_neurons, src.shared_expert_intermediate_size,
+                                   tgt.shared_expert_intermediate_size))
+            for name, table, limit, length in moe_tables:
+                if sorted(table) != sorted(self.layers):
+                    found.append(f"kept.{name} must have an entry for each kept layer {clip(self.layers, 60)}")
+                for layer, index in table.items():
+                    check(f"kept.{name}[{layer}]", index, limit, length)
+            if sorted(self.expert_neurons) != sorted(self.layers):
+                found.append(f"kept.expert_neurons must have an entry for each kept layer {clip(self.layers, 60)}")
+            for layer, per_expert in self.expert_neurons.items():
+                if not isinstance(per_expert, list) or len(per_expert) != tgt.num_experts:
+                    found.append(f"kept.expert_neurons[{layer}] must list the neurons of each of the "
+                                 f"{tgt.num_experts} kept experts")
+                    continue
+                for e, index in enumerate(per_expert):
+                    check(f"kept.expert_neurons[{layer}][{e}]", index, src.moe_intermediate_size,
+                          tgt.moe_intermediate_size)
         return found
 
     def save(self, path: str | Path) -> None:

@@ -34,6 +34,10 @@ class PruneTarget(ArchitectureArgs):
                 continue
             if value <= 0:
                 problems.append(f"{flag}={value} must be > 0")
+            elif limit == 0:
+                problems.append(f"{flag}={value}: the source model has no {name} (a "
+                                f"{'dense' if name != 'intermediate_size' else 'mixture-of-experts'} model{where}); "
+                                f"leave it out")
             elif value > limit:
                 problems.append(f"{flag}={value} is larger than the source model's {name}={limit}{where}; "
                                 f"pruning only shrinks")
@@ -139,6 +143,9 @@ def select_units(
     neurons: torch.Tensor,
     heads: torch.Tensor,
     channels: torch.Tensor,
+    experts: torch.Tensor | None = None,
+    expert_neurons: torch.Tensor | None = None,
+    shared_neurons: torch.Tensor | None = None,
 ) -> PrunePlan:
     """Build a plan from per-unit scores.
 
@@ -146,6 +153,9 @@ def select_units(
         layers: original indices of the layers to keep (len == target.num_hidden_layers).
         neurons: (L, I) MLP neuron scores; heads: (L, H) query-head scores;
             channels: (E,) hidden-channel scores. L, I, H, E are the source sizes.
+        experts, expert_neurons, shared_neurons: for a mixture-of-experts source, (L, X) expert
+            scores, (L, X, I_moe) scores of each expert's neurons and (L, S) shared-expert neuron
+            scores. Each kept expert keeps its own best ``moe_intermediate_size`` neurons.
     """
     assert len(layers) == target.num_hidden_layers
     per_group = source.num_attention_heads // source.num_key_value_heads
@@ -156,10 +166,17 @@ def select_units(
         groups = _top(head_scores.norm(dim=1), target.num_key_value_heads)      # rank groups by L2 of their heads
         plan_groups[i] = groups
         plan_heads[i] = sorted(g * per_group + h for g in groups for h in _top(head_scores[g], keep_per_group))
-        plan_neurons[i] = _top(neurons[i], target.intermediate_size)
+        plan_neurons[i] = _top(neurons[i], target.intermediate_size) if source.intermediate_size else []
     hidden = None if target.hidden_size == source.hidden_size else _top(channels, target.hidden_size)
-    return PrunePlan(source=source, target=target, layers=list(layers), hidden=hidden,
+    plan = PrunePlan(source=source, target=target, layers=list(layers), hidden=hidden,
                      kv_groups=plan_groups, heads=plan_heads, neurons=plan_neurons)
+    if source.is_moe:
+        for i in layers:
+            plan.experts[i] = _top(experts[i], target.num_experts)
+            plan.expert_neurons[i] = [_top(expert_neurons[i, e], target.moe_intermediate_size) for e in plan.experts[i]]
+            if source.shared_expert_intermediate_size:
+                plan.shared_neurons[i] = _top(shared_neurons[i], target.shared_expert_intermediate_size)
+    return plan
 
 
 def make_plan(
@@ -180,8 +197,12 @@ def make_plan(
     arch = target.resolve(source)
     adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(arch)
     layers = DEPTH_METRICS[metric](scores, arch.num_hidden_layers, arg)
+    moe = {}
+    if source.is_moe:
+        moe = dict(experts=scores.experts(), expert_neurons=scores.expert_neurons((batch, seq)),
+                   shared_neurons=scores.shared_neurons((batch, seq)) if source.shared_expert_intermediate_size else None)
     plan = select_units(source, arch, layers=layers, neurons=scores.neurons((batch, seq)),
-                        heads=scores.heads((batch, seq)), channels=scores.channels((batch, seq)))
+                        heads=scores.heads((batch, seq)), channels=scores.channels((batch, seq)), **moe)
     plan.source_model = scores.meta.get("model")
     plan.criteria = {"criterion": scores.criterion, "aggregation": f"{batch},{seq}", "depth_metric": depth_metric,
                      "scores_fingerprint": scores.meta.get("fingerprint")}

@@ -134,7 +134,7 @@ def probe_model(src_dir: str | Path):
 
     ``ImportanceScores.check_matches(probe_model(dir))`` checks scores against a checkpoint
     without loading it: :func:`~compactlm.importance.scores.model_fingerprint` reads the config,
-    the embeddings, the first ``down_proj`` and the last ``q_proj``.
+    the embeddings, the first ``down_proj`` and the last ``q_proj`` (``adapter.probes``).
     """
     from safetensors import safe_open
     from torch import nn
@@ -147,9 +147,10 @@ def probe_model(src_dir: str | Path):
     model = _meta_model(config, torch.float32)
     layers = adapter.decoder_layers(model)
     last = len(layers) - 1
+    first_probe, last_probe = adapter.probes
     probes = {adapter.embed_tokens: model.get_input_embeddings(),
-              f"{adapter.layers}.0.{adapter.down_proj}": layers[0].get_submodule(adapter.down_proj),
-              f"{adapter.layers}.{last}.{adapter.q_proj}": layers[last].get_submodule(adapter.q_proj)}
+              f"{adapter.layers}.0.{first_probe}": layers[0].get_submodule(first_probe),
+              f"{adapter.layers}.{last}.{last_probe}": layers[last].get_submodule(last_probe)}
     for module_name, module in probes.items():
         key = module_name + ".weight"
         if key not in files:
