@@ -81,6 +81,30 @@ def make_tiny_model(family: str = "llama", dtype: torch.dtype = torch.float64, s
     return model.eval()
 
 
+def random_plan(model, seed=0, hidden=None, neurons=None, heads=None, groups=None, layers=None,
+                keep_layers=None, experts=None, moe_neurons=None, shared=None) -> PrunePlan:
+    """A plan from random scores with the requested sizes (None keeps the axis), for any family."""
+    from compactlm.arch import adapter_for
+    from compactlm.prune import select_units
+
+    g = torch.Generator().manual_seed(seed)
+    a = adapter_for(model.config)
+    src = a.architecture(model.config)
+    target = src.replace(hidden_size=hidden, intermediate_size=neurons, num_attention_heads=heads,
+                         num_key_value_heads=groups, num_hidden_layers=layers, num_experts=experts,
+                         moe_intermediate_size=moe_neurons, shared_expert_intermediate_size=shared)
+    if keep_layers is None:
+        keep_layers = sorted(torch.randperm(src.num_hidden_layers, generator=g)[: target.num_hidden_layers].tolist())
+    L = src.num_hidden_layers
+    return select_units(src, target, layers=keep_layers,
+                        neurons=torch.rand(L, src.intermediate_size, generator=g),
+                        heads=torch.rand(L, src.num_attention_heads, generator=g),
+                        channels=torch.rand(src.hidden_size, generator=g),
+                        experts=torch.rand(L, src.num_experts, generator=g),
+                        expert_neurons=torch.rand(L, src.num_experts, src.moe_intermediate_size, generator=g),
+                        shared_neurons=torch.rand(L, src.shared_expert_intermediate_size, generator=g))
+
+
 def make_char_tokenizer():
     """A character-level fast tokenizer with ids < 128 (fits the tiny models' vocabulary)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_tiny_model
+from helpers import MOE_FAMILIES, make_tiny_model
 
 from compactlm.arch import adapter_for
 from compactlm.importance import AGGREGATIONS, ImportanceScores, estimate_importance, lm_loss
@@ -23,6 +23,8 @@ def brute_force(x: torch.Tensor, mask: torch.Tensor, batch: str, seq: str) -> to
         if len(real) == 0:
             continue
         rows.append({"mean": real.abs().mean(0), "l2": real.norm(dim=0), "var": real.var(0, unbiased=False)}[seq])
+    if not rows:              # a site that saw no token (an expert the router never picked) scores 0
+        return torch.zeros(x.shape[-1], dtype=torch.float64)
     r = torch.stack(rows)
     return {"mean": r.mean(0), "l2": r.norm(dim=0), "var": r.var(0, unbiased=False)}[batch]
 
@@ -49,8 +51,9 @@ def hooked_activations(model, x):
     store = {"down_in": [], "o_in": [], "norm_out": []}
     handles = []
     for layer in a.decoder_layers(model):
-        down = layer.get_submodule(a.down_proj)
-        handles.append(down.register_forward_pre_hook(lambda m, args: store["down_in"].append(args[0])))
+        if a.down_proj:       # dense MLP (MoE experts: test_expert_scores_equal_brute_force)
+            down = layer.get_submodule(a.down_proj)
+            handles.append(down.register_forward_pre_hook(lambda m, args: store["down_in"].append(args[0])))
         handles.append(layer.get_submodule(a.o_proj).register_forward_pre_hook(lambda m, args: store["o_in"].append(args[0])))
         for norm in a.hidden_norms(layer):
             handles.append(norm.register_forward_hook(lambda m, args, out: store["norm_out"].append(out)))
@@ -69,8 +72,11 @@ def test_scores_equal_brute_force_on_a_model(family):
     store, hidden = hooked_activations(model, x)
     mask = torch.ones(3, 10)
     for batch, seq in [("l2", "mean"), ("mean", "var"), ("var", "l2")]:
-        neurons = torch.stack([brute_force(t, mask, batch, seq) for t in store["down_in"]])
-        torch.testing.assert_close(scores.neurons((batch, seq)).double(), neurons, rtol=1e-4, atol=1e-7)
+        if store["down_in"]:
+            neurons = torch.stack([brute_force(t, mask, batch, seq) for t in store["down_in"]])
+            torch.testing.assert_close(scores.neurons((batch, seq)).double(), neurons, rtol=1e-4, atol=1e-7)
+        else:
+            assert scores.neurons((batch, seq)).shape == (4, 0)
         heads = torch.stack([brute_force(t, mask, batch, seq).view(4, 16).norm(dim=1) for t in store["o_in"]])
         torch.testing.assert_close(scores.heads((batch, seq)).double(), heads, rtol=1e-4, atol=1e-7)
         channels = sum(brute_force(t, mask, batch, seq) for t in store["norm_out"])
@@ -86,6 +92,58 @@ def test_scores_equal_brute_force_on_a_model(family):
             a, b = hidden[start][:, ::step].double(), hidden[start + length][:, ::step].double()
             cos = F.cosine_similarity(a, b, dim=-1).mean()
             assert float(bi[start]) == pytest.approx(1 - float(cos), abs=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(MOE_FAMILIES))
+def test_expert_scores_equal_brute_force(family):
+    """Expert contribution, routed-token counts and expert/shared neurons, token by token, with padding."""
+    model = make_tiny_model(family)
+    a = adapter_for(model.config)
+    arch = a.architecture(model.config)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 128, (3, 10), generator=g)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    scores = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], layer_loss_samples=0,
+                                 seq_aggregations="mean,l2,var", show_progress=False)
+    routed, shared_in, handles = [], [], []
+    for layer in a.decoder_layers(model):
+        experts = layer.get_submodule(a.experts)
+        handles.append(experts.register_forward_hook(lambda m, args, out: routed.append((m, *args))))
+        if a.shared_expert:
+            down = layer.get_submodule(f"{a.shared_expert}.down_proj")
+            handles.append(down.register_forward_pre_hook(lambda m, args: shared_in.append(args[0])))
+    with torch.no_grad():
+        model.model(input_ids=ids, attention_mask=mask)
+    for h in handles:
+        h.remove()
+    real = mask.reshape(-1).bool()
+    L, X, width = arch.num_hidden_layers, arch.num_experts, arch.moe_intermediate_size
+    contribution, tokens = torch.zeros(L, X, dtype=torch.float64), torch.zeros(L, X, dtype=torch.float64)
+    acts = torch.zeros(L, X, 30, width, dtype=torch.float64)
+    on = torch.zeros(L, X, 30)
+    with torch.no_grad():
+        for layer, (experts, hidden, index, weights) in enumerate(routed):
+            for t in range(30):
+                for slot in range(index.shape[1]):
+                    e = int(index[t, slot])
+                    if not real[t]:
+                        continue
+                    gate, up = (experts.gate_up_proj[e] @ hidden[t]).chunk(2)
+                    act = experts.act_fn(gate) * up
+                    contribution[layer, e] += float(weights[t, slot]) * float((experts.down_proj[e] @ act).norm())
+                    tokens[layer, e] += 1
+                    acts[layer, e, t], on[layer, e, t] = act, 1
+    torch.testing.assert_close(scores.expert_tokens(), tokens)
+    torch.testing.assert_close(scores.experts().double(), contribution / float(mask.sum()), rtol=1e-5, atol=1e-8)
+    for batch, seq in [("l2", "mean"), ("mean", "var"), ("var", "l2")]:
+        expected = torch.stack([torch.stack([brute_force(acts[i, e].view(3, 10, -1), on[i, e].view(3, 10), batch, seq)
+                                             for e in range(X)]) for i in range(L)])
+        torch.testing.assert_close(scores.expert_neurons((batch, seq)).double(), expected, rtol=1e-4, atol=1e-7)
+        if shared_in:
+            expected = torch.stack([brute_force(t.view(3, 10, -1), mask, batch, seq) for t in shared_in])
+            torch.testing.assert_close(scores.shared_neurons((batch, seq)).double(), expected, rtol=1e-4, atol=1e-7)
 
 
 def test_default_records_seq_mean_only():

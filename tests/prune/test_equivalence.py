@@ -8,38 +8,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAMILIES, MOE_FAMILIES, make_tiny_model
+from helpers import FAMILIES, MOE_FAMILIES, make_tiny_model, random_plan
 from torch import nn
 
 from compactlm.arch import adapter_for
 from compactlm.importance.hooks import SkipLayer
-from compactlm.prune import PrunePlan, apply_plan, select_units
+from compactlm.prune import PrunePlan, apply_plan
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 # transformers' RMSNorm upcasts to float32 internally, and Mixtral's router keeps float32 weights,
 # so once norms or routers see other inputs the float64 models agree only to float32 precision.
 TOL_FLOAT32 = dict(atol=1e-6, rtol=1e-6)
-
-
-def random_plan(model, seed=0, hidden=None, neurons=None, heads=None, groups=None, layers=None,
-                keep_layers=None, experts=None, moe_neurons=None, shared=None) -> PrunePlan:
-    """A plan from random scores with the requested sizes (None keeps the axis)."""
-    g = torch.Generator().manual_seed(seed)
-    a = adapter_for(model.config)
-    src = a.architecture(model.config)
-    target = src.replace(hidden_size=hidden, intermediate_size=neurons, num_attention_heads=heads,
-                         num_key_value_heads=groups, num_hidden_layers=layers, num_experts=experts,
-                         moe_intermediate_size=moe_neurons, shared_expert_intermediate_size=shared)
-    if keep_layers is None:
-        keep_layers = sorted(torch.randperm(src.num_hidden_layers, generator=g)[: target.num_hidden_layers].tolist())
-    L = src.num_hidden_layers
-    return select_units(src, target, layers=keep_layers,
-                        neurons=torch.rand(L, src.intermediate_size, generator=g),
-                        heads=torch.rand(L, src.num_attention_heads, generator=g),
-                        channels=torch.rand(src.hidden_size, generator=g),
-                        experts=torch.rand(L, src.num_experts, generator=g),
-                        expert_neurons=torch.rand(L, src.num_experts, src.moe_intermediate_size, generator=g),
-                        shared_neurons=torch.rand(L, src.shared_expert_intermediate_size, generator=g))
 
 
 class KeptChannelsNorm(nn.Module):

@@ -36,11 +36,25 @@ def plan_for(config, seed=0, **sizes) -> PrunePlan:
     layers = sorted(torch.randperm(L, generator=g)[: target.num_hidden_layers].tolist())
     return select_units(src, target, layers=layers, neurons=torch.rand(L, src.intermediate_size, generator=g),
                         heads=torch.rand(L, src.num_attention_heads, generator=g),
-                        channels=torch.rand(src.hidden_size, generator=g))
+                        channels=torch.rand(src.hidden_size, generator=g),
+                        experts=torch.rand(L, src.num_experts, generator=g),
+                        expert_neurons=torch.rand(L, src.num_experts, src.moe_intermediate_size, generator=g),
+                        shared_neurons=torch.rand(L, src.shared_expert_intermediate_size, generator=g))
 
 
 PRUNE_ALL = dict(hidden_size=48, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
                  num_hidden_layers=3)
+# MoE: no dense MLP; experts and their widths instead (hidden 32 = 2 heads x 16 keeps OLMoE's constraint)
+PRUNE_ALL_MOE = dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=3,
+                     num_experts=3, moe_intermediate_size=20)
+
+
+def prune_all(config) -> dict:
+    """Sizes that prune every axis the family has."""
+    arch = adapter_for(config).architecture(config)
+    if not arch.is_moe:
+        return PRUNE_ALL
+    return PRUNE_ALL_MOE | ({"shared_expert_intermediate_size": 24} if arch.shared_expert_intermediate_size else {})
 
 
 def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -63,7 +77,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 def test_streamed_equals_in_memory(family, tmp_path):
     src = sharded_checkpoint(tmp_path / "src", family)
     model, tokenizer = load_model(str(src))
-    plan = plan_for(model.config, **PRUNE_ALL)
+    plan = plan_for(model.config, **prune_all(model.config))
     save_student(apply_plan(model, plan), tokenizer, tmp_path / "memory", plan=plan)
     result = prune_checkpoint(src, plan, tmp_path / "stream", max_shard_size="30KB")
     assert result.shards > 1 and (tmp_path / "stream" / INDEX_FILE).is_file()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_tiny_model
+from helpers import FAMILIES, MOE_FAMILIES, make_tiny_model, random_plan
 
 from compactlm import parameter_breakdown
 from compactlm.arch import adapter_for
 from compactlm.errors import CompactLMError
-from compactlm.prune import PrunePlan, select_units
+from compactlm.prune import PrunePlan
 from compactlm.prune.apply import apply_plan
 from compactlm.search import (
     SearchSpace,
+    count_active_parameters,
     count_parameters,
     enumerate_candidates,
     parameter_counts,
@@ -21,38 +22,42 @@ from compactlm.search import (
     spearman,
 )
 
+# sizes of random_plan (helpers); hidden 32 with 2 heads keeps OLMoE's hidden = heads x head_dim
 TARGETS = [
     {},
-    {"intermediate_size": 40},
-    {"num_attention_heads": 2},
-    {"num_key_value_heads": 1, "num_attention_heads": 2},
-    {"hidden_size": 48},
-    {"num_hidden_layers": 2},
-    {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3},
+    {"heads": 2, "hidden": 32},
+    {"groups": 1, "heads": 2},
+    {"hidden": 48},
+    {"layers": 2},
 ]
+DENSE_TARGETS = [{"neurons": 40}, {"hidden": 32, "neurons": 64, "heads": 2, "layers": 3}]
+MOE_TARGETS = [{"experts": 3}, {"moe_neurons": 20}, {"hidden": 32, "experts": 2, "moe_neurons": 16, "heads": 2, "layers": 3}]
+SHARED_TARGETS = [{"shared": 24}, {"hidden": 32, "experts": 2, "moe_neurons": 16, "shared": 16, "heads": 2}]
+CASES = [(family, sizes) for family in sorted(FAMILIES)
+         for sizes in TARGETS + (MOE_TARGETS if family in MOE_FAMILIES else DENSE_TARGETS)
+         + (SHARED_TARGETS if family == "qwen2_moe" else [])
+         if not (family == "olmoe" and sizes and sizes.get("hidden") != 32 * sizes.get("heads", 4) // 2)]   # OLMoE: hidden = heads x head_dim
 
 
-def _prune(model, **sizes):
-    a = adapter_for(model.config)
-    source = a.architecture(model.config)
-    target = source.replace(**sizes)
-    torch.manual_seed(0)
-    plan = select_units(source, target, layers=list(range(target.num_hidden_layers)),
-                        neurons=torch.rand(source.num_hidden_layers, source.intermediate_size),
-                        heads=torch.rand(source.num_hidden_layers, source.num_attention_heads),
-                        channels=torch.rand(source.hidden_size))
-    assert isinstance(plan, PrunePlan)
-    return apply_plan(model, plan)
-
-
-@pytest.mark.parametrize("sizes", TARGETS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "none")
+@pytest.mark.parametrize(("family", "sizes"), CASES,
+                         ids=[f + ":" + (",".join(f"{k}={v}" for k, v in s.items()) or "none") for f, s in CASES])
 def test_count_equals_real_model(family, sizes):
     model = make_tiny_model(family, dtype=torch.float32)
-    student = _prune(model, **sizes)
+    plan = random_plan(model, keep_layers=list(range(sizes.get("layers", 4))), **sizes)
+    assert isinstance(plan, PrunePlan)
+    student = apply_plan(model, plan)
     arch = adapter_for(student.config).architecture(student.config)
-    counted = parameter_counts(arch, parameter_layout(student.config))
-    assert counted == parameter_breakdown(student)
-    assert count_parameters(arch, parameter_layout(student.config)) == student.num_parameters()
+    layout = parameter_layout(student.config)
+    assert parameter_counts(arch, layout) == parameter_breakdown(student)
+    assert count_parameters(arch, layout) == student.num_parameters()
+    active = count_active_parameters(arch, layout)
+    if arch.is_moe:    # one token touches num_experts_per_tok of the num_experts experts in each layer
+        per_expert = sum(p.numel() for p in student.model.layers[0].mlp.experts.parameters()) // arch.num_experts
+        idle = arch.num_hidden_layers * (arch.num_experts - arch.num_experts_per_tok)
+        assert active == student.num_parameters() - idle * per_expert
+        assert (active < student.num_parameters()) == (idle > 0)
+    else:
+        assert active == student.num_parameters()
 
 
 def test_parse_param_target():

@@ -31,7 +31,9 @@ ADAPTERS: dict[str, ArchAdapter] = {
     "qwen3_moe": ArchAdapter("qwen3_moe", head_norms=_QK_PER_HEAD, **_MOE, config_names=config_names(
         intermediate_size=None, num_experts="num_experts", moe_intermediate_size="moe_intermediate_size",
         num_experts_per_tok="num_experts_per_tok")),
-    "mixtral": ArchAdapter("mixtral", qkv_bias=False, o_bias=False, **_MOE, config_names=config_names(
+    "mixtral": ArchAdapter("mixtral", qkv_bias=False, o_bias=False, **_MOE, stored_experts="block_sparse_moe.experts",
+                           stored_expert_projections=("w1", "w3", "w2"), stored_router="block_sparse_moe.gate",
+                           config_names=config_names(
         intermediate_size=None, num_experts="num_local_experts", moe_intermediate_size="intermediate_size",
         num_experts_per_tok="num_experts_per_tok")),
     "olmoe": ArchAdapter("olmoe", **_QK_PROJECTION, **_MOE, hidden_is_heads_x_head_dim=True, config_names=config_names(

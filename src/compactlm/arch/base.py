@@ -103,6 +103,10 @@ class ArchAdapter:
     experts: str | None = None                 # gate_up_proj (X, 2I, E), down_proj (X, E, I)
     shared_expert: str | None = None           # a dense gated MLP seen by every token (Qwen2-MoE)
     shared_expert_gate: str | None = None      # weight (1, hidden): sigmoid gate of the shared expert
+    # how checkpoints store experts on disk (one 2-D tensor each; transformers fuses them on load)
+    stored_experts: str = "mlp.experts"
+    stored_expert_projections: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    stored_router: str = "mlp.gate"
     # every norm over the hidden channels in a layer, in forward order
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     norm_bias: bool = False                    # Nemotron's LayerNorm1P: weight and bias
@@ -148,6 +152,27 @@ class ArchAdapter:
     def probes(self) -> tuple[str, str]:
         """Two linear modules (one in the first layer, one in the last) that fingerprints and placement probes read."""
         return self.down_proj or self.o_proj, self.q_proj or self.qkv_proj
+
+    def stored_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """In-memory tensor shapes -> the per-expert names and shapes a checkpoint stores on disk."""
+        if self.experts is None:
+            return shapes
+        gate, up, down = self.stored_expert_projections
+        out = {}
+        for key, shape in shapes.items():
+            prefix, _, name = key.rpartition(f".{self.experts}.")
+            if name == "gate_up_proj":                    # (X, 2I, E) -> X gate and X up (I, E)
+                for e in range(shape[0]):
+                    for projection in (gate, up):
+                        out[f"{prefix}.{self.stored_experts}.{e}.{projection}.weight"] = (shape[1] // 2, shape[2])
+            elif name == "down_proj":                     # (X, E, I) -> X down (E, I)
+                for e in range(shape[0]):
+                    out[f"{prefix}.{self.stored_experts}.{e}.{down}.weight"] = (shape[1], shape[2])
+            elif key.endswith(f".{self.router}.weight"):
+                out[key.replace(f".{self.router}.", f".{self.stored_router}.")] = shape
+            else:
+                out[key] = shape
+        return out
 
     # -- architecture & config ---------------------------------------------------------
     def architecture(self, config) -> Architecture:

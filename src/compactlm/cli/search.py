@@ -61,7 +61,7 @@ def run_search(args: argparse.Namespace) -> int:
     winner = result.winner
     print(f"\nselected {winner['name']} ({winner['params'] / 1e6:.2f}M parameters); prune it with:\n"
           f"  compactlm prune --model {args.model} --scores {args.scores} "
-          + " ".join(f"{flag(a)} {winner[a]}" for a in AXES)
+          + " ".join(f"{flag(a)} {winner[a]}" for a in AXES if a in winner)
           + f" --aggregation {settings.aggregation} --depth-metric {settings.depth_metric} --out student/")
     print(f"table: {result.out_dir / 'candidates.csv'}")
     return 0

@@ -30,6 +30,7 @@ Gemma's embedding scale ``sqrt(hidden_size)`` is folded into the sliced embeddin
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -91,25 +92,54 @@ def _layer_rules(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tens
     return rules
 
 
+def _stored_expert_rule(a: ArchAdapter, experts: list[int], per_expert: list[torch.Tensor], hidden: torch.Tensor | None):
+    """Checkpoints on disk hold one 2-D tensor per expert (``experts.3.gate_proj.weight``, Mixtral:
+    ``block_sparse_moe.experts.3.w1.weight``; transformers fuses them on load): rename kept experts
+    to their new index, slice each one's own neurons, drop the rest."""
+    pattern = re.compile(rf"{re.escape(a.stored_experts)}\.(\d+)\.(\w+)\.weight")
+    gate, up, down = a.stored_expert_projections
+    new_index = {old: new for new, old in enumerate(experts)}
+
+    def slice_stored(name: str, t: torch.Tensor) -> tuple[str, torch.Tensor | None] | None:
+        match = pattern.fullmatch(name)
+        if not match:
+            return None
+        expert, projection = int(match[1]), match[2]
+        if expert not in new_index:
+            return name, None                          # a removed expert
+        j = new_index[expert]
+        renamed = f"{a.stored_experts}.{j}.{projection}.weight"
+        if projection in (gate, up):                   # (I, E)
+            return renamed, _take(_take(t, 0, per_expert[j]), 1, hidden)
+        if projection == down:                         # (E, I)
+            return renamed, _take(_take(t, 0, hidden), 1, per_expert[j])
+        raise CompactLMError(f"Expert tensor '{name}' is unknown to the '{a.model_type}' adapter; cannot prune it.")
+    return slice_stored
+
+
 def _layer_slicer(a: ArchAdapter, plan: PrunePlan, layer: int, hidden: torch.Tensor | None):
-    """Map a parameter name inside layer ``layer`` to a function slicing it."""
+    """Map a parameter name inside layer ``layer`` to ``(new name, sliced tensor)``, or None when it is dropped."""
     rows_cols = _layer_rules(a, plan, layer, hidden)
-    experts = None
+    experts = stored = None
     if plan.source.is_moe:
         per_expert = [torch.tensor(n, dtype=torch.long) for n in plan.expert_neurons[layer]]
         experts = _expert_rule(torch.tensor(plan.experts[layer], dtype=torch.long), per_expert, hidden,
                                plan.source.moe_intermediate_size)
+        stored = _stored_expert_rule(a, plan.experts[layer], per_expert, hidden)
+        rows_cols[a.stored_router] = rows_cols[a.router]
 
-    def slice_param(name: str, t: torch.Tensor) -> torch.Tensor:
+    def slice_param(name: str, t: torch.Tensor) -> tuple[str, torch.Tensor] | None:
         module, _, kind = name.rpartition(".")
         if experts is not None and module == a.experts:
-            return experts(kind, t)
+            return name, experts(kind, t)
+        if stored is not None and (found := stored(name, t)) is not None:
+            return None if found[1] is None else found
         if module not in rows_cols:
             raise CompactLMError(f"Parameter '{name}' of layer {layer} is unknown to the '{a.model_type}' adapter; "
                                  "cannot prune it.")
         rows, cols = rows_cols[module]
         t = _take(t, 0, rows)
-        return _take(t, 1, cols) if kind == "weight" and t.dim() == 2 else t
+        return name, _take(t, 1, cols) if kind == "weight" and t.dim() == 2 else t
 
     return slice_param
 
@@ -118,7 +148,8 @@ class TensorSlicer:
     """The one per-tensor pruning rule, shared by :func:`prune_state_dict` and the streaming pruner.
 
     ``slicer(key, tensor)`` returns the student's ``(key, tensor)`` — layer indices renumbered,
-    rows/columns taken as in the table above — or None when the tensor belongs to a dropped layer.
+    rows/columns taken as in the table above — or None when the tensor belongs to a dropped layer
+    (or a dropped expert of a checkpoint stored per expert).
     Index tensors are built once per plan; each call touches one tensor only, so a checkpoint can
     be pruned one tensor at a time. Works on meta tensors too (shapes without data).
     """
@@ -145,7 +176,8 @@ class TensorSlicer:
             layer = int(index)
             if layer not in self.new_index:
                 return None
-            return f"{prefix}{self.new_index[layer]}.{name}", self.slicers[layer](name, tensor)
+            sliced = self.slicers[layer](name, tensor)
+            return None if sliced is None else (f"{prefix}{self.new_index[layer]}.{sliced[0]}", sliced[1])
         if key in self.embeddings:
             tensor = _take(tensor, 1, self.hidden)
             if self.embed_gain != 1.0 and (key == self.embeddings[0] or self.tied):

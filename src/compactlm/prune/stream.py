@@ -182,6 +182,8 @@ def _output_layout(src: Path, files: dict[str, str], config, plan: PrunePlan, dt
             layout[item[0]] = (key, item[1].to(out_dtype) if item[1].is_floating_point() else item[1])
     student = _meta_model(new_config, out_dtype)
     expected = _expected_shapes(student, adapter, tied)
+    if adapter.experts and any(f".{adapter.stored_experts}." in k for k in source):   # stored per expert
+        expected = adapter.stored_shapes(expected)
     got = {k: tuple(t.shape) for k, (_, t) in layout.items()}
     if got != expected:
         wrong = sorted(set(got) ^ set(expected)) or sorted(k for k in got if got[k] != expected[k])

@@ -280,7 +280,7 @@ def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _
                             loss=step.distill.loss, resume=resume)
             winner = result.winner
             retrained = step_dir.search.retrained(winner["name"])
-            return SearchRecord(winner={a: winner[a] for a in AXES}, name=winner["name"], params=winner["params"],
+            return SearchRecord(winner={a: winner[a] for a in AXES if a in winner}, name=winner["name"], params=winner["params"],
                                 rank_correlation=result.rank_correlation, precision=result.precision,
                                 retrained=str(retrained) if (retrained / "config.json").is_file() else None)
 

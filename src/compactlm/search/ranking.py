@@ -107,7 +107,8 @@ def table_text(rows: list[dict]) -> str:
 
 def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    present = [c for c in TABLE_COLUMNS if c not in AXES or any(c in r for r in rows)]   # the family's axes only
+    writer = csv.DictWriter(buffer, fieldnames=present, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(SearchLayout(out_dir).candidates_csv, buffer.getvalue())

@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..arch import Architecture, adapter_for
 from ..config import AXES, SHORT
@@ -33,10 +33,11 @@ class Candidate:
     @property
     def name(self) -> str:
         """Short id such as ``h576-f1024-a9-kv3-l26``."""
-        return "-".join(f"{SHORT[a]}{getattr(self.arch, a)}" for a in AXES)
+        return "-".join(f"{SHORT[a]}{getattr(self.arch, a)}" for a in AXES if getattr(self.arch, a))
 
     def sizes(self) -> dict[str, int]:
-        return {a: getattr(self.arch, a) for a in AXES}
+        """The sizes of the axes the family has (an axis at 0, e.g. experts of a dense model, is left out)."""
+        return {a: getattr(self.arch, a) for a in AXES if getattr(self.arch, a)}
 
 
 @dataclass
@@ -48,6 +49,9 @@ class SearchSpace:
     num_attention_heads: list[int]
     num_key_value_heads: list[int]
     num_hidden_layers: list[int]
+    num_experts: list[int] = field(default_factory=lambda: [0])           # [0]: a dense model
+    moe_intermediate_size: list[int] = field(default_factory=lambda: [0])
+    shared_expert_intermediate_size: list[int] = field(default_factory=lambda: [0])
 
     def to_dict(self) -> dict[str, list[int]]:
         return asdict(self)
@@ -60,6 +64,12 @@ class SearchSpace:
             raise CompactLMError(f"Unknown search-space axis {unknown}; the axes are {', '.join(AXES)}.")
         lists = {}
         for axis in AXES:
+            if not getattr(source, axis):     # an axis the family lacks (dense: experts; MoE: intermediate_size)
+                if values.get(axis) not in (None, [], 0, [0]):
+                    raise CompactLMError(f"search space {axis}={values[axis]!r}: the source model has no {axis}; "
+                                         f"leave it out.")
+                lists[axis] = [0]
+                continue
             value = values.get(axis, [getattr(source, axis)])
             value = value if isinstance(value, list) else [value]
             if not value or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= getattr(source, axis)
@@ -77,9 +87,13 @@ class SearchSpace:
         Hidden and MLP sizes go down from the source in steps of the largest of 128/64/32/16/8
         that divides the size and is at most 1/8 of it, to ``min_hidden``/``min_intermediate``
         of the source; query heads are every multiple of the KV groups; layers go down to
-        ``ceil(L * (1 - max_depth_cut))``. KV groups stay unless ``prune_kv_heads``.
+        ``ceil(L * (1 - max_depth_cut))``. KV groups stay unless ``prune_kv_heads``. MoE models:
+        experts go down in the same steps to half of them (never below the router's top-k), expert
+        and shared-expert widths like the MLP's.
         """
         def widths(size: int, low: float) -> list[int]:
+            if not size:
+                return [0]
             step = next((s for s in (128, 64, 32, 16, 8) if size % s == 0 and s <= size / 8), 1)
             return [w for w in range(size, 0, -step) if w >= low * size]
 
@@ -90,7 +104,10 @@ class SearchSpace:
         return cls(hidden_size=widths(source.hidden_size, min_hidden),
                    intermediate_size=widths(source.intermediate_size, min_intermediate),
                    num_attention_heads=heads, num_key_value_heads=kv,
-                   num_hidden_layers=list(range(layers, max(1, math.ceil(layers * (1 - max_depth_cut))) - 1, -1)))
+                   num_hidden_layers=list(range(layers, max(1, math.ceil(layers * (1 - max_depth_cut))) - 1, -1)),
+                   num_experts=[x for x in widths(source.num_experts, 0.5) if x >= source.num_experts_per_tok or not x],
+                   moe_intermediate_size=widths(source.moe_intermediate_size, min_intermediate),
+                   shared_expert_intermediate_size=widths(source.shared_expert_intermediate_size, min_intermediate))
 
 
 def parse_param_target(value: int | float | str, source_params: int) -> int:
