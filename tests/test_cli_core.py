@@ -78,7 +78,8 @@ def test_unsupported_architecture(tmp_path, text_file, capsys):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
                                eos_token_id=0)).save_pretrained(tmp_path / "gpt2")
     out = tmp_path / "s"
-    assert_user_error(*importance(capsys, tmp_path / "gpt2", text_file, out), "model_type='gpt2'", "llama, mistral, qwen2, qwen3",
+    assert_user_error(*importance(capsys, tmp_path / "gpt2", text_file, out), "model_type='gpt2'",
+                      "gemma2, gemma3_text, granite, llama, mistral, mixtral, nemotron, olmo2, olmoe, phi3, qwen2, qwen2_moe",
                       not_written=out)
 
 

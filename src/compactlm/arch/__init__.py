@@ -6,7 +6,7 @@ Each entry says what its family has that Llama does not (docs/method.md §3, "Fa
 from __future__ import annotations
 
 from ..errors import CompactLMError
-from .base import MOE_FIELDS, ArchAdapter, Architecture, config_names
+from .base import MOE_FIELDS, ArchAdapter, Architecture, LogitTransform, TransformedHead, config_names
 
 _QK_PER_HEAD = ("self_attn.q_norm", "self_attn.k_norm")
 _QK_PROJECTION = dict(q_projection_norm="self_attn.q_norm", k_projection_norm="self_attn.k_norm")
@@ -60,4 +60,4 @@ def adapter_for(config) -> ArchAdapter:
     return adapter
 
 
-__all__ = ["ADAPTERS", "MOE_FIELDS", "ArchAdapter", "Architecture", "adapter_for"]
+__all__ = ["ADAPTERS", "MOE_FIELDS", "ArchAdapter", "Architecture", "LogitTransform", "TransformedHead", "adapter_for"]

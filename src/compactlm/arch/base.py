@@ -54,7 +54,12 @@ class Architecture:
     shared_expert_intermediate_size: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; a dense model's MoE fields (all 0) are left out, so its plans, scores and records read as before."""
+        d = asdict(self)
+        if not self.is_moe:
+            for name in (*MOE_FIELDS, "num_experts_per_tok"):
+                del d[name]
+        return d
 
     def replace(self, **changes) -> "Architecture":
         return Architecture(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
@@ -73,6 +78,56 @@ DENSE_CONFIG_NAMES = {"hidden_size": "hidden_size", "intermediate_size": "interm
 
 def config_names(**changes: str | None) -> dict[str, str | None]:
     return {**DENSE_CONFIG_NAMES, **changes}
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a family's ``ForCausalLM.forward`` does to the LM head's output.
+
+    Granite divides by ``logits_scaling``; Gemma 2/3 soft-cap with ``tanh(x / cap) * cap``
+    (``final_logit_softcapping``). Losses and evaluations that apply the LM head themselves
+    (chunk by chunk) apply this after it, so they score the logits the model generates from.
+    """
+
+    divide_by: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, config) -> "LogitTransform":
+        return cls(float(getattr(config, "logits_scaling", None) or 1.0),
+                   getattr(config, "final_logit_softcapping", None) or None)
+
+    @property
+    def identity(self) -> bool:
+        return self.divide_by == 1.0 and self.softcap is None
+
+    def __call__(self, logits):
+        if self.divide_by != 1.0:
+            logits = logits / self.divide_by
+        if self.softcap is not None:
+            import torch
+
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class TransformedHead(nn.Module):
+    """An LM head followed by the family's :class:`LogitTransform` (a view: the model is not changed)."""
+
+    def __init__(self, head: nn.Module, transform: LogitTransform):
+        super().__init__()
+        self.head, self.transform = head, transform
+
+    @property
+    def weight(self):
+        return self.head.weight
+
+    @property
+    def bias(self):
+        return self.head.bias
+
+    def forward(self, hidden):
+        return self.transform(self.head(hidden))
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,8 @@ def run_importance(args: argparse.Namespace) -> int:
         m = scores.meta
         print(f"importance: {m['tokens']:,} tokens in {m['seconds']:.1f} s ({m['tokens_per_second']:,.0f} tok/s) "
               f"-> {args.out}")
+        if "experts.tokens" in scores.tensors:   # MoE: what to look at before choosing how many experts to keep
+            print("routing (calibration tokens per expert):\n  " + "\n  ".join(scores.routing_lines()))
     barrier(parallel)
     return 0
 

@@ -164,6 +164,8 @@ class SearchArgs:
     """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
     tolerance: Fraction = 0.05
     """candidates lie within target x (1 ± tolerance) (paper: 5%)"""
+    active_params: ParamTarget | None = None
+    """MoE models: also a budget of parameters touched per token (a count, or a fraction of the teacher's), ± tolerance"""
     space: SearchSpaceArgs | None = None
     """explicit sizes per axis ({hidden_size: [...], ...}); axes left out keep the teacher's size; None derives one"""
     max_depth_cut: Fraction = 0.2

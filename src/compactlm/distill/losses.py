@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arch import LogitTransform
 from ..errors import CompactLMError, unknown_name
 
 IGNORE_INDEX = -100
@@ -152,9 +153,11 @@ def _chunk_terms(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labe
     return kd, ce
 
 
-def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 transform: LogitTransform | None = None) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 for softmax
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32 for softmax
+    return logits if transform is None or transform.identity else transform(logits)
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -176,8 +179,10 @@ class _FusedHeadLoss(torch.autograd.Function):
                 t_logits = None
                 if teacher_hidden is not None:
                     with torch.no_grad():
-                        t_logits = _head_logits(teacher_hidden[sl], teacher_weight, teacher_bias)
-                kd, ce = _chunk_terms(_head_logits(h, w, b), t_logits, labels[sl], mask[sl], spec.loss_fn, spec.clm)
+                        t_logits = _head_logits(teacher_hidden[sl], teacher_weight, teacher_bias,
+                                                spec.teacher_transform)
+                kd, ce = _chunk_terms(_head_logits(h, w, b, spec.transform), t_logits, labels[sl], mask[sl],
+                                      spec.loss_fn, spec.clm)
                 total = spec.kd_scale * kd + spec.clm_scale * ce
             inputs = [t for t, n in zip((h, w, b), need) if n]
             if inputs:
@@ -210,6 +215,8 @@ class _Spec:
     clm_scale: float
     clm: bool
     chunk_size: int
+    transform: LogitTransform | None = None
+    teacher_transform: LogitTransform | None = None
 
 
 class ChunkedLogitLoss(nn.Module):
@@ -224,6 +231,8 @@ class ChunkedLogitLoss(nn.Module):
         mask: ``(N,)`` float, 1 for real tokens (the distillation term's mask).
         kd_scale, clm_scale: factors applied to the two sums (weight / token count), so
             ``total`` is already the normalised loss.
+        transform, teacher_transform: the family's logit transform after each head (Granite's
+            ``logits_scaling``, Gemma's soft-cap; :class:`compactlm.arch.LogitTransform`), or None.
 
     ``chunk_size=None`` computes everything at once with plain autograd (the reference).
     """
@@ -235,7 +244,8 @@ class ChunkedLogitLoss(nn.Module):
 
     def forward(self, hidden: torch.Tensor, head: nn.Linear, teacher_hidden: torch.Tensor | None,
                 teacher_head: nn.Linear | None, labels: torch.Tensor, mask: torch.Tensor,
-                kd_scale: float, clm_scale: float) -> LossTerms:
+                kd_scale: float, clm_scale: float, transform: LogitTransform | None = None,
+                teacher_transform: LogitTransform | None = None) -> LossTerms:
         loss_fn = self.loss_fn if teacher_hidden is not None and kd_scale != 0 else None
         clm = clm_scale != 0
         t_w = teacher_head.weight if teacher_head is not None else None
@@ -244,10 +254,11 @@ class ChunkedLogitLoss(nn.Module):
             t_logits = None
             if loss_fn is not None:
                 with torch.no_grad():
-                    t_logits = _head_logits(teacher_hidden, t_w, t_b)
-            kd, ce = _chunk_terms(_head_logits(hidden, head.weight, head.bias), t_logits, labels, mask, loss_fn, clm)
+                    t_logits = _head_logits(teacher_hidden, t_w, t_b, teacher_transform)
+            kd, ce = _chunk_terms(_head_logits(hidden, head.weight, head.bias, transform), t_logits, labels, mask,
+                                  loss_fn, clm)
             return LossTerms(kd_scale * kd + clm_scale * ce, kd.detach(), ce.detach())
-        spec = _Spec(loss_fn, float(kd_scale), float(clm_scale), clm, self.chunk_size)
+        spec = _Spec(loss_fn, float(kd_scale), float(clm_scale), clm, self.chunk_size, transform, teacher_transform)
         weight, bias = head.weight, head.bias
         if not torch.is_grad_enabled():  # evaluation: no gradients to precompute
             hidden, weight = hidden.detach(), weight.detach()

@@ -98,7 +98,8 @@ def validate(s: TrainSetup, step: int) -> dict[str, float]:
             totals["clm_tokens"] += (labels != IGNORE_INDEX).sum().item()
             if teacher is not None and step == 0:
                 totals["teacher_clm"] += float(teacher_loss(teacher.hidden.flatten(0, 1), teacher.head, None, None,
-                                                            labels.flatten(), mask.flatten(), 0.0, 1.0).clm_sum)
+                                                            labels.flatten(), mask.flatten(), 0.0, 1.0,
+                                                            teacher.transform).clm_sum)
     s.module.train()
     sums = torch.tensor(list(totals.values()), dtype=torch.float64, device=s.device)
     kd, clm, n_kd, n_clm, t_clm = all_reduce_sum(sums, s.info).tolist()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import LogitTransform, adapter_for
 from .intermediate import IntermediateStateLoss, StateRecorder
 from .losses import ChunkedLogitLoss
 from .teacher import TeacherOutputs
@@ -77,7 +77,8 @@ class DistillModule(nn.Module):
         hidden = self.body(input_ids=input_ids).last_hidden_state                       # (B, T, H_s)
         t_flat = teacher.hidden.flatten(0, 1) if teacher is not None else None           # (B*T, H_t)
         terms = self.logit_loss(hidden.flatten(0, 1), self.head, t_flat, teacher.head if teacher is not None else None,
-                                labels.flatten(), mask.flatten(), kd_scale, clm_scale)
+                                labels.flatten(), mask.flatten(), kd_scale, clm_scale, LogitTransform.of(self.student.config),
+                                teacher.transform if teacher is not None else None)
         out = DistillOutput(terms.total, terms.kd_sum, terms.clm_sum)
         if self.recorder is not None:
             states = self.recorder.pop()

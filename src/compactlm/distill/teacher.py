@@ -31,7 +31,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ..arch import adapter_for
+from ..arch import LogitTransform, adapter_for
 from .intermediate import StateRecorder
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class TeacherOutputs:
     """the teacher's LM head"""
     states: list[torch.Tensor] | None = None
     """(B, T, H_t) embedding output then the matched layers' outputs, when intermediate states are on"""
+    transform: LogitTransform | None = None
+    """what the teacher's family does to the head's output (Granite's scaling, Gemma's soft-cap)"""
 
 
 class Teacher:
@@ -59,13 +61,15 @@ class Teacher:
         self.model = model
         self.body = adapter.decoder_body(model)
         self.head = model.get_submodule(adapter.lm_head)
+        self.transform = LogitTransform.of(model.config)
         self.recorder = recorder
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor) -> TeacherOutputs:
         """``input_ids`` (B, T) → :class:`TeacherOutputs`; run it under the run's autocast."""
         hidden = self.body(input_ids=input_ids, use_cache=False).last_hidden_state   # (B, T, H_t)
-        return TeacherOutputs(hidden, self.head, self.recorder.pop() if self.recorder is not None else None)
+        return TeacherOutputs(hidden, self.head, self.recorder.pop() if self.recorder is not None else None,
+                              self.transform)
 
 
 def converted_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

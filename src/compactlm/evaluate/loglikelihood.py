@@ -90,12 +90,16 @@ def encode_requests(tokenizer, requests: Sequence[Request],
 
 
 def head_and_body(model):
-    """``(body, head)``: the decoder returning final hidden states, and the vocabulary projection."""
+    """``(body, head)``: the decoder returning final hidden states, and the vocabulary projection
+    followed by the family's logit transform (Granite's scaling, Gemma's soft-cap), as ``forward`` applies it."""
+    from ..arch import LogitTransform, TransformedHead
+
     body = getattr(model, model.base_model_prefix, None)
     head = model.get_output_embeddings()
-    if body is None or head is None or getattr(model.config, "final_logit_softcapping", None):
+    if body is None or head is None:
         raise NotImplementedError(f"{type(model).__name__}: no plain decoder + lm_head split")
-    return body, head
+    transform = LogitTransform.of(model.config)
+    return body, (head if transform.identity else TransformedHead(head, transform))
 
 
 def _cache_kwarg(body) -> str:

@@ -129,6 +129,18 @@ class ImportanceScores:
         self._require_experts()
         return self._finalize("shared_neurons", aggregation)
 
+    def routing_lines(self, show: int = 4) -> list[str]:
+        """One line per layer: routed slots per expert (share), and the ``show`` least important experts."""
+        tokens, importance = self.expert_tokens(), self.experts()
+        lines = []
+        for layer in range(tokens.shape[0]):
+            share = tokens[layer] / tokens[layer].sum().clamp_min(1)
+            weakest = torch.argsort(importance[layer])[:show].tolist()
+            lines.append(f"layer {layer}: routed share per expert min {float(share.min()):.1%} max "
+                         f"{float(share.max()):.1%}, {int((tokens[layer] == 0).sum())} never routed; "
+                         f"least important experts {weakest}")
+        return lines
+
     def _require_experts(self) -> None:
         if "experts.contribution" not in self.tensors:
             raise CompactLMError("These scores hold no expert statistics: the model is not a mixture of experts, or "

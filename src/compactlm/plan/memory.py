@@ -83,9 +83,14 @@ class ModelShape:
 
     @property
     def widths(self) -> tuple[int, int, int, int]:
-        """(h, f, q, kv): hidden, MLP, query and key/value widths."""
+        """(h, f, q, kv): hidden, MLP, query and key/value widths.
+
+        For an MoE model f is the MLP width one token passes through: its top-k experts' widths plus
+        the shared expert's (the activations and FLOPs per token; every expert's weights are in ``parts``).
+        """
         a = self.arch
-        return a.hidden_size, a.intermediate_size, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
+        f = a.intermediate_size or a.num_experts_per_tok * a.moe_intermediate_size + a.shared_expert_intermediate_size
+        return a.hidden_size, f, a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
 
     @property
     def head_params(self) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config import AXES, Recipe, StepSection
 from ..errors import CompactLMError
-from ..search import Candidate, SearchSpace, enumerate_candidates, parse_param_target
+from ..search import Candidate, SearchSpace, candidates_of
 from .device import DeviceSpec, device_spec
 from .memory import STAGES, STRATEGIES, ModelShape, Strategy, Workload, stage_memory
 from .report import Plan, build_plan, render
@@ -55,12 +55,8 @@ def _student(step: StepSection, teacher: ModelShape, model_type: str):
     if step.architecture is not None:
         sizes = {a: getattr(step.architecture, a) for a in AXES}
         return ModelShape(teacher.arch.replace(**sizes), teacher.layout), None, [], None
-    args = step.search
-    target = parse_param_target(step.target_params, teacher.params)
-    space = (SearchSpace.from_dict(args.space.given(), teacher.arch) if args.space else
-             SearchSpace.derive(teacher.arch, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
-    candidates = enumerate_candidates(space, teacher.arch, teacher.layout, model_type, target, args.tolerance,
-                                      args.max_candidates)
+    space, candidates, target, _ = candidates_of(step.search, teacher.arch, teacher.layout, model_type,
+                                                 step.target_params)
     largest = max(candidates, key=lambda c: c.params)
     return ModelShape(largest.arch, teacher.layout), space, candidates, target
 

@@ -17,6 +17,9 @@ def prune(
     num_attention_heads: int | None = None,
     num_key_value_heads: int | None = None,
     num_hidden_layers: int | None = None,
+    num_experts: int | None = None,
+    moe_intermediate_size: int | None = None,
+    shared_expert_intermediate_size: int | None = None,
     aggregation: str | tuple[str, str] = DEFAULT_AGGREGATION,
     depth_metric: str = "bi",
 ) -> tuple[object, PrunePlan]:
@@ -26,6 +29,7 @@ def prune(
     transformers model) and the :class:`PrunePlan` that produced it.
     """
     scores.check_matches(model)
-    target = PruneTarget(hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_hidden_layers)
+    target = PruneTarget(hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_hidden_layers,
+                         num_experts, moe_intermediate_size, shared_expert_intermediate_size)
     plan = make_plan(scores, target, aggregation=aggregation, depth_metric=depth_metric)
     return apply_plan(model, plan), plan

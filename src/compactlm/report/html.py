@@ -114,11 +114,33 @@ def _prune_section(step: StepLayout, plan: PrunePlan) -> list[str]:
     scores = ImportanceScores.load(step.scores)
     aggregation = tuple(plan.criteria.get("aggregation", DEFAULT_AGGREGATION).split(","))
     out.append("<h3>Importance</h3>")
-    out.append(_png(plots.importance_heatmaps(scores.neurons(aggregation), scores.heads(aggregation), plan.layers)))
+    if plan.source.is_moe:
+        out.append(_png(plots.importance_heatmaps(scores.expert_neurons(aggregation).mean(1), scores.heads(aggregation),
+                                                  plan.layers, "expert neuron importance (mean over experts)")))
+        out += _routing_section(scores, plan)
+    else:
+        out.append(_png(plots.importance_heatmaps(scores.neurons(aggregation), scores.heads(aggregation), plan.layers)))
     out.append(_png(plots.channel_importance(scores.channels(aggregation), plan.hidden)))
     loss = scores.layer_loss() if "layers.loss" in scores.tensors else None
     out.append(_png(plots.layer_importance(scores.block_importance(1), loss, scores.base_loss, plan.layers)))
     return out
+
+
+def _routing_section(scores: ImportanceScores, plan: PrunePlan) -> list[str]:
+    """Tokens per expert and expert importance per layer (what to look at before choosing how many experts to keep)."""
+    tokens, importance = scores.expert_tokens(), scores.experts()
+    rows = []
+    for layer in range(tokens.shape[0]):
+        share = tokens[layer] / tokens[layer].sum().clamp_min(1)
+        kept = plan.experts.get(layer)
+        rows.append([layer, int(tokens[layer].sum()), f"{float(share.min()):.1%}", f"{float(share.max()):.1%}",
+                     int((tokens[layer] == 0).sum()), f"{float(importance[layer].min()):.4g}",
+                     f"{float(importance[layer].max()):.4g}", "dropped" if kept is None else f"{len(kept)} of {len(share)}"])
+    return ["<h3>Routing</h3><p>Calibration tokens routed to each expert (top-k slots) and expert importance "
+            "(router-weighted output norm per token, docs/method.md §2); red crosses mark removed experts.</p>",
+            _png(plots.expert_routing(importance, tokens, plan.experts)),
+            _table(["layer", "routed slots", "least-used expert", "most-used expert", "experts never routed",
+                    "min importance", "max importance", "experts kept"], rows)]
 
 
 def _search_section(search: dict) -> list[str]:

@@ -13,11 +13,12 @@ from matplotlib.figure import Figure
 KEPT, DROPPED = "#1f77b4", "#d62728"
 
 
-def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers: list[int]) -> Figure:
+def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers: list[int],
+                        neuron_title: str = "MLP neuron importance") -> Figure:
     """(L, I) neuron and (L, H) head scores per layer; each row normalised by its max, layers dropped marked."""
     fig = Figure(figsize=(12, 0.18 * neurons.shape[0] + 2))
     axes = fig.subplots(1, 2, width_ratios=[3, 1])
-    for ax, scores, title, unit in ((axes[0], neurons, "MLP neuron importance", "neuron"),
+    for ax, scores, title, unit in ((axes[0], neurons, neuron_title, "neuron"),
                                     (axes[1], heads, "query head importance", "head")):
         rows = scores.float() / scores.float().amax(dim=1, keepdim=True).clamp_min(1e-12)
         image = ax.imshow(rows.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
@@ -27,6 +28,26 @@ def importance_heatmaps(neurons: torch.Tensor, heads: torch.Tensor, kept_layers:
         for i in range(scores.shape[0]):
             if i not in kept_layers:
                 ax.axhline(i, color=DROPPED, linewidth=1.2)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig
+
+
+def expert_routing(importance: torch.Tensor, tokens: torch.Tensor, kept: dict[int, list[int]]) -> Figure:
+    """(L, X) share of routed tokens and expert importance per layer; removed experts crossed out in red."""
+    fig = Figure(figsize=(12, 0.18 * importance.shape[0] + 2))
+    axes = fig.subplots(1, 2)
+    share = tokens.double() / tokens.double().sum(dim=1, keepdim=True).clamp_min(1)
+    for ax, values, title in ((axes[0], share, "share of routed tokens per expert"),
+                              (axes[1], importance.double() / importance.double().amax(dim=1, keepdim=True).clamp_min(1e-12),
+                               "expert importance (row / row max)")):
+        image = ax.imshow(values.float().numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        for layer, experts in kept.items():
+            removed = [e for e in range(values.shape[1]) if e not in experts]
+            ax.scatter(removed, [layer] * len(removed), marker="x", color=DROPPED, s=12)
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
     return fig

@@ -7,8 +7,10 @@
 
 from .params import ParamLayout, count_active_parameters, count_parameters, parameter_counts, parameter_layout
 from .ranking import SearchArgs, SearchResult, search, spearman, table_text
-from .space import AXES, Candidate, SearchSpace, enumerate_candidates, parse_param_target
+from .space import AXES, Candidate, SearchSpace, candidates_of, enumerate_candidates, parse_param_target
 
-__all__ = ["AXES", "Candidate", "ParamLayout", "SearchArgs", "SearchResult", "SearchSpace", "count_active_parameters", "count_parameters",
-           "enumerate_candidates", "parameter_counts", "parameter_layout", "parse_param_target", "search", "spearman",
-           "table_text"]
+__all__ = [
+    "AXES", "Candidate", "ParamLayout", "SearchArgs", "SearchResult", "SearchSpace", "candidates_of",
+    "count_active_parameters", "count_parameters", "enumerate_candidates", "parameter_counts",
+    "parameter_layout", "parse_param_target", "search", "spearman", "table_text",
+]

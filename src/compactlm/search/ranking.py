@@ -40,11 +40,11 @@ from ..prune import PruneTarget, apply_plan, check_depth_metric, make_plan
 from ..readers import read_json_object
 from .layout import SearchLayout
 from .params import count_parameters, parameter_layout
-from .space import AXES, Candidate, SearchSpace, enumerate_candidates, parse_param_target
+from .space import AXES, Candidate, candidates_of
 
 logger = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("name", *AXES, "params", "params_fraction", "proxy_loss", "proxy_rank", "retrained_loss",
+TABLE_COLUMNS = ("name", *AXES, "params", "params_fraction", "active_params", "proxy_loss", "proxy_rank", "retrained_loss",
                  "retrained_rank", "selected")
 
 
@@ -59,13 +59,9 @@ class SearchResult:
 
 def candidates_for(scores: ImportanceScores, teacher_config, args: SearchArgs) -> tuple[list[Candidate], int]:
     """The candidates of ``args`` for the scored teacher, and the target parameter count."""
-    source = scores.architecture
-    layout = parameter_layout(teacher_config)
-    target = parse_param_target(args.target_params, count_parameters(source, layout))
-    space = (SearchSpace.from_dict(args.space.given(), source) if args.space else
-             SearchSpace.derive(source, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
-    return enumerate_candidates(space, source, layout, teacher_config.model_type, target, args.tolerance,
-                                args.max_candidates), target
+    _, candidates, target, _ = candidates_of(args, scores.architecture, parameter_layout(teacher_config),
+                                             teacher_config.model_type)
+    return candidates, target
 
 
 def prune_candidate(teacher, scores: ImportanceScores, candidate: Candidate, args: SearchArgs):
@@ -107,7 +103,7 @@ def table_text(rows: list[dict]) -> str:
 
 def _write_tables(out_dir: Path, rows: list[dict], summary: dict) -> None:
     buffer = io.StringIO()
-    present = [c for c in TABLE_COLUMNS if c not in AXES or any(c in r for r in rows)]   # the family's axes only
+    present = [c for c in TABLE_COLUMNS if c not in (*AXES, "active_params") or any(c in r for r in rows)]
     writer = csv.DictWriter(buffer, fieldnames=present, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
@@ -193,6 +189,7 @@ def _table(candidates: list[Candidate], state: dict, top_k: int, source_params: 
     pick = min(range(len(candidates)), key=lambda i: (math.inf if top_k and retrained[i] is None
                                                       else retrained[i] if top_k else proxy[i], proxy[i]))
     rows = [{"name": c.name, **c.sizes(), "params": c.params, "params_fraction": c.params / source_params,
+             **({"active_params": c.active_params} if c.active_params is not None else {}),
              "proxy_loss": proxy[i], "proxy_rank": proxy_rank[i], "retrained_loss": retrained[i],
              "retrained_rank": retrained_rank[i], "selected": i == pick} for i, c in enumerate(candidates)]
     return sorted(rows, key=lambda r: r["proxy_rank"])

@@ -17,7 +17,7 @@ from ..arch import Architecture, adapter_for
 from ..config import AXES, SHORT
 from ..errors import CompactLMError
 from ..readers import clip
-from .params import ParamLayout, count_parameters
+from .params import ParamLayout, count_active_parameters, count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Candidate:
 
     arch: Architecture
     params: int
+    active_params: int | None = None   # MoE: parameters touched per token (None: the same as params)
 
     @property
     def name(self) -> str:
@@ -149,31 +150,48 @@ def _is_valid(arch: Architecture, source: Architecture, model_type: str) -> bool
 
 def enumerate_candidates(space: SearchSpace, source: Architecture, layout: ParamLayout, model_type: str,
                          target_params: int, tolerance: float = 0.05,
-                         max_candidates: int | None = None) -> list[Candidate]:
+                         max_candidates: int | None = None, active_params: int | None = None) -> list[Candidate]:
     """Every valid architecture of ``space`` within ``target_params * (1 ± tolerance)``.
 
-    Sorted by distance to the target. With ``max_candidates`` only the nearest are kept.
-    Raises with the nearest misses when nothing fits.
+    With ``active_params`` (MoE models) a candidate must also touch ``active_params * (1 ± tolerance)``
+    parameters per token. Sorted by distance to the target(s), relative. With ``max_candidates``
+    only the nearest are kept. Raises with the nearest misses when nothing fits.
     """
     if not 0 <= tolerance < 1:
         raise CompactLMError(f"tolerance={tolerance!r}: expected a fraction in [0, 1), e.g. 0.05 for ±5%.")
-    low, high = target_params * (1 - tolerance), target_params * (1 + tolerance)
+
+    def within(count: int, target: int) -> bool:
+        return target * (1 - tolerance) <= count <= target * (1 + tolerance)
+
+    def distance(c: Candidate) -> float:
+        d = abs(c.params / target_params - 1)
+        return d + (abs(c.active_params / active_params - 1) if active_params else 0.0)
+
     inside, outside = [], []
     for values in itertools.product(*(getattr(space, a) for a in AXES)):
         arch = source.replace(**dict(zip(AXES, values)))
         if not _is_valid(arch, source, model_type):
             continue
         params = count_parameters(arch, layout)
-        (inside if low <= params <= high else outside).append(Candidate(arch, params))
-    distance = lambda c: abs(c.params - target_params)  # noqa: E731
+        active = count_active_parameters(arch, layout) if source.is_moe else None
+        fits = within(params, target_params) and (not active_params or within(active, active_params))
+        (inside if fits else outside).append(Candidate(arch, params, active))
     if not inside:
         nearest = sorted(outside, key=distance)[:3]
-        described = "; ".join(f"{c.name} with {c.params / 1e6:.2f}M ({(c.params / target_params - 1) * 100:+.1f}%)"
-                              for c in nearest) or "none (no valid combination)"
+
+        def described(c: Candidate) -> str:
+            text = f"{c.name} with {c.params / 1e6:.2f}M ({(c.params / target_params - 1) * 100:+.1f}%)"
+            if active_params:
+                text += f", {c.active_params / 1e6:.2f}M active ({(c.active_params / active_params - 1) * 100:+.1f}%)"
+            return text
+
+        budget = f"{target_params / 1e6:.2f}M parameters"
+        if active_params:
+            budget += f" and {active_params / 1e6:.2f}M active parameters"
         raise CompactLMError(
-            f"No architecture in the search space has {target_params / 1e6:.2f}M parameters ±{tolerance:.0%} "
-            f"({low / 1e6:.2f}M–{high / 1e6:.2f}M). Nearest: {described}. Widen the tolerance, move the target, "
-            f"or add sizes to the search space.")
+            f"No architecture in the search space has {budget} ±{tolerance:.0%}. Nearest: "
+            f"{'; '.join(described(c) for c in nearest) or 'none (no valid combination)'}. Widen the tolerance, "
+            f"move the target, or add sizes to the search space.")
     inside.sort(key=distance)
     if max_candidates and len(inside) > max_candidates:
         logger.info("%d candidates within ±%.0f%%; keeping the %d nearest the target", len(inside), tolerance * 100,
@@ -182,4 +200,27 @@ def enumerate_candidates(space: SearchSpace, source: Architecture, layout: Param
     return inside
 
 
-__all__ = ["AXES", "Candidate", "SearchSpace", "enumerate_candidates", "parse_param_target"]
+def candidates_of(args, source: Architecture, layout: ParamLayout, model_type: str,
+                  target_params=None) -> tuple[SearchSpace, list[Candidate], int, int | None]:
+    """(space, candidates, target, active target) of :class:`~compactlm.config.SearchArgs` ``args`` for a teacher.
+
+    ``target_params`` overrides ``args.target_params`` (a recipe step's budget). The one place the
+    search and the planner turn settings into candidates.
+    """
+    target = parse_param_target(args.target_params if target_params is None else target_params,
+                                count_parameters(source, layout))
+    active = None
+    if args.active_params is not None:
+        if not source.is_moe:
+            raise CompactLMError(f"active_params={args.active_params!r} budgets the parameters a token touches in a "
+                                 f"mixture-of-experts model; this {model_type} model is dense (every parameter is "
+                                 f"active). Leave it out and budget target_params.")
+        active = parse_param_target(args.active_params, count_active_parameters(source, layout))
+    space = (SearchSpace.from_dict(args.space.given(), source) if args.space else
+             SearchSpace.derive(source, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
+    candidates = enumerate_candidates(space, source, layout, model_type, target, args.tolerance, args.max_candidates,
+                                      active)
+    return space, candidates, target, active
+
+
+__all__ = ["AXES", "Candidate", "SearchSpace", "candidates_of", "enumerate_candidates", "parse_param_target"]
