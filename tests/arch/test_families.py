@@ -120,3 +120,9 @@ def test_moe_from_the_cli_prints_routing_and_prunes_experts(tiny_checkpoint, tex
     assert main(["-q", "prune", "--model", str(dense), "--scores", str(tmp_path / "scores"), "--num-experts", "2",
                  "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_moe_widths_stay_aligned_for_the_expert_kernels():
+    model = make_tiny_model("mixtral")
+    with pytest.raises(CompactLMError, match="multiples of 8 for a mixture-of-experts student"):
+        apply_plan(model, random_plan(model, moe_neurons=20))

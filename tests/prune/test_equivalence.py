@@ -145,15 +145,15 @@ SHARED_AXES = {
     "depth": dict(layers=2),
 }
 DENSE_AXES = {"mlp": dict(neurons=40), "all": dict(hidden=40, neurons=40, heads=2, groups=1, layers=3)}
-MOE_AXES = {"experts": dict(experts=3), "expert_mlp": dict(moe_neurons=20),
-            "all": dict(hidden=40, experts=3, moe_neurons=20, heads=2, groups=1, layers=3)}
+MOE_AXES = {"experts": dict(experts=3), "expert_mlp": dict(moe_neurons=16),
+            "all": dict(hidden=40, experts=3, moe_neurons=16, heads=2, groups=1, layers=3)}
 SHARED_EXPERT_AXES = {"shared_expert": dict(shared=24),
-                      "all": dict(hidden=40, experts=3, moe_neurons=20, shared=24, heads=2, groups=1, layers=3)}
+                      "all": dict(hidden=40, experts=3, moe_neurons=16, shared=24, heads=2, groups=1, layers=3)}
 
 
 # OLMoE needs hidden = heads x head_dim (its q_norm is sized by hidden_size): heads and hidden go together.
 OLMOE_AXES = {"heads_hidden": dict(heads=2, hidden=32), "kv_groups_hidden": dict(groups=1, heads=2, hidden=32),
-              "all": dict(hidden=32, experts=3, moe_neurons=20, heads=2, groups=1, layers=3)}
+              "all": dict(hidden=32, experts=3, moe_neurons=16, heads=2, groups=1, layers=3)}
 
 
 def axes_of(family: str) -> dict[str, dict]:

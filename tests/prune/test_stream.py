@@ -46,7 +46,7 @@ PRUNE_ALL = dict(hidden_size=48, intermediate_size=64, num_attention_heads=2, nu
                  num_hidden_layers=3)
 # MoE: no dense MLP; experts and their widths instead (hidden 32 = 2 heads x 16 keeps OLMoE's constraint)
 PRUNE_ALL_MOE = dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=3,
-                     num_experts=3, moe_intermediate_size=20)
+                     num_experts=3, moe_intermediate_size=16)
 
 
 def prune_all(config) -> dict:

@@ -31,7 +31,7 @@ TARGETS = [
     {"layers": 2},
 ]
 DENSE_TARGETS = [{"neurons": 40}, {"hidden": 32, "neurons": 64, "heads": 2, "layers": 3}]
-MOE_TARGETS = [{"experts": 3}, {"moe_neurons": 20}, {"hidden": 32, "experts": 2, "moe_neurons": 16, "heads": 2, "layers": 3}]
+MOE_TARGETS = [{"experts": 3}, {"moe_neurons": 24}, {"hidden": 32, "experts": 2, "moe_neurons": 16, "heads": 2, "layers": 3}]
 SHARED_TARGETS = [{"shared": 24}, {"hidden": 32, "experts": 2, "moe_neurons": 16, "shared": 16, "heads": 2}]
 CASES = [(family, sizes) for family in sorted(FAMILIES)
          for sizes in TARGETS + (MOE_TARGETS if family in MOE_FAMILIES else DENSE_TARGETS)

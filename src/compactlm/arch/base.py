@@ -290,6 +290,11 @@ class ArchAdapter:
             raise CompactLMError(
                 f"num_experts={target.num_experts} keeps fewer experts than the router's top-k "
                 f"(num_experts_per_tok={target.num_experts_per_tok}); keep at least {target.num_experts_per_tok}.")
+        if target.is_moe and (target.hidden_size % 8 or target.moe_intermediate_size % 8):
+            raise CompactLMError(
+                f"hidden_size={target.hidden_size} and moe_intermediate_size={target.moe_intermediate_size} must be "
+                f"multiples of 8 for a mixture-of-experts student: transformers' grouped-GEMM expert kernel needs the "
+                f"expert tensors' rows aligned to 16 bytes. Choose sizes that are multiples of 8.")
         if self.hidden_is_heads_x_head_dim and target.hidden_size != target.num_attention_heads * target.head_dim:
             heads = target.hidden_size // target.head_dim
             raise CompactLMError(

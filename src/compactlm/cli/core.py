@@ -165,10 +165,14 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     arch, params = info["architecture"], info["parameters"]
     print(f"{args.model}  ({info['model_type']})")
+    width = max(22, *map(len, arch))
     for key, value in arch.items():
-        print(f"  {key:<22} {value}")
+        print(f"  {key:<{width}} {value}")
     total = params["total"]
-    print(f"  {'parameters':<22} {'count':>14} {'share':>7}")
+    print(f"  {'parameters':<{width}} {'count':>14} {'share':>7}")
     for key, value in params.items():
-        print(f"  {key:<22} {value:>14,} {value / total:>7.1%}")
+        print(f"  {key:<{width}} {value:>14,} {value / total:>7.1%}")
+    if "active_parameters" in info:   # MoE: what one token touches (its top-k experts, everything else)
+        active = info["active_parameters"]
+        print(f"  {'active per token':<{width}} {active:>14,} {active / total:>7.1%}")
     return 0

@@ -92,22 +92,26 @@ class SearchSpace:
         experts go down in the same steps to half of them (never below the router's top-k), expert
         and shared-expert widths like the MLP's.
         """
-        def widths(size: int, low: float) -> list[int]:
+        def widths(size: int, low: float, step_at_least: int = 1) -> list[int]:
             if not size:
                 return [0]
             step = next((s for s in (128, 64, 32, 16, 8) if size % s == 0 and s <= size / 8), 1)
+            if step < step_at_least and size % step_at_least == 0:
+                step = step_at_least
             return [w for w in range(size, 0, -step) if w >= low * size]
+
+        aligned = 8 if source.is_moe else 1    # MoE: expert kernels need multiples of 8 (16-byte rows)
 
         groups = source.num_key_value_heads
         kv = [g for g in range(groups, 0, -1) if groups % g == 0] if prune_kv_heads else [groups]
         heads = sorted({h for g in kv for h in range(g, source.num_attention_heads + 1, g)}, reverse=True)
         layers = source.num_hidden_layers
-        return cls(hidden_size=widths(source.hidden_size, min_hidden),
+        return cls(hidden_size=widths(source.hidden_size, min_hidden, aligned),
                    intermediate_size=widths(source.intermediate_size, min_intermediate),
                    num_attention_heads=heads, num_key_value_heads=kv,
                    num_hidden_layers=list(range(layers, max(1, math.ceil(layers * (1 - max_depth_cut))) - 1, -1)),
                    num_experts=[x for x in widths(source.num_experts, 0.5) if x >= source.num_experts_per_tok or not x],
-                   moe_intermediate_size=widths(source.moe_intermediate_size, min_intermediate),
+                   moe_intermediate_size=widths(source.moe_intermediate_size, min_intermediate, aligned),
                    shared_expert_intermediate_size=widths(source.shared_expert_intermediate_size, min_intermediate))
 
 
