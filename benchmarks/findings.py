@@ -156,7 +156,9 @@ class Context:
                              eval_windows=args.eval_windows or (2 if q else 32), calibration_blocks=4 if q else 32,
                              layer_loss_samples=2 if q else 8, taylor_batches=1 if q else 4,
                              candidates=3 if q else 6, lr=args.lr)
+        self.device = getattr(args, "device", "cpu")
         self.teacher, self.tok = load_model(args.model)   # distill() borrows it and hands it back unchanged
+        self.teacher.to(self.device)
         self.adapter = adapter_for(self.teacher.config)
         self.source = self.adapter.architecture(self.teacher.config)
         self.layout = parameter_layout(self.teacher.config)
@@ -202,7 +204,7 @@ class Context:
         b = self.budget
         args = TrainArgs(lr=b.lr, min_lr=b.lr / 10, batch_size=b.batch_size, micro_batch_size=b.micro_batch_size,
                          max_steps=b.steps, precision="bf16", val_every=0, checkpoint_every=0, keep_checkpoints=1,
-                         device="cpu", seed=self.args.seed)
+                         device=self.device, seed=self.args.seed)
         torch.manual_seed(self.args.seed)
         with tempfile.TemporaryDirectory(prefix="findings-") as tmp:
             if plan is not None:
@@ -524,10 +526,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of every retraining (cosine to lr/10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (teacher, students and training)")
+    p.add_argument("--scale", choices=("cpu", "device"), default="cpu",
+                   help="budget preset: cpu (the defaults) or device (1M tokens per arm, 128 eval windows)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "findings.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "findings.md")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.scale == "device":
+        args.tokens = args.tokens or "1M"
+        args.eval_windows = args.eval_windows or 128
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,29 @@ def test_moe_widths_stay_aligned_for_the_expert_kernels():
     model = make_tiny_model("mixtral")
     with pytest.raises(CompactLMError, match="multiples of 8 for a mixture-of-experts student"):
         apply_plan(model, random_plan(model, moe_neurons=20))
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "llama"])
+def test_data_parallel_importance_sums_every_statistic(family, monkeypatch):
+    """Under torchrun every recorded statistic (expert ones included) is summed over processes."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from compactlm.importance.hooks import ImportanceRecorder
+
+    model = make_tiny_model(family)
+    recorder = ImportanceRecorder(model, adapter_for(model.config))
+    with recorder.attached(), torch.no_grad():
+        model.model(input_ids=torch.randint(3, 128, (2, 8)))
+    summed = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: summed.append(t))
+    recorder.all_reduce(SimpleNamespace(distributed=True))
+    reduced = {id(t) for t in summed}
+    before_cpu = {name: t for name, t in recorder.tensors().items()}
+    assert before_cpu
+    stats = {"layers.cos_next": recorder.cos_next, "experts.tokens": recorder.expert_tokens}
+    assert all(id(t) in reduced for name, t in stats.items() if name in before_cpu)
+    width = [s for s in recorder._width_statistics().values()]
+    assert all(id(t) in reduced for s in width for t in (s.sum, s.sumsq, s.rows))
+    assert len(summed) == 4 + 3 * len(width) + 2

@@ -31,6 +31,9 @@ def test_run_end_to_end(tmp_path, tiny_recipe, capsys):
     assert main(["-q", "run", str(tiny_recipe), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "student:" in printed and "report:" in printed and "heldout_ppl" in printed
+    # greedy continuations of the eval prompts, teacher / prune / student side by side, distinct-2 in the table
+    assert "greedy continuations" in printed and "'Photosynthesis is the process by which'" in printed
+    assert "distinct_2" in printed
     state = read_state(layout)
     assert list(state.stages) == ["student/importance", "student/search", "student/prune", "student/distill", "eval"]
     assert isinstance(state.stages["student/importance"], ImportanceRecord)
@@ -60,6 +63,8 @@ def test_run_end_to_end(tmp_path, tiny_recipe, capsys):
     assert session.software == software_versions() and session.hardware.cpu and session.hardware.device.startswith("cpu")
     evaluation = json.loads(layout.eval.read_text())
     ppl = {r["model"]: r["metrics"]["heldout_ppl"] for r in evaluation["rows"]}
+    for r in evaluation["rows"]:
+        assert len(r["continuations"]) == 4 and 0 < r["metrics"]["distinct_2"] <= 1
     assert set(ppl) == {"teacher", "student: pruned", "student: distilled"}
     assert all(v > 1 for v in ppl.values())
     # a random teacher's perplexity means nothing; distillation must bring the student closer to it
@@ -69,7 +74,8 @@ def test_run_end_to_end(tmp_path, tiny_recipe, capsys):
     # the report embeds every figure
     report = layout.report.read_text()
     assert report.count("data:image/png;base64,") >= 5
-    for heading in ("Teacher vs student", "Importance", "Search", "Training", "Settings", "Software", "Hardware"):
+    for heading in ("Teacher vs student", "Greedy continuations", "Importance", "Search", "Training", "Settings",
+                    "Software", "Hardware"):
         assert heading in report
     assert f"<code>{found.retrained}</code> (the search run of the winner)" in report   # from the record
     assert session.hardware.cpu in report and "not recorded" not in report

@@ -41,6 +41,21 @@ def _print_eval(evaluation: dict) -> None:
         values = "".join(f"{r['metrics'][m]:>{max(12, len(m) + 2)}.4g}" if m in r["metrics"] else f"{'-':>{max(12, len(m) + 2)}}"
                          for m in metrics)
         print(f"{r['model']:<{width}}{r['parameters'] / 1e6:>9.2f}M{values}")
+    _print_continuations(rows)
+
+
+def _print_continuations(rows: list[dict]) -> None:
+    """Greedy continuations of each eval prompt by the teacher, the prune and the student, side by side."""
+    shown = [r for r in rows if r.get("continuations") and "GGUF" not in r["model"]]
+    if not shown:
+        return
+    width = max(len(r["model"]) for r in shown) + 2
+    print("\ngreedy continuations (distinct-2 in the table above: 1.0 = no repeated bigram)")
+    for i, item in enumerate(shown[0]["continuations"]):
+        print(f"  {item['prompt']!r}")
+        for r in shown:
+            text = " ".join(r["continuations"][i]["text"].split())
+            print(f"    {r['model']:<{width}}{text}")
 
 
 def run_recipe(args: argparse.Namespace) -> int:

@@ -23,6 +23,9 @@ SHORT = {"hidden_size": "h", "intermediate_size": "f", "num_attention_heads": "a
          "shared_expert_intermediate_size": "s"}
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_AGGREGATION = "l2,mean"
+# Prompts the eval stage continues greedily with every model (compactlm.evaluate.generation)
+DEFAULT_PROMPTS = ("Photosynthesis is the process by which", "The capital of France is",
+                   "The main causes of the First World War were", "To make a cup of tea, you")
 MAX_TOKENS = 10**13   # 10T: beyond any distillation budget; larger numbers are typos (1e30)
 
 

@@ -25,7 +25,19 @@ from typing import Annotated, Literal
 from pydantic import Field, Strict
 from pydantic.dataclasses import dataclass
 
-from .fields import CONFIG, DEFAULT_AGGREGATION, DEFAULT_MODEL, Bool, Count, Fraction, Int, ParamTarget, Precision, Tokens
+from .fields import (
+    CONFIG,
+    DEFAULT_AGGREGATION,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPTS,
+    Bool,
+    Count,
+    Fraction,
+    Int,
+    ParamTarget,
+    Precision,
+    Tokens,
+)
 
 # ---- distillation -----------------------------------------------------------------------------------
 
@@ -305,6 +317,10 @@ class EvalSection:
     window: Count = 512
     """perplexity window in tokens"""
     batch_size: Int = 8
+    prompts: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    """prompts every model continues greedily (report, final printout, distinct-2 in the table); [] = none"""
+    max_new_tokens: Count = 32
+    """tokens of each greedy continuation"""
 
 
 @dataclass(config=CONFIG)

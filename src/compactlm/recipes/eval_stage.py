@@ -2,6 +2,8 @@
 
 Rows, in order: the teacher, the corrected teacher, each step's prune (not retrained) and its
 student, then the exported GGUF files when the recipe scores them (see :mod:`.gguf_stage`).
+Every row also holds the greedy continuations of ``eval.prompts`` and their distinct-2
+(:mod:`compactlm.evaluate.generation`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import torch
 
 from ..evaluate import evaluate
+from ..evaluate.generation import greedy_continuations, mean_distinct
 from ..hardware import precision_for
 from ..importance import lm_loss
 from ..io import write_json_atomic
@@ -71,9 +74,13 @@ def eval_stage(recipe: Recipe, layout: RunLayout, done: RunState, models, tokeni
             for metric, value in out["metrics"].items():
                 if isinstance(value, (int, float)) and metric not in NOT_SCORES and not metric.endswith("_stderr"):
                     metrics[f"{task} {metric}"] = value
+        continuations = greedy_continuations(model, tokenizer, e.prompts, e.max_new_tokens) if e.prompts else []
+        if continuations:
+            metrics["distinct_2"] = mean_distinct(continuations, 2)
         rows.append(EvalRow(model=label, path=path, parameters=info["parameters"]["total"],
                             breakdown=info["parameters"], architecture=info["architecture"], metrics=metrics,
-                            precision=precision.precision))
+                            precision=precision.precision,
+                            continuations=[{"prompt": c.prompt, "text": c.text} for c in continuations]))
         logger.info("eval %s: %s", label, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

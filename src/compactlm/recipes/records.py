@@ -151,6 +151,8 @@ class EvalRow(Record):
     architecture: dict[str, Any]
     metrics: dict[str, float]
     precision: str | None = None
+    continuations: list[dict] = field(default_factory=list)
+    """greedy continuations of the eval prompts: [{"prompt", "text"}]"""
 
     @property
     def is_gguf(self) -> bool:

@@ -88,7 +88,20 @@ def _eval_section(evaluation: EvalRecord) -> str:
     axes = list(teacher.architecture)
     out.append("<h3>Architecture</h3>" + _table(["model", *axes],
                                                  [[r.model, *[r.architecture.get(a) for a in axes]] for r in rows]))
+    out.append(_continuations_section(rows))
     return "".join(out)
+
+
+def _continuations_section(rows: list[EvalRow]) -> str:
+    """Greedy continuations of the eval prompts, one row per prompt, one column per model."""
+    shown = [r for r in rows if r.continuations]
+    if not shown:
+        return ""
+    body = [[item["prompt"], *[r.continuations[i]["text"] for r in shown]] for i, item in enumerate(shown[0].continuations)]
+    return ("<h3>Greedy continuations</h3><p>Each model continues the same prompts greedily (no sampling); "
+            "<code>distinct_2</code> in the table above is the share of distinct bigrams in each continuation, "
+            "averaged over the prompts (a loop drives it toward 0).</p>"
+            + _table(["prompt", *[r.model for r in shown]], body))
 
 
 def _gguf_section(files: list[GGUFFile], rows: list[EvalRow]) -> str:
