@@ -12,10 +12,13 @@ the same ``--tokens`` of the same data in the same order, the same seed. Arms:
 
   compactlm        compactlm's search at the target (zero-shot proxy over the derived space), activation importance
   compactlm-width  compactlm, width only (hidden + MLP, every layer kept) at the compactlm arm's count
-  torch-pruning    Torch-Pruning (PyPI ``torch-pruning``), its LLM example (examples/LLMs/prune_llm.py):
-                   BasePruner, GroupMagnitudeImportance(p=2, mean), one ratio for hidden size and heads,
-                   lm_head ignored, round_to 4; the ratio bisected to the compactlm arm's count
-  torch-pruning-taylor  the same with GroupTaylorImportance (gradients of the LM loss on the calibration blocks)
+  torch-pruning    Torch-Pruning's LLM example (examples/LLMs/prune_llm.py): group L2 weight magnitude,
+                   one pruning ratio for hidden size, heads and MLP (sizes rounded to 4), the ratio
+                   bisected to the compactlm arm's count. Its package (torch-pruning 1.6.1) installs but
+                   does not finish building its dependency graph on transformers 5.24 models (measured:
+                   > 10 min for SmolLM2-135M and > 2 min for a 2-layer 64-wide Llama, stuck in
+                   ``get_all_groups``), so this arm is our implementation of that criterion and rule
+  torch-pruning-taylor  the same rule with first-order Taylor importance (its GroupTaylorImportance)
   llm-pruner       LLM-Pruner's criterion: first-order Taylor ``sum |w * dL/dw|`` per head / neuron group
                    (block-wise: heads and MLP neurons only, hidden size kept), our implementation of the
                    published formula (its code is not on PyPI); uniform across layers, where LLM-Pruner
@@ -87,64 +90,40 @@ def _width(ctx: Context, params: int):
     return apply_plan(ctx.teacher, plan), plan, time.perf_counter() - start, "hidden + MLP, all layers"
 
 
+def _uniform_ratio_arch(ctx: Context, params: int):
+    """Torch-Pruning's LLM-example rule: one ratio r for hidden size, query heads (per KV group) and MLP, sizes
+    rounded to 4 (hidden to a multiple of the heads, as transformers' config requires); r bisected to ``params``."""
+    import math
+
+    s = ctx.source
+    groups, per_group = s.num_key_value_heads, s.num_attention_heads // s.num_key_value_heads
+
+    def arch(r: float):
+        heads = groups * max(1, round(per_group * (1 - r)))
+        step = 4 * heads // math.gcd(4, heads)
+        return s.replace(hidden_size=max(step, round(s.hidden_size * (1 - r) / step) * step),
+                         intermediate_size=max(4, round(s.intermediate_size * (1 - r) / 4) * 4),
+                         num_attention_heads=heads)
+
+    low, high = 0.0, 0.9
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if count_parameters(arch(mid), ctx.layout) > params else (low, mid)
+    return min((arch(r) for r in (low, high)), key=lambda a: abs(count_parameters(a, ctx.layout) - params)), high
+
+
 def _torch_pruning(ctx: Context, params: int, taylor: bool):
-    """Torch-Pruning's LLM example, the ratio bisected so the pruned model has ``params`` parameters (nearest)."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise CompactLMError("torch-pruning is not installed: pip install 'compactlm[peers]' (torch-pruning==1.6.1)")
-
-    def prune(ratio: float):
-        model = copy.deepcopy(ctx.teacher).float()
-        cfg = model.config
-        num_heads = {}
-        for name, m in model.named_modules():
-            if name.endswith("self_attn"):
-                num_heads[m.q_proj] = cfg.num_attention_heads
-                num_heads[m.k_proj] = num_heads[m.v_proj] = cfg.num_key_value_heads
-        importance = (tp.importance.GroupTaylorImportance() if taylor
-                      else tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"))
-        example = ctx.calibration[:1, :32]
-        pruner = tp.pruner.BasePruner(model, example_inputs=example, importance=importance, global_pruning=False,
-                                      output_transform=lambda out: out.logits, pruning_ratio=ratio,
-                                      ignored_layers=[model.lm_head], num_heads=num_heads, prune_num_heads=True,
-                                      prune_head_dims=False, head_pruning_ratio=ratio, round_to=4)
-        if taylor:   # the gradient of the LM loss on the calibration blocks, as Taylor importance needs
-            model.zero_grad()
-            for block in ctx.calibration[: ctx.budget.taylor_batches * ctx.budget.micro_batch_size].split(2):
-                model(input_ids=block, labels=block).loss.backward()
-        for group in pruner.step(interactive=True):
-            group.prune()
-        model.zero_grad(set_to_none=True)
-        _fix_config(model)
-        return model
-
+    """Torch-Pruning's LLM example as a criterion + architecture rule (see TORCH_PRUNING_NOTE)."""
     start = time.perf_counter()
-    low, high, best = 0.0, 0.6, None
-    for _ in range(7):   # bisection on the ratio: the count falls monotonically with it
-        ratio = (low + high) / 2
-        model = prune(ratio)
-        n = sum(p.numel() for p in model.parameters())
-        if best is None or abs(n - params) < abs(best[1] - params):
-            best = (model, n, ratio)
-        low, high = (ratio, high) if n > params else (low, ratio)
-    model, n, ratio = best
-    return model.to(ctx.teacher.dtype), None, time.perf_counter() - start, f"ratio {ratio:.3f}"
-
-
-def _fix_config(model) -> None:
-    """What Torch-Pruning's LLM example writes back into the config after pruning (separate q/k/v)."""
-    cfg = model.config
-    cfg.hidden_size = model.lm_head.in_features
-    for name, m in model.named_modules():
-        if name.endswith("self_attn"):
-            cfg.num_attention_heads = m.q_proj.out_features // m.head_dim
-            cfg.num_key_value_heads = m.k_proj.out_features // m.head_dim
-            if hasattr(m, "num_key_value_groups"):
-                m.num_key_value_groups = cfg.num_attention_heads // cfg.num_key_value_heads
-        elif name.endswith("mlp") and hasattr(m, "gate_proj"):
-            cfg.intermediate_size = m.gate_proj.out_features
-    cfg.head_dim = model.model.layers[0].self_attn.head_dim
+    target, ratio = _uniform_ratio_arch(ctx, params)
+    b = ctx.budget
+    options = CriterionOptions(batch_size=b.micro_batch_size, show_progress=False, seed=ctx.args.seed)
+    data = ctx.calibration[: b.taylor_batches * b.micro_batch_size]
+    neurons, heads, channels = CRITERIA["taylor" if taylor else "magnitude"](ctx.teacher, data, options)
+    plan = select_units(ctx.source, target, layers=list(range(ctx.source.num_hidden_layers)), neurons=neurons,
+                        heads=heads, channels=channels)
+    note = f"ratio {ratio:.3f}, {'Taylor' if taylor else 'group L2 magnitude'} (ours; see note)"
+    return apply_plan(ctx.teacher, plan), plan, time.perf_counter() - start, note
 
 
 def _llm_pruner(ctx: Context, params: int):
@@ -399,6 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="budget preset: cpu (default) or device")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-data", default=None, help="held-out text instead of WikiText-2 (a file; tests)")
     p.add_argument("--eval-windows", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -412,7 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.curve = args.curve or preset.get("curve") or ("0" if args.quick else "0,25K,100K")
     args.curve_tokens = args.curve_tokens or preset.get("curve_tokens")
     args.task_limit = args.task_limit or preset.get("task_limit") or (4 if args.quick else 100)
-    args.eval_data, args.threads = None, None
+    args.threads = None
     return args
 
 

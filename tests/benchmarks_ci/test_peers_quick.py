@@ -1,0 +1,38 @@
+"""`benchmarks/peers.py --quick` on a tiny random llama: every arm runs (or says why not) and lands in JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
+
+
+def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
+    model = tiny_checkpoint("llama")
+    out, md = tmp_path / "peers.json", tmp_path / "peers.md"
+    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--data", str(text_file),
+                           "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "arc_easy",
+                           "--curve", "0,128", "--out", str(out), "--markdown", str(md)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["arm"]: r for r in data["rows"]}
+    assert set(rows) == {"compactlm", "compactlm-width", "torch-pruning", "torch-pruning-taylor", "llm-pruner",
+                         "shortgpt", "random", "slicegpt"}
+    assert rows["slicegpt"]["note"].startswith("not run")
+    reference = rows["compactlm"]["parameters"]
+    for arm, row in rows.items():
+        if arm == "slicegpt":
+            continue
+        assert "failed" not in row["note"], row["note"]
+        assert abs(row["parameters"] / reference - 1) < 0.15, (arm, row["parameters"], reference)   # equal budgets
+        assert row["tokens"] == rows["compactlm"]["tokens"] > 0                                       # equal tokens
+        assert row["after"]["wikitext2_ppl"] > 1 and 0 < row["after"]["distinct_2"] <= 1
+        assert "arc_easy acc_norm" in row["after"] and set(row["curve"]) == {"0", "128"}
+    text = md.read_text()
+    assert "| compactlm |" in text and "Tokens to quality" in text and "margin" in text
