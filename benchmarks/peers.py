@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import statistics
@@ -56,7 +57,7 @@ from findings import Context, _match_width, arch_name, ppl  # noqa: E402
 from compactlm.distill import LossArgs  # noqa: E402
 from compactlm.distill.config import parse_tokens  # noqa: E402
 from compactlm.errors import CompactLMError, unknown_name  # noqa: E402
-from compactlm.evaluate import evaluate, windows  # noqa: E402
+from compactlm.evaluate import MissingData, evaluate, windows  # noqa: E402
 from compactlm.evaluate.generation import greedy_continuations, mean_distinct  # noqa: E402
 from compactlm.hardware import device_kind  # noqa: E402
 from compactlm.importance import CRITERIA, CriterionOptions, lm_loss  # noqa: E402
@@ -179,6 +180,9 @@ class Scorer:
         spans = windows(len(ids), args.seq_len)[: ctx.budget.eval_windows]
         self.c4_ids = torch.stack([ids[w.begin:w.end] for w in spans])
         self.tasks = [t for t in args.tasks.split(",") if t]
+        shared = ROOT.parent / "shared" / "data"
+        self.data_dir = os.environ.get("COMPACTLM_DATA_DIR") or (str(shared) if shared.is_dir() else None)
+        self.missing: dict[str, str] = {}
 
     def losses(self, model) -> dict:
         wiki = self.ctx.evaluate(model)
@@ -187,11 +191,16 @@ class Scorer:
 
     def full(self, model) -> dict:
         out = self.losses(model)
-        if self.tasks:
-            results = evaluate(model, self.ctx.tok, self.tasks, self.args.task_limit, batch_size=8)["results"]
-            for task, r in results.items():
+        for task in self.tasks:   # one at a time: a task without data here is reported, not fatal
+            try:
+                results = evaluate(model, self.ctx.tok, [task], self.args.task_limit, batch_size=8,
+                                   data_dir=self.data_dir)["results"]
+            except MissingData as err:
+                self.missing[task] = str(err).split(".")[0]
+                continue
+            for name, r in results.items():
                 metric = "acc_norm" if "acc_norm" in r["metrics"] else "acc"
-                out[f"{task} {metric}"] = r["metrics"][metric]
+                out[f"{name} {metric}"] = r["metrics"][metric]
         continuations = greedy_continuations(model.eval(), self.ctx.tok)
         out["distinct_2"] = mean_distinct(continuations, 2)
         out["continuation"] = continuations[0].text
@@ -236,6 +245,18 @@ def arms_for_target(ctx: Context, scorer: Scorer, target: float, wanted: list[st
         "shortgpt": lambda: _shortgpt(ctx, params),
         "random": lambda: _random(ctx, reference[1]),
     }
+    for lr in getattr(ctx.args, "lrs", None) or []:   # the default recipe's sweep: compactlm's student at each lr
+        ctx.budget.lr = lr
+        torch.manual_seed(ctx.args.seed)
+        student = apply_plan(ctx.teacher, reference[1])
+        row = run_arm(ctx, scorer, f"compactlm lr={lr:g}", (student, reference[1], reference[2], "lr sweep"), target,
+                      curve)
+        row.pop("student")
+        row["lr"] = lr
+        rows.append(row)
+        print(f"  lr {lr:g}: wiki ppl {row['after']['wikitext2_ppl']:.2f}, c4 {row['after']['c4_ppl']:.2f}, distinct-2 "
+              f"{row['after']['distinct_2']:.2f}: {row['after']['continuation'][:80]!r}", flush=True)
+    ctx.budget.lr = ctx.args.lr
     for arm in wanted:
         if arm in NOT_RUN:
             rows.append({"arm": arm, "target": target, "note": NOT_RUN[arm], "seed": ctx.args.seed})
@@ -305,6 +326,28 @@ def _f(value, spec=".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+NOTES = """## What each peer arm is, and what could not run
+
+- **Torch-Pruning** (PyPI `torch-pruning` 1.6.1) installs, but its dependency graph does not finish on
+  transformers 5.24 models: `BasePruner(...)` stays in `DependencyGraph.get_all_groups` for more than 10 minutes
+  on SmolLM2-135M and more than 2 minutes on a 2-layer, 64-wide random Llama (tied or untied embeddings), on this
+  CPU. The two `torch-pruning` arms therefore apply its LLM example's recipe with compactlm's code: the example's
+  criterion (group L2 weight magnitude; Taylor for `-taylor`) and its architecture rule (one pruning ratio for
+  hidden size, query heads per KV group and MLP width, sizes rounded to 4), the ratio bisected to the compactlm
+  arm's parameter count.
+- **LLM-Pruner** has no PyPI package; the `llm-pruner` arm is its published criterion (first-order Taylor, the
+  sum of |w · ∂L/∂w| over each head's and neuron's weights, block-wise: heads and MLP neurons, hidden size kept)
+  applied uniformly to every layer, where LLM-Pruner leaves the first and last layers unpruned.
+- **ShortGPT** is Block Importance layer removal, which compactlm computes itself (`--depth-metric bi`).
+- **SliceGPT** has no PyPI package (microsoft/TransformerCompression installs from GitHub, unreachable here): not run.
+- **MMLU** (5-shot) needs its data (`cais/mmlu`), which is neither bundled in a PyPI package nor on this
+  machine: not run, and not added to `benchmarks/harness_agreement.py` for the same reason.
+- Every arm gets the same retraining (logit KD only, no intermediate-state loss), so compactlm's own recipe
+  extras (continuing from the search's short distillation, the intermediate-state loss for depth-pruned
+  students) are off here; `compactlm run` uses them.
+"""
+
+
 def markdown(data: dict) -> str:
     s = data["setup"]
     lines = ["# compactlm and its peers at equal parameters and equal retraining tokens", "",
@@ -350,6 +393,7 @@ def markdown(data: dict) -> str:
         if margins:
             lines += ["compactlm's margin (WikiText-2 ppl after retraining, peer / compactlm − 1): "
                       + ", ".join(f"{k} {v:+.1%}" for k, v in margins.items()) + ".", ""]
+    lines.append(NOTES)
     return "\n".join(lines)
 
 
@@ -382,7 +426,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates: retrain compactlm's student at each "
+                                                "(the default recipe's sweep; use with --arms '' to run only that)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
+    p.add_argument("--render", action="store_true", help="only rewrite --markdown from the --out JSON")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "peers.md")
     args = p.parse_args(argv)
@@ -393,13 +440,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.curve_tokens = args.curve_tokens or preset.get("curve_tokens")
     args.task_limit = args.task_limit or preset.get("task_limit") or (4 if args.quick else 100)
     args.threads = None
+    args.lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else []
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:   # Markdown again from the JSON, no computation
+        write_text_atomic(args.markdown, markdown(json.loads(args.out.read_text())))
+        print(f"wrote {args.markdown}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+    wanted = [a.strip() for a in args.arms.split(",") if a.strip()]   # may be empty with --lrs
     for arm in wanted:
         if arm not in ARMS:
             raise unknown_name("arm", arm, ARMS)
@@ -422,11 +474,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.curve_tokens:
                 rows += long_curves(args, rows, targets, curve)
         merged = aggregate(rows)
-        data = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": targets, "rows": merged, "per_seed": rows,
+        data = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "json": args.out.name, "targets": targets,
+                "rows": merged, "per_seed": rows,
                 "setup": {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
                           "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
                           "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
                           "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
+                          "tasks_without_data": scorer.missing,
                           "wall_seconds": round(time.perf_counter() - start, 1)},
                 "margins": {str(t): margins(merged, t) for t in targets}}
         write_json_atomic(args.out, data)
