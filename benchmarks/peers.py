@@ -224,6 +224,8 @@ def run_arm(ctx: Context, scorer: Scorer, arm: str, built, target: float, curve:
         points[0] = before["wikitext2_loss"]
     _, train_seconds, tokens = ctx.retrain(student, plan, LossArgs(intermediate="off"), on_step=on_step)
     after = scorer.full(student)
+    if curve:
+        points[tokens] = after["wikitext2_loss"]   # the end of the retraining is always a point of the curve
     return {"arm": arm, "target": target, "architecture": arch_name(ctx.adapter.architecture(student.config)),
             "parameters": sum(p.numel() for p in student.parameters()), "prune_seconds": round(seconds, 2),
             "train_seconds": round(train_seconds, 1), "tokens": tokens, "note": note,
