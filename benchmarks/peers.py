@@ -333,7 +333,9 @@ NOTES = """## What each peer arm is, and what could not run
 - **Torch-Pruning** (PyPI `torch-pruning` 1.6.1) installs, but its dependency graph does not finish on
   transformers 5.24 models: `BasePruner(...)` stays in `DependencyGraph.get_all_groups` for more than 10 minutes
   on SmolLM2-135M and more than 2 minutes on a 2-layer, 64-wide random Llama (tied or untied embeddings), on this
-  CPU. The two `torch-pruning` arms therefore apply its LLM example's recipe with compactlm's code: the example's
+  CPU (`benchmarks/torch_pruning_probe.py` reproduces the small case: `benchmarks/results/torch_pruning_probe.json`,
+  "did not finish in 120 s" with torch-pruning 1.6.1, transformers 5.24.0, torch 2.13.0). The two `torch-pruning`
+  arms therefore apply its LLM example's recipe with compactlm's code: the example's
   criterion (group L2 weight magnitude; Taylor for `-taylor`) and its architecture rule (one pruning ratio for
   hidden size, query heads per KV group and MLP width, sizes rounded to 4), the ratio bisected to the compactlm
   arm's parameter count.
