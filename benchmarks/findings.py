@@ -567,9 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_script(entry) -> None:
+    """The benchmarks' ``__main__``: no progress bars (save_pretrained's shard bars, once per retrained arm), exit code."""
     os.environ.setdefault("COMPACTLM_NO_PROGRESS", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # save_pretrained's shard bars, once per retrained arm
-    sys.exit(main())
+    hf_logging.disable_progress_bar()
+    sys.exit(entry())
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from findings import Context, _match_width, arch_name, ppl  # noqa: E402
+from findings import Context, _match_width, arch_name, eval_text, ppl, run_script  # noqa: E402
 
 from compactlm.distill import LossArgs  # noqa: E402
 from compactlm.distill.config import parse_tokens  # noqa: E402
@@ -172,8 +172,6 @@ class Scorer:
     """WikiText-2 and C4 held-out loss, zero-shot tasks and greedy continuations; the same for every arm."""
 
     def __init__(self, ctx: Context, args: argparse.Namespace):
-        from findings import eval_text
-
         self.ctx, self.args = ctx, args
         text, self.c4_source = eval_text("exllamav2:c4")
         ids = torch.tensor(ctx.tok(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
@@ -530,8 +528,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("COMPACTLM_NO_PROGRESS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    sys.exit(main())
+    run_script(main)
