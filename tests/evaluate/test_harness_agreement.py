@@ -27,12 +27,16 @@ def test_identical_choices_on_the_embedded_teacher(shared_data):
         sys.path.remove(str(ROOT / "benchmarks"))
     from compactlm.models import load_model
 
-    tasks = ["hellaswag", "arc_easy", "winogrande", "lambada_openai"]
+    tasks = ["hellaswag", "arc_easy", "winogrande", "lambada_openai", "mmlu"]
+    subjects = ["anatomy", "marketing"]  # MMLU 5-shot: the harness's per-subject tasks, folded into one
     model, tokenizer = load_model("smollm2-135m")
-    ours = ha.run_compactlm(model, tokenizer, tasks, limit=3, seed=0, batch_size=8, data_dir=str(shared_data))
+    ours = ha.run_compactlm(model, tokenizer, tasks, limit=3, seed=0, batch_size=8, data_dir=str(shared_data),
+                            mmlu_subjects=subjects)
     indices = {t: [s["index"] for s in ours[t]["samples"]] for t in tasks}
-    results, samples, _ = ha.run_harness(model, tokenizer, tasks, indices, batch_size=8, data_dir=str(shared_data))
+    results, samples, _ = ha.run_harness(model, tokenizer, tasks, indices, batch_size=8, data_dir=str(shared_data),
+                                         mmlu_subjects=subjects)
     report = ha.compare(ours, results, samples)
+    assert report["mmlu"]["n"] == 6 and len(samples["mmlu"]) == 6
     for task, r in report.items():
         assert r["same_choice"] == r["n"], (task, r)
         assert r["same_choice_norm"] in (None, r["n"]), (task, r)

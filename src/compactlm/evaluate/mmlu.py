@@ -56,7 +56,7 @@ def fewshot_prefix(subject: str, dev: list[dict]) -> str:
 
 
 def _docs(test: dict[str, Rows], dev: dict[str, Rows]) -> Rows:
-    """Test questions of every subject, each carrying its subject's 5-shot prefix."""
+    """Test questions of every subject, each carrying its subject's 5-shot prefix and those dev rows."""
     out = []
     for subject in SUBJECTS:
         if subject not in test:
@@ -64,7 +64,8 @@ def _docs(test: dict[str, Rows], dev: dict[str, Rows]) -> Rows:
         if len(dev.get(subject, [])) < NUM_FEWSHOT:
             raise ValueError(f"MMLU subject '{subject}' has {len(dev.get(subject, []))} dev questions; {NUM_FEWSHOT} are needed")
         prefix = fewshot_prefix(subject, dev[subject])
-        out += [{**row, "subject": subject, "fewshot": prefix} for row in test[subject]]
+        shots = dev[subject][:NUM_FEWSHOT]  # one list shared by the subject's rows (the harness cross-check reads it)
+        out += [{**row, "subject": subject, "fewshot": prefix, "shots": shots} for row in test[subject]]
     return out
 
 
