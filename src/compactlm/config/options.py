@@ -185,7 +185,7 @@ class SearchArgs:
     prune_kv_heads: Bool = False
     """derived space: also try fewer KV groups"""
     max_candidates: Count | None = 24
-    """keep at most this many candidates, those nearest the target (bounds the proxy's cost)"""
+    """keep at most this many candidates, each hidden size's nearest the target in turn (bounds the proxy's cost)"""
     top_k: Annotated[int, Strict(), Field(ge=0)] = 3
     """candidates, best by proxy, that get the short distillation; 0 picks the best proxy"""
     distill_tokens: Tokens = 65536

@@ -87,17 +87,24 @@ class SearchSpace:
 
         Hidden and MLP sizes go down from the source in steps of the largest of 128/64/32/16/8
         that divides the size and is at most 1/8 of it, to ``min_hidden``/``min_intermediate``
-        of the source; query heads are every multiple of the KV groups; layers go down to
+        of the source. Where that step is not a multiple of the query heads (SmolLM2's 9 heads at
+        hidden 576, step 64), the hidden step is the multiple of lcm(heads, 8) nearest to it (72):
+        transformers' configs demand ``hidden_size % num_attention_heads == 0``, so a 64-step
+        grid would leave no valid hidden size below the source. Query heads are every multiple of
+        the KV groups; layers go down to
         ``ceil(L * (1 - max_depth_cut))``. KV groups stay unless ``prune_kv_heads``. MoE models:
         experts go down in the same steps to half of them (never below the router's top-k), expert
         and shared-expert widths like the MLP's.
         """
-        def widths(size: int, low: float, step_at_least: int = 1) -> list[int]:
+        def widths(size: int, low: float, step_at_least: int = 1, multiple_of: int = 1) -> list[int]:
             if not size:
                 return [0]
             step = next((s for s in (128, 64, 32, 16, 8) if size % s == 0 and s <= size / 8), 1)
             if step < step_at_least and size % step_at_least == 0:
                 step = step_at_least
+            if step % multiple_of and size % multiple_of == 0:
+                unit = math.lcm(multiple_of, 8) if size % math.lcm(multiple_of, 8) == 0 else multiple_of
+                step = max(unit, round(step / unit) * unit)
             return [w for w in range(size, 0, -step) if w >= low * size]
 
         aligned = 8 if source.is_moe else 1    # MoE: expert kernels need multiples of 8 (16-byte rows)
@@ -106,7 +113,7 @@ class SearchSpace:
         kv = [g for g in range(groups, 0, -1) if groups % g == 0] if prune_kv_heads else [groups]
         heads = sorted({h for g in kv for h in range(g, source.num_attention_heads + 1, g)}, reverse=True)
         layers = source.num_hidden_layers
-        return cls(hidden_size=widths(source.hidden_size, min_hidden, aligned),
+        return cls(hidden_size=widths(source.hidden_size, min_hidden, aligned, source.num_attention_heads),
                    intermediate_size=widths(source.intermediate_size, min_intermediate),
                    num_attention_heads=heads, num_key_value_heads=kv,
                    num_hidden_layers=list(range(layers, max(1, math.ceil(layers * (1 - max_depth_cut))) - 1, -1)),
@@ -198,10 +205,28 @@ def enumerate_candidates(space: SearchSpace, source: Architecture, layout: Param
             f"move the target, or add sizes to the search space.")
     inside.sort(key=distance)
     if max_candidates and len(inside) > max_candidates:
-        logger.info("%d candidates within ±%.0f%%; keeping the %d nearest the target", len(inside), tolerance * 100,
-                    max_candidates)
-        inside = inside[:max_candidates]
+        logger.info("%d candidates within ±%.0f%%; keeping %d, the nearest of each hidden size in turn", len(inside),
+                    tolerance * 100, max_candidates)
+        inside = _spread_over_hidden_sizes(inside, max_candidates)
     return inside
+
+
+def _spread_over_hidden_sizes(ranked: list[Candidate], keep: int) -> list[Candidate]:
+    """The ``keep`` first of ``ranked`` taken round-robin over hidden sizes (each size's nearest first).
+
+    Every candidate is already within the tolerance, so a 0.1% difference in parameter count says
+    nothing about quality; taking only the nearest let one hidden size fill the whole cap (on
+    SmolLM2 the nine nearest were all hidden 504, and the teacher's 576, whose candidates rank
+    better, was never scored). Returned in order of distance.
+    """
+    groups: dict[int, list[Candidate]] = {}
+    for c in ranked:
+        groups.setdefault(c.arch.hidden_size, []).append(c)
+    kept: list[Candidate] = []
+    for i in range(max(len(g) for g in groups.values())):
+        kept += [g[i] for g in groups.values() if i < len(g)]
+    chosen = set(map(id, kept[:keep]))
+    return [c for c in ranked if id(c) in chosen]
 
 
 def candidates_of(args, source: Architecture, layout: ParamLayout, model_type: str,
