@@ -366,6 +366,8 @@ def markdown(data: dict) -> str:
              f"tasks {s['tasks'] or 'none'} on a seeded subset of {s['task_limit']} examples each"
              + (f" (MMLU 5-shot: {s['mmlu_limit']} per subject)" if "mmlu" in (s['tasks'] or "") else "")
              + f"; distinct-2 over {s['prompts']} greedy continuations of 32 tokens.", ""]
+    lines += [f"Added later (`--append`, rows not in the first run): `peers.py {a['command']}` ({a['wall_seconds'] / 60:.0f} min "
+              f"on {a['machine']})." for a in s.get("appended", [])] + ([""] if s.get("appended") else [])
     for target in data["targets"]:
         rows = [r for r in data["rows"] if r["target"] == target]
         task_keys = sorted({k for r in rows if "after" in r for k in r["after"] if " " in k})
@@ -435,6 +437,14 @@ def sweep_markdown(path: Path) -> list[str]:
     return lines + ["", SWEEP_DECISION, ""]
 
 
+def appended(old: dict, rows: list[dict], merged: list[dict]) -> tuple[list[dict], list[dict], list[float]]:
+    """``--append``: the old JSON's per-seed rows, aggregated rows and targets plus this run's new (target, arm) pairs."""
+    have = {(r["target"], r["arm"]) for r in old["rows"]}
+    new = lambda group: [r for r in group if (r["target"], r["arm"]) not in have]  # noqa: E731
+    targets = old["targets"] + [t for t in sorted({r["target"] for r in rows}) if t not in old["targets"]]
+    return old["per_seed"] + new(rows), old["rows"] + new(merged), targets
+
+
 def margins(rows: list[dict], target: float) -> dict:
     ours = next((r for r in rows if r["target"] == target and r["arm"] == "compactlm" and "after" in r), None)
     if ours is None:
@@ -470,6 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                 "(the default recipe's sweep; use with --arms '' to run only that)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
     p.add_argument("--render", action="store_true", help="only rewrite --markdown from the --out JSON")
+    p.add_argument("--append", action="store_true", help="add to the --out JSON only the rows of (target, arm) pairs it "
+                                                          "lacks (e.g. a later --curve-tokens run); keep the rest of it")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "peers.md")
     args = p.parse_args(argv)
@@ -515,15 +527,20 @@ def main(argv: list[str] | None = None) -> int:
             if args.curve_tokens:
                 rows += long_curves(args, rows, targets, curve)
         merged = aggregate(rows)
+        setup = {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
+                 "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
+                 "mmlu_limit": args.mmlu_limit,
+                 "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
+                 "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
+                 "tasks_without_data": scorer.missing,
+                 "wall_seconds": round(time.perf_counter() - start, 1)}
+        if args.append and args.out.is_file():
+            old = json.loads(args.out.read_text())
+            rows, merged, targets = appended(old, rows, merged)
+            setup = {**old["setup"], "appended": old["setup"].get("appended", []) + [
+                {"command": " ".join(sys.argv[1:]), "wall_seconds": setup["wall_seconds"], "machine": setup["machine"]}]}
         data = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "json": args.out.name, "targets": targets,
-                "rows": merged, "per_seed": rows,
-                "setup": {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
-                          "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
-                          "mmlu_limit": args.mmlu_limit,
-                          "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
-                          "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
-                          "tasks_without_data": scorer.missing,
-                          "wall_seconds": round(time.perf_counter() - start, 1)},
+                "rows": merged, "per_seed": rows, "setup": setup,
                 "margins": {str(t): margins(merged, t) for t in targets}}
         write_json_atomic(args.out, data)
         write_text_atomic(args.markdown, markdown(data))

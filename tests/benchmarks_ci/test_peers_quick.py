@@ -36,3 +36,17 @@ def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
         assert "arc_easy acc_norm" in row["after"] and "mmlu acc" in row["after"] and set(row["curve"]) == {"0", "128"}
     text = md.read_text()
     assert "| compactlm |" in text and "Tokens to quality" in text and "margin" in text
+
+    # --append adds a later run's new (target, arm) rows, here the longer curves, and keeps the rest
+    again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--data", str(text_file),
+                            "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "",
+                            "--arms", "shortgpt", "--curve", "0,128", "--curve-tokens", "256", "--append",
+                            "--out", str(out), "--markdown", str(md)], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = json.loads(out.read_text())
+    arms = [r["arm"] for r in after["rows"]]
+    assert arms[:len(rows)] == list(rows) and after["rows"][:len(rows)] == data["rows"]
+    assert {"compactlm (256 tokens)", "shortgpt (256 tokens)"} <= set(arms)
+    long = next(r for r in after["rows"] if r["arm"] == "compactlm (256 tokens)")
+    assert "256" in long["curve"] and after["setup"]["tasks"] == "arc_easy,mmlu" and len(after["setup"]["appended"]) == 1
+    assert "Added later (`--append`" in md.read_text()
