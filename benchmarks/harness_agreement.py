@@ -166,19 +166,20 @@ def run_harness(model, tokenizer, tasks: list[str], indices: dict[str, list[int]
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
         manager = TaskManager(include_path=tmp, include_defaults=False)
         zero_shot = [t for t in tasks if t != "mmlu"]
+        offsets = _subject_offsets(data_dir, mmlu_subjects) if "mmlu" in tasks else {}   # read once
         for names, shots in ((zero_shot, 0), (["mmlu"] if "mmlu" in tasks else [], 5)):
             if not names:
                 continue
             harness_indices = {}
             for t in names:
-                harness_indices.update(_to_harness_indices(t, indices[t], data_dir, mmlu_subjects))
+                harness_indices.update(_to_harness_indices(t, indices[t], offsets))
             start = time.perf_counter()
             out = simple_evaluate(model=lm, tasks=list(harness_indices), samples=harness_indices, task_manager=manager,
                                   log_samples=True, bootstrap_iters=0, num_fewshot=shots, verbosity="WARNING")
             seconds += time.perf_counter() - start
             for t in names:
                 if t == "mmlu":
-                    results[t], samples[t] = _fold_mmlu(out, data_dir, mmlu_subjects)
+                    results[t], samples[t] = _fold_mmlu(out, offsets)
                 else:
                     results[t], samples[t] = out["results"][t], out["samples"][t]
     return results, samples, seconds
@@ -193,10 +194,10 @@ def _subject_offsets(data_dir: str | None, mmlu_subjects: list[str]) -> dict[str
     return offsets
 
 
-def _to_harness_indices(task: str, indices: list[int], data_dir, mmlu_subjects) -> dict[str, list[int]]:
+def _to_harness_indices(task: str, indices: list[int], subject_offsets: dict[str, int]) -> dict[str, list[int]]:
     if task != "mmlu":
         return {task: indices}
-    offsets = sorted(_subject_offsets(data_dir, mmlu_subjects).items(), key=lambda kv: kv[1])
+    offsets = sorted(subject_offsets.items(), key=lambda kv: kv[1])
     out: dict[str, list[int]] = {}
     for i in indices:
         subject, start = max((kv for kv in offsets if kv[1] <= i), key=lambda kv: kv[1])
@@ -204,8 +205,7 @@ def _to_harness_indices(task: str, indices: list[int], data_dir, mmlu_subjects) 
     return out
 
 
-def _fold_mmlu(out: dict, data_dir, mmlu_subjects) -> tuple[dict, list[dict]]:
-    offsets = _subject_offsets(data_dir, mmlu_subjects)
+def _fold_mmlu(out: dict, offsets: dict[str, int]) -> tuple[dict, list[dict]]:
     samples, correct = [], 0.0
     for subject, start in offsets.items():
         for s in out["samples"].get(f"mmlu_{subject}", []):
