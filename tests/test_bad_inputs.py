@@ -496,7 +496,7 @@ def _readers(world, d: Path):
 
 def _valid_checkpoint(d: Path) -> None:
     from compactlm.distill.checkpoint import encode_rng, save_checkpoint
-    from compactlm.distill.distributed import rng_state
+    from compactlm.distill.sampler import rng_state
 
     model = make_tiny_model("llama", dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters())

@@ -46,7 +46,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_processes_write_the_one_process_files(tmp_path, fixtures):
-    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.allocator
+    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.cli.tcmalloc
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.Popen([sys.executable, str(SCRIPT), str(fixtures), str(one)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

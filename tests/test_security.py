@@ -48,7 +48,7 @@ class _Payload:
 
 def test_rng_states_round_trip_without_pickle():
     from compactlm.distill.checkpoint import decode_rng, encode_rng
-    from compactlm.distill.distributed import rng_state, set_rng_state
+    from compactlm.distill.sampler import rng_state, set_rng_state
 
     state = rng_state()
     expected = (torch.rand(3), __import__("random").random())

@@ -1,3 +1,3 @@
-from .allocator import entry
+from .cli import entry
 
 entry()

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .errors import CompactLMError
+from .io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ def measured_rates(config, device: str | torch.device = "cpu", *, seconds: float
     rates = {"fp32": round(_time_gemms(shapes, torch.float32, device, seconds, rows), 1),
              "bf16": round(_time_gemms(shapes, torch.bfloat16, device, seconds, rows), 1)}
     if use_cache:
-        from .io import write_json_atomic
-
         try:
             write_json_atomic(path, {**(saved if isinstance(saved, dict) else {}), key: rates})
         except OSError as err:                   # a read-only home is not a reason to fail a run

@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .arch import adapter_for
 from .errors import CompactLMError
 from .readers import clip, describe_error, read_json
 
@@ -149,7 +153,6 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """Load the tokenizer for a model name as accepted by :func:`load_model`."""
-    from transformers import AutoTokenizer
 
     source = resolve_model(name)
     try:
@@ -194,9 +197,6 @@ def load_model(
         ``(model, tokenizer)`` with the model in eval mode, or just the model if
         ``with_tokenizer`` is false.
     """
-    from transformers import AutoModelForCausalLM
-
-    from .arch import adapter_for
 
     source = resolve_model(name)
     torch_dtype = parse_dtype(dtype)
@@ -232,3 +232,20 @@ def load_model(
     if not with_tokenizer:
         return model
     return model, load_tokenizer(name, trust_remote_code)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the architecture and a few weights, robust to the load dtype.
+
+    Values are rounded to bfloat16 before hashing, so the same checkpoint loaded in fp32 or
+    bf16 gives the same fingerprint while a different checkpoint of the same shape does not.
+    """
+    adapter = adapter_for(model.config)
+    h = hashlib.sha256(json.dumps(adapter.architecture(model.config).to_dict(), sort_keys=True).encode())
+    layers = adapter.decoder_layers(model)
+    first, last = adapter.probes
+    probes = [model.get_input_embeddings().weight, layers[0].get_submodule(first).weight,
+              layers[-1].get_submodule(last).weight]
+    for p in probes:
+        h.update(p.detach().flatten()[:4096].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.torch import load_file
 
 from .errors import CompactLMError
 
@@ -72,7 +73,6 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file", fix: str 
 
 def load_safetensors(path: str | os.PathLike, what: str = "safetensors file", fix: str = "") -> dict:
     """All tensors of a safetensors file (never a pickle), with any failure named."""
-    from safetensors.torch import load_file
 
     with reading(path, what, fix):
         return load_file(str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .arch import adapter_for
+from .arch.params import count_active_parameters, parameter_layout
 
 
 def parameter_breakdown(model) -> dict[str, int]:
@@ -35,7 +36,5 @@ def describe(model) -> dict:
     out = {"model_type": model.config.model_type, "architecture": arch.to_dict(),
            "parameters": parameter_breakdown(model)}
     if arch.is_moe:
-        from .search.params import count_active_parameters, parameter_layout
-
         out["active_parameters"] = count_active_parameters(arch, parameter_layout(model.config))
     return out

@@ -12,7 +12,8 @@ import pytest
 import torch
 from distill_fixtures import one_thread  # noqa: F401  (autouse)
 
-from compactlm.distill.distributed import DistInfo, StepSampler
+from compactlm.distill.sampler import StepSampler
+from compactlm.parallel import DistInfo
 
 SCRIPT = Path(__file__).with_name("run_tiny.py")
 
@@ -37,7 +38,7 @@ def test_sampler_splits_global_batch_and_is_stateless():
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_processes_match_one_process(tmp_path):
-    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.allocator
+    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.cli.tcmalloc
     common = ["--steps", "4", "--batch", "4", "--micro", "2"]
     single = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "one"), *common], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -57,7 +58,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_fsdp2_smoke_chunked_loss_matches_unsharded(tmp_path):
     """The sharded student + chunked loss compute the same loss and gradients (the trainer runs: test_fsdp.py)."""
-    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.allocator
+    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": ""}  # see compactlm.cli.tcmalloc
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(SCRIPT.with_name("fsdp_smoke.py"))], env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0 and "FSDP OK" in run.stdout, run.stderr[-3000:]

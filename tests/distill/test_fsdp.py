@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
 SCRIPT = Path(__file__).with_name("run_tiny.py")
-ENV = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": "",  # see compactlm.allocator
+ENV = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LD_PRELOAD": "",  # see compactlm.cli.tcmalloc
        "HF_HUB_OFFLINE": "1"}
 COMMON = ["--steps", "4", "--batch", "4", "--micro", "2"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
@@ -128,7 +128,8 @@ def test_accelerate_launch_runs_fsdp(tmp_path):
 
 def test_resolve_strategy_one_process_is_plain():
     from compactlm.distill import TrainArgs
-    from compactlm.distill.distributed import DistInfo, resolve_strategy
+    from compactlm.distill.sharding import resolve_strategy
+    from compactlm.parallel import DistInfo
 
     two = DistInfo(rank=0, world_size=2)
     assert resolve_strategy(TrainArgs(strategy="fsdp"), DistInfo(), None, None) == "ddp"
@@ -142,14 +143,15 @@ def test_auto_strategy_is_ddp_when_it_fits_and_fsdp_when_not(monkeypatch):
     from helpers import make_tiny_model
 
     from compactlm.distill import TrainArgs
-    from compactlm.distill.distributed import DistInfo, resolve_strategy
-    from compactlm.plan import recipe
-    from compactlm.plan.device import DeviceSpec
+    from compactlm.distill.sharding import resolve_strategy
+    from compactlm.parallel import DistInfo
+    from compactlm.sizing import fit
+    from compactlm.sizing.device import DeviceSpec
 
     teacher = make_tiny_model("llama", dtype=torch.float32, seed=0)
     student = make_tiny_model("llama", dtype=torch.float32, seed=1, num_hidden_layers=2)
     two = DistInfo(rank=0, world_size=2, device=torch.device("cpu"))
     auto = TrainArgs(strategy="auto", micro_batch_size=2)
     for memory, expected in ((2**40, "ddp"), (2**20, "fsdp")):   # a roomy device, then one DDP cannot fit
-        monkeypatch.setattr(recipe, "local_device", lambda _type, m=memory: DeviceSpec("test", "cpu", m))
+        monkeypatch.setattr(fit, "local_device", lambda _type, m=memory: DeviceSpec("test", "cpu", m))
         assert resolve_strategy(auto, two, student, teacher, 64, "fp32") == expected

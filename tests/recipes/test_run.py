@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from compactlm.cli import main
-from compactlm.export import PROVENANCE_FILE, software_versions
+from compactlm.provenance import PROVENANCE_FILE, software_versions
 from compactlm.recipes import load_recipe, pipeline, run
 from compactlm.recipes.layout import RunLayout
 from compactlm.recipes.records import DistillRecord, ImportanceRecord, RunState, SearchRecord
@@ -85,7 +85,7 @@ def test_report_shows_the_runs_machine_not_the_renderers(tmp_path, tiny_recipe):
     """Software and hardware come from run_state.json; a run without them says "not recorded"."""
     out = tmp_path / "run"
     layout = RunLayout(out)
-    run(load_recipe(tiny_recipe), out, report=False)
+    run(load_recipe(tiny_recipe), out)
     data = json.loads(layout.state.read_text())
     data["sessions"][0]["software"]["torch"] = "0.0.1-of-the-run"
     data["sessions"][0]["hardware"].update(cpu="The Run's CPU 9000", gpus=["Run GPU 80GB"])
@@ -102,7 +102,7 @@ def test_report_shows_the_runs_machine_not_the_renderers(tmp_path, tiny_recipe):
 
 def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, monkeypatch):
     recipe = load_recipe(tiny_recipe)
-    reference = run(recipe, tmp_path / "reference", report=False)
+    reference = run(recipe, tmp_path / "reference")
 
     # crash 1: in the middle of the proxy scoring of the search
     calls = {"n": 0}
@@ -116,7 +116,7 @@ def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, mon
 
     monkeypatch.setattr(ranking, "lm_loss", failing_loss)
     with pytest.raises(RuntimeError, match="simulated crash in the search"):
-        run(recipe, tmp_path / "crashed", report=False)
+        run(recipe, tmp_path / "crashed")
     crashed = RunLayout(tmp_path / "crashed")
     saved = json.loads(crashed.step("student").search.state.read_text())
     assert len(saved["proxy"]) == 2                       # two candidates were scored before the crash
@@ -133,12 +133,12 @@ def test_run_resume_after_crash_matches_uninterrupted(tmp_path, tiny_recipe, mon
 
     monkeypatch.setattr(pipeline, "distill", crashing_distill)
     with pytest.raises(RuntimeError, match="simulated crash in distillation"):
-        run(recipe, tmp_path / "crashed", resume=True, report=False)
+        run(recipe, tmp_path / "crashed", resume=True)
     state = read_state(crashed)
     assert "student/search" in state.stages and "student/distill" not in state.stages
     monkeypatch.setattr(pipeline, "distill", real_distill)
 
-    resumed = run(recipe, tmp_path / "crashed", resume=True, report=False)
+    resumed = run(recipe, tmp_path / "crashed", resume=True)
     a = load_file(str(reference.student / "model.safetensors"))
     b = load_file(str(resumed.student / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -174,7 +174,7 @@ def test_iterative_recipe_with_correction_and_fixed_architecture(tmp_path, tiny_
     recipe = write_tiny_recipe(tmp_path, tiny_checkpoint("qwen2"), text_file, steps=steps,
                                correction={"tokens": 128, "lr": 1e-4, "batch_size": 2, "micro_batch_size": 2})
     layout = RunLayout(tmp_path / "run")
-    result = run(load_recipe(recipe), layout.root)
+    result = run(load_recipe(recipe), layout.root, report=render_report)
     state = read_state(layout)
     assert list(state.stages) == ["correction", "medium/importance", "medium/prune", "medium/distill",
                                   "small/importance", "small/search", "small/prune", "small/distill", "eval"]

@@ -47,17 +47,22 @@ ADAPTERS: dict[str, ArchAdapter] = {
 }
 
 
-def adapter_for(config) -> ArchAdapter:
-    """The adapter for a model config; a clear error lists the supported families."""
-    model_type = getattr(config, "model_type", None)
+def adapter_named(model_type: str | None) -> ArchAdapter:
+    """The adapter of a family by its ``model_type``; a clear error lists the supported families."""
     if model_type not in ADAPTERS:
         raise CompactLMError(
             f"Unsupported architecture model_type='{model_type}'. compactlm supports: "
             f"{', '.join(sorted(ADAPTERS))}. Convert the model to one of these or add an adapter in compactlm/arch/."
         )
-    adapter = ADAPTERS[model_type]
+    return ADAPTERS[model_type]
+
+
+def adapter_for(config) -> ArchAdapter:
+    """The adapter for a model config, checked against what this family's pruning supports."""
+    adapter = adapter_named(getattr(config, "model_type", None))
     adapter.check_config(config)
     return adapter
 
 
-__all__ = ["ADAPTERS", "MOE_FIELDS", "ArchAdapter", "Architecture", "LogitTransform", "TransformedHead", "adapter_for"]
+__all__ = ["ADAPTERS", "MOE_FIELDS", "ArchAdapter", "Architecture", "LogitTransform", "TransformedHead", "adapter_for",
+           "adapter_named"]

@@ -23,7 +23,11 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 
+import torch
 from torch import nn
+from transformers import AutoConfig
+
+from ..errors import CompactLMError
 
 # Architecture fields a family may lack (0 = absent): the MoE axes.
 MOE_FIELDS = ("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
@@ -105,8 +109,6 @@ class LogitTransform:
         if self.divide_by != 1.0:
             logits = logits / self.divide_by
         if self.softcap is not None:
-            import torch
-
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
@@ -263,8 +265,6 @@ class ArchAdapter:
 
     def check_config(self, config) -> None:
         """Raise for configs of this family that compactlm cannot prune (mixed dense/MoE layers)."""
-        from ..errors import CompactLMError
-
         if self.experts is None:
             return
         dense = list(getattr(config, "mlp_only_layers", None) or [])
@@ -282,9 +282,6 @@ class ArchAdapter:
         ``hidden_size % num_attention_heads == 0`` even with an explicit ``head_dim``); asking
         the real config class keeps us in step with whatever version is installed.
         """
-        from transformers import AutoConfig
-
-        from ..errors import CompactLMError
 
         if target.is_moe and target.num_experts_per_tok > target.num_experts:
             raise CompactLMError(

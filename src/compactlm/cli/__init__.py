@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
 
+from transformers.utils import logging as hf_logging
+
 from ..errors import CompactLMError, Terminated, interrupt_exit_code
+from .tcmalloc import reexec_under_tcmalloc
 
 # Pipeline order; a module missing here simply contributes no verb.
 VERB_MODULES = ("plan", "core", "distill", "search", "eval", "export", "run")
@@ -67,10 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
     )
     if args.quiet:
-        import os
-
-        from transformers.utils import logging as hf_logging
-
         os.environ["COMPACTLM_NO_PROGRESS"] = "1"
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
@@ -96,5 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``compactlm`` console command (and ``python -m compactlm``): under tcmalloc where the machine has it."""
+    reexec_under_tcmalloc(sys.argv[1:])
     sys.exit(main())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..config import DEFAULT_MODEL, DataSection
+from ..data import load_blocks
 from ..distill.validate import check_blocks_fit, position_problems
 from ..errors import CompactLMError
+from ..models import load_model
 from .flags import add_flags, from_flags
 
 # The data section's fields under the flag names the verbs have always used (--config alone would be ambiguous).
@@ -35,7 +37,6 @@ def add_trust_args(group) -> None:
 
 def model_from_args(args: argparse.Namespace, name: str | None = None, **kwargs):
     """``load_model`` with the model options of :func:`add_model_args` (``--dtype``, ``--device``, trust switches)."""
-    from ..models import load_model
 
     options = {"dtype": getattr(args, "dtype", "float32"), "device": getattr(args, "device", "cpu"), **kwargs}
     return load_model(name or args.model, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
@@ -58,7 +59,6 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 
 def load_blocks_from_args(args: argparse.Namespace, tokenizer, *, heldout_samples: int = 0, model=None):
     """The token blocks of the data options; with ``model``, refused when they do not fit it (positions, vocabulary)."""
-    from ..data import load_blocks
 
     if model is not None:
         refuse_misfit(position_problems(args.seq_len, model.config))   # before reading any text

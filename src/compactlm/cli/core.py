@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+from ..arch import adapter_for
 from ..config import ArchitectureArgs, EvalArgs, ImportanceSection, SearchArgs
+from ..errors import CompactLMError
+from ..evaluate import get_task
+from ..export import save_student
+from ..importance import ImportanceScores, check_criterion, estimate_importance
+from ..io import check_output_dir
+from ..models import parse_dtype, resolve_model
+from ..parallel import barrier
+from ..prune import PrunePlan, PruneTarget, apply_plan, check_depth_metric, make_plan
+from ..prune.stream import probe_model, prune_checkpoint
+from ..summary import describe, parameter_breakdown
 from .common import add_data_args, add_model_args, add_output_args, add_trust_args, load_blocks_from_args, model_from_args
 from .flags import OLD_AXIS_FLAGS, add_flags, from_flags
+from .parallel import join_processes
 
 DEPTH_TASK_FIELDS = ("depth_tasks", "depth_task_examples", "depth_task_lengths")
 
@@ -51,12 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_importance(args: argparse.Namespace) -> int:
-    from ..distill.distributed import barrier
-    from ..evaluate import get_task
-    from ..importance import check_criterion, estimate_importance
-    from ..io import check_output_dir
-    from .parallel import join_processes
-
     parallel = join_processes(args)   # torchrun: each process scores a share of the blocks
     check_output_dir(args.out, args.overwrite, inputs=[args.model, args.source])  # refuse before any heavy work
     options = from_flags(ImportanceSection, args, seed=args.seed)   # --seed: the data sample and the random criterion
@@ -79,13 +87,6 @@ def run_importance(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from ..errors import CompactLMError
-    from ..export import save_student
-    from ..importance import ImportanceScores
-    from ..io import check_output_dir
-    from ..prune import PrunePlan, PruneTarget, apply_plan, check_depth_metric, make_plan
-    from ..summary import parameter_breakdown
-
     check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.plan])
     if bool(args.scores) == bool(args.plan):
         raise CompactLMError("Give exactly one of --scores (plan from importance) or --plan (replay a prune_plan.json).")
@@ -93,9 +94,6 @@ def run_prune(args: argparse.Namespace) -> int:
     scores = ImportanceScores.load(args.scores) if args.scores else None
     plan = PrunePlan.load(args.plan) if args.plan else None
     if scores is not None:  # validate the target before loading the model
-        from types import SimpleNamespace
-
-        from ..arch import adapter_for
 
         where = f" (as recorded in the scores '{args.scores}', computed for '{scores.meta.get('model')}')"
         adapter_for(SimpleNamespace(model_type=scores.meta.get("model_type"))).check_target(
@@ -121,10 +119,6 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def _stream_source(name: str) -> str:
     """The checkpoint directory ``--stream`` reads; a GGUF file, built-in or hub id is refused with the way out."""
-    from pathlib import Path
-
-    from ..errors import CompactLMError
-    from ..models import resolve_model
 
     source = resolve_model(name)
     if source.gguf_file:
@@ -139,9 +133,6 @@ def _stream_source(name: str) -> str:
 
 def _prune_streaming(args: argparse.Namespace, target, scores, plan) -> int:
     """``prune --stream``: plan from the scores and the checkpoint's config alone, then prune shard by shard."""
-    from ..models import parse_dtype
-    from ..prune import make_plan
-    from ..prune.stream import probe_model, prune_checkpoint
 
     folder = _stream_source(args.model)
     if scores is not None:
@@ -157,8 +148,6 @@ def _prune_streaming(args: argparse.Namespace, target, scores, plan) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ..summary import describe
-
     info = describe(model_from_args(args, with_tokenizer=False))
     if args.json:
         print(json.dumps(info, indent=2))

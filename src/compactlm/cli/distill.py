@@ -11,10 +11,17 @@ import dataclasses
 import logging
 import math
 import os
+from pathlib import Path
 
 from ..config import DEFAULT_MODEL, DataSection, LossArgs, TrainArgs
+from ..data import load_blocks
+from ..distill import make_loss, train
+from ..distill.checkpoint import nothing_saved
 from ..distill.config import parse_tokens, steps_for_tokens
+from ..distill.validate import position_problems
 from ..errors import CompactLMError
+from ..io import check_inputs_outside, check_output_dir
+from ..sizing import check_distill
 from .common import DATA_FLAGS, add_trust_args, model_from_args, refuse_misfit
 from .flags import add_flags, from_flags
 
@@ -63,8 +70,6 @@ def _quiet_other_ranks() -> None:
 
 def _blocks(args: argparse.Namespace, tokenizer, train_args: TrainArgs, *models):
     """Token budget → training blocks and step count; a budget above the text's size means several passes."""
-    from ..data import load_blocks
-    from ..distill.validate import position_problems
 
     refuse_misfit([p for m in models for p in position_problems(args.seq_len, m.config)])
     data = from_flags(DataSection, args, names=DATA_FLAGS, seed=0)   # validated as a recipe's data section
@@ -98,10 +103,6 @@ def _summary(verb: str, result, args: argparse.Namespace) -> int:
 
 def _check_out(args: argparse.Namespace, inputs: list) -> None:
     """The run directory, checked before any model loads; nothing is deleted until training starts."""
-    from pathlib import Path
-
-    from ..distill.checkpoint import nothing_saved
-    from ..io import check_inputs_outside, check_output_dir
 
     if args.resume:
         check_inputs_outside(Path(args.out), inputs)
@@ -110,15 +111,11 @@ def _check_out(args: argparse.Namespace, inputs: list) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ..distill import make_loss, train
-
     _quiet_other_ranks()
     loss_args, train_args = from_flags(LossArgs, args), from_flags(TrainArgs, args)
     make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
     _check_out(args, [args.teacher, args.student, args.source])
     if not args.no_plan_check:
-        from ..plan import check_distill
-
         check_distill(args.teacher, args.student, train_args, loss_args, args.seq_len,
                       trust_remote_code=args.trust_remote_code)
     teacher, tokenizer = model_from_args(args, args.teacher, device="cpu")
@@ -131,8 +128,6 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from ..distill import train
-
     _quiet_other_ranks()
     loss_args = from_flags(LossArgs, args, clm_weight=1.0, intermediate="off")
     train_args = from_flags(TrainArgs, args)

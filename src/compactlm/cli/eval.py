@@ -7,8 +7,15 @@ import logging
 import time
 
 from ..config import EvalArgs
-from .common import add_model_args
+from ..errors import CompactLMError
+from ..evaluate import available_tasks, get_task, run_task
+from ..evaluate.sources import load_rows
+from ..hardware import precision_for
+from ..io import check_output_file, write_json_atomic
+from ..parallel import barrier
+from .common import add_model_args, model_from_args
 from .flags import add_flags, from_flags
+from .parallel import join_processes
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> EvalArgs:
     """The evaluation options, with every problem (flag values, unknown tasks) reported at once."""
-    from ..errors import CompactLMError
-    from ..evaluate import get_task
 
     problems, options = [], None
     try:
@@ -57,10 +62,6 @@ def _check(args: argparse.Namespace) -> EvalArgs:
 
 
 def _evaluate(name: str, args, options: EvalArgs, rows: dict, parallel=None) -> dict:
-    from ..evaluate import run_task
-    from ..hardware import precision_for
-    from .common import model_from_args
-
     model, tokenizer = model_from_args(args, name)
     bf16 = precision_for(options.precision, model).bf16
     start = time.perf_counter()
@@ -105,12 +106,6 @@ def _table(tasks: list[str], columns: list[tuple[str, dict]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill.distributed import barrier
-    from ..evaluate import available_tasks, get_task
-    from ..evaluate.sources import load_rows
-    from ..io import check_output_file, write_json_atomic
-    from .parallel import join_processes
-
     if args.list_tasks:
         for name in available_tasks():
             print(f"{name:16s} {get_task(name).description}")

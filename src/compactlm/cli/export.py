@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import CompactLMError
+from ..export.gguf import check_gguf_output, check_quant, export_gguf, quant_types
+from ..export.gguf_vocab import find_gguf_source
+from ..models import load_model, resolve_model
+from .common import add_trust_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..export.gguf import quant_types
-    from .common import add_trust_args
-
     p = sub.add_parser("export", help="write a model as a (quantized) GGUF file that llama.cpp runs",
                        description="GGUF export with the gguf package: llama.cpp metadata and tensor layout, the "
                                    "tokenizer copied from the GGUF the model descends from (or converted from "
@@ -30,11 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..errors import CompactLMError
-    from ..export.gguf import check_gguf_output, check_quant, export_gguf
-    from ..export.gguf_vocab import find_gguf_source
-    from ..models import load_model, resolve_model
-
     quant = check_quant(args.quant)
     out = Path(args.gguf)
     source = resolve_model(args.model)

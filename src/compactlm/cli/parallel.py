@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..distill.distributed import DistInfo, setup_distributed
+from ..parallel import DistInfo, setup_distributed
+from .distill import _quiet_other_ranks
 
 
 def join_processes(args: argparse.Namespace) -> DistInfo:
     """This process's :class:`DistInfo`; under torchrun, ``args.device`` becomes this rank's device (``cuda:LOCAL_RANK``)."""
-    from .distill import _quiet_other_ranks
 
     info = setup_distributed(getattr(args, "device", "cpu"))
     if info.distributed:

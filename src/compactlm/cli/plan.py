@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ArchitectureArgs, DataSection, LossArgs, TrainArgs
+from ..config import AXES, ArchitectureArgs, DataSection, DistillSection, LossArgs, Recipe, StepSection, TrainArgs
+from ..errors import CompactLMError
+from ..recipes import load_recipe, plan_recipe
+from ..sizing import device_spec, load_config, meta_model, model_shape, render
 from .flags import add_flags, from_flags
 
 PLAN_TRAIN = ("micro_batch_size", "precision", "teacher_dtype")
@@ -42,14 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _recipe(args: argparse.Namespace):
-    from ..config import DistillSection, Recipe, StepSection
-    from ..recipes import load_recipe
-
     if args.recipe:
         return load_recipe(args.recipe, args.overrides)
     if not args.model:
-        from ..errors import CompactLMError
-
         raise CompactLMError("compactlm plan needs --recipe NAME or --model MODEL (with --target-params or sizes).")
     arch = from_flags(ArchitectureArgs, args)
     fixed = any(v is not None for v in vars(arch).values())
@@ -62,9 +60,6 @@ def _recipe(args: argparse.Namespace):
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from ..config import AXES
-    from ..plan import device_spec, load_config, meta_model, model_shape, plan_recipe, render
-
     recipe = _recipe(args)
     config = load_config(recipe.teacher, recipe.trust_remote_code)
     device = args.device or ("cpu" if recipe.device == "cpu" else "cuda")

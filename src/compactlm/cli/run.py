@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..errors import CompactLMError, interrupt_exit_code
+from ..readers import read_json_object, reading
+from ..recipes import check_recipe, load_recipe, resolve_path, run
+from ..recipes.gguf_stage import describe_exports
+from ..recipes.layout import RunLayout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,10 +64,7 @@ def _print_continuations(rows: list[dict]) -> None:
 
 
 def run_recipe(args: argparse.Namespace) -> int:
-    import os
-
-    from ..recipes import load_recipe, resolve_path, run
-    from ..recipes.gguf_stage import describe_exports
+    from ..report import render_report
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:   # every process would run every stage and write the same run directory
@@ -76,12 +78,11 @@ def run_recipe(args: argparse.Namespace) -> int:
                              f"teacher '{recipe.teacher}'. A recipe cannot turn that on by itself: add "
                              "--trust-remote-code to the command line if you trust that checkpoint.")
     if not args.no_plan_check:
-        from ..plan import check_recipe
-
         check_recipe(recipe)   # refuses, with the plan, what cannot fit before any model loads
     out = Path(args.out) if args.out else Path("runs") / resolve_path(args.recipe).stem
     try:
-        result = run(recipe, out, resume=args.resume, overwrite=args.overwrite, report=not args.no_report)
+        result = run(recipe, out, resume=args.resume, overwrite=args.overwrite,
+                     report=None if args.no_report else render_report)
     except KeyboardInterrupt as err:
         again = " ".join(["compactlm run", *([args.recipe] if args.recipe else []), "--out", str(out), "--resume",
                           *(f"--set {o}" for o in args.overrides),
@@ -99,8 +100,6 @@ def run_recipe(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..readers import read_json_object, reading
-    from ..recipes.layout import RunLayout
     from ..report import render_report
 
     run_dir = Path(args.run_dir)

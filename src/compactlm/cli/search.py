@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 
 from ..config import AXES, SearchArgs, SearchSpaceArgs, TrainArgs
-from .common import add_data_args, add_model_args
+from ..importance import ImportanceScores
+from ..io import check_output_dir
+from ..parallel import barrier
+from ..search import search, table_text
+from .common import add_data_args, add_model_args, load_blocks_from_args, model_from_args
 from .flags import add_flags, flag, from_flags
+from .parallel import join_processes
 
 # Flags of the search space before the Hugging Face names: deprecated aliases for one release.
 OLD_SPACE_FLAGS = {"hidden_size": "--hidden-sizes", "intermediate_size": "--ffn-hidden-sizes",
@@ -32,15 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    import shutil
-
-    from ..distill.distributed import barrier
-    from ..importance import ImportanceScores
-    from ..io import check_output_dir
-    from ..search import search, table_text
-    from .common import load_blocks_from_args, model_from_args
-    from .parallel import join_processes
-
     parallel = join_processes(args)   # torchrun: each process scores a share of the held-out blocks
     if not args.resume:
         check_output_dir(args.out, args.overwrite, inputs=[args.model, args.scores, args.source])

@@ -22,14 +22,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from ..errors import CompactLMError
 from ..io import atomic_dir, write_json_atomic
+from ..parallel import DistInfo, barrier, broadcast_object
 from ..readers import load_safetensors, read_json_object, reading
-from .distributed import DistInfo, barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,6 @@ def encode_rng(states: list[dict]) -> tuple[dict[str, torch.Tensor], dict]:
 
 def decode_rng(tensors: dict[str, torch.Tensor], meta: dict) -> list[dict]:
     """The inverse of :func:`encode_rng`."""
-    import numpy as np
 
     states = []
     for rank, entry in enumerate(meta["ranks"]):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import CompactLMError
+from ..errors import CompactLMError, unknown_name
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -49,7 +49,7 @@ class JsonlLogger:
 
 class TensorBoardLogger:
     def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: pip install tensorboard
 
         self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
@@ -64,7 +64,7 @@ class TensorBoardLogger:
 
 class WandbLogger:
     def __init__(self, run_dir: Path, config: dict) -> None:
-        import wandb
+        import wandb  # optional: pip install wandb
 
         self._run = wandb.init(dir=str(run_dir), config=config, resume="allow")
 
@@ -80,8 +80,6 @@ LOGGERS = {"jsonl": "built in", "tensorboard": "pip install tensorboard", "wandb
 
 def build_loggers(names: str, run_dir: Path, config: dict, resume_step: int | None) -> list[MetricLogger]:
     """Loggers for a comma-separated list of names; a missing optional package is a user error."""
-    from ..errors import unknown_name
-
     loggers: list[MetricLogger] = [JsonlLogger(run_dir, resume_step)]
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         if name not in LOGGERS:

@@ -2,7 +2,7 @@
 
 :func:`setup` validates the inputs, prepares the run directory, resolves the precision, borrows
 the teacher (:func:`~compactlm.distill.teacher.frozen_teacher`), builds the loss modules, the
-wrapped model (:func:`~compactlm.distill.distributed.wrap_model`: DDP, or FSDP2 sharding in
+wrapped model (:func:`~compactlm.distill.sharding.wrap_model`: DDP, or FSDP2 sharding in
 place, which is why it comes before the optimizer) and the optimizer, and loads a checkpoint to
 resume from. It is a context manager: on exit, also by an exception, the state
 hooks are removed, the teacher is handed back as it came and the metric loggers are closed.
@@ -25,14 +25,16 @@ from torch import nn
 from ..errors import CompactLMError
 from ..export.save import write_model_dir
 from ..hardware import PrecisionChoice, autocast, choose_precision, forward_flops_per_token, peak_gflops, train_flops_per_token
-from ..importance.scores import model_fingerprint
 from ..io import check_output_dir
+from ..models import model_fingerprint
+from ..parallel import DistInfo, barrier, setup_distributed
 from .checkpoint import latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints, resume_from
 from .config import LossArgs, TrainArgs, as_dict
-from .distributed import DistInfo, StepSampler, barrier, resolve_strategy, set_rng_state, setup_distributed, wrap_model
 from .intermediate import IntermediateStateLoss, layer_map_from_plan, read_prune_plan
 from .losses import ChunkedLogitLoss, make_loss
 from .metrics import build_loggers
+from .sampler import StepSampler, set_rng_state
+from .sharding import gathered_student, hand_back, load_shards, resolve_strategy, shard_teacher, wrap_model
 from .student import DistillModule
 from .teacher import Teacher, frozen_teacher
 from .validate import blocks_fingerprint, check_training
@@ -71,7 +73,7 @@ class TrainSetup:
     elapsed: float = 0.0                       # training seconds of the sessions before this one (resume)
     caller_student: nn.Module | None = None    # FSDP: the caller's plain student; ``student`` is its sharded copy
     handed_back: bool = False                  # FSDP: the trained weights are back in ``caller_student``
-    strategy: str = "ddp"                      # ddp (also one process) or fsdp: see distributed.resolve_strategy
+    strategy: str = "ddp"                      # ddp (also one process) or fsdp: see sharding.resolve_strategy
 
     @property
     def device(self) -> torch.device:
@@ -120,8 +122,6 @@ class TrainSetup:
         """FSDP trains a sharded copy (``fully_shard`` changes a module in place): its weights go back into the
         caller's plain student on every process, so the student is trained in place under every strategy. A collective."""
         if self.caller_student is not None and not self.handed_back:
-            from .sharding import hand_back
-
             hand_back(self.student, self.caller_student)
             self.handed_back = True
 
@@ -131,8 +131,6 @@ class TrainSetup:
         if self.handed_back:
             return self.caller_student if self.info.is_main else None
         if self.strategy == "fsdp":
-            from .sharding import gathered_student
-
             return gathered_student(self.module, self.student, self.info)
         return self.student if self.info.is_main else None
 
@@ -184,8 +182,6 @@ def _resume(s: TrainSetup) -> None:
     """Weights, optimizer and RNG from the newest checkpoint; the step alone fixes the LR and the data position."""
     read_shards = None
     if s.strategy == "fsdp":
-        from .sharding import load_shards
-
         read_shards = functools.partial(load_shards, module=s.module, optimizer=s.optimizer)
     ckpt, state, rngs = resume_from(s.run_dir, s.settings, s.trainable, s.optimizer, s.info.is_main, read_shards)
     set_rng_state(rngs[s.info.rank] if s.info.rank < len(rngs) else rngs[0])
@@ -197,8 +193,6 @@ def _teacher_sharding(strategy: str, args: TrainArgs, info: DistInfo):
     """How ``frozen_teacher`` shards the teacher under FSDP (``teacher_placement``), or None: whole on each device."""
     if strategy != "fsdp" or args.teacher_placement == "replicate":
         return None
-    from .sharding import shard_teacher
-
     return lambda model, dtype: shard_teacher(model, info, dtype, offload=args.teacher_placement == "offload")
 
 

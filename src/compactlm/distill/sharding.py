@@ -1,4 +1,6 @@
-"""FSDP2 for distillation: the sharded student and teacher, DCP shards, the gathered export.
+"""How the trained module is parallelised: DDP or FSDP2 (:func:`resolve_strategy`, :func:`wrap_model`).
+
+FSDP2 for distillation: the sharded student and teacher, DCP shards, the gathered export.
 
 The student (inside :class:`~compactlm.distill.student.DistillModule`) is sharded per decoder
 layer, then at the root, which holds the embeddings, the final norm, the LM head that the
@@ -23,6 +25,7 @@ rank 0 (:func:`gathered_student`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -32,9 +35,11 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from ..arch import adapter_for
-from .distributed import DistInfo
+from ..parallel import DistInfo
+from ..sizing import choose_strategy
 from .teacher import converted_copy
 
 logger = logging.getLogger(__name__)
@@ -125,10 +130,60 @@ def hand_back(trained: nn.Module, student: nn.Module) -> None:
     One parameter at a time (``DTensor.full_tensor`` all-gathers it, a collective), written where the
     student's own parameter lives: peak extra memory is one full parameter, not the model.
     """
-    from torch.distributed.tensor import DTensor
 
     plain = dict(student.named_parameters())
     with torch.no_grad():
         for name, p in trained.named_parameters():
             full = p.full_tensor() if isinstance(p, DTensor) else p
             plain[name].copy_(full.to(device=plain[name].device, dtype=plain[name].dtype))
+
+
+def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Module | None, seq_len: int = 512,
+                     precision: str = "fp32") -> str:
+    """``ddp`` or ``fsdp``: what ``--strategy`` (``args.strategy``) means for this run.
+
+    One process has nothing to shard: always ``ddp`` (the plain module). ``auto`` asks the
+    memory model of ``compactlm plan`` (:func:`compactlm.plan.choose_strategy`) with the run's
+    sequence length and resolved precision. This is the one function that decides.
+    """
+    if not info.distributed:
+        if args.strategy == "fsdp":
+            logger.info("--strategy fsdp with one process: nothing to shard, training the plain model")
+        return "ddp"
+    if args.strategy != "auto":
+        return args.strategy
+
+    return choose_strategy(args, info, student, teacher, seq_len, precision)
+
+
+def wrap_model(module: nn.Module, info: DistInfo, strategy: str = "ddp", *, student: nn.Module | None = None,
+               bf16: bool = False) -> nn.Module:
+    """``module`` as the training step calls it: itself for one process, DDP or FSDP2 for several.
+
+    The one place that knows how the trainable module is parallelised. ``ddp`` returns a
+    wrapper; validation, checkpoints and the export read the unwrapped ``module``. ``fsdp``
+    shards ``student``'s decoder layers, then ``module``, in place
+    (:func:`shard_student`): the result *is* ``module``, its
+    parameters DTensors, so build the optimizer afterwards.
+    """
+    if not info.distributed:
+        return module
+    if strategy == "fsdp":
+        assert student is not None, "fsdp shards the student's decoder layers: pass student="
+        return shard_student(module, student, info, bf16)
+    device = info.device
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def no_sync(model: nn.Module, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but the last micro-batch of a step."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if last_micro_batch else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # an FSDP2 module
+        model.set_requires_gradient_sync(last_micro_batch)
+    return contextlib.nullcontext()
+
+
+def norm_value(norm: torch.Tensor) -> float:
+    """The norm ``clip_grad_norm_`` returned as a float: under FSDP it is a replicated DTensor (same on every rank)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

@@ -15,10 +15,12 @@ from dataclasses import astuple, dataclass, fields
 
 import torch
 
+from ..parallel import DistInfo, all_reduce_sum, barrier, gather_objects
 from .checkpoint import save_checkpoint, save_sharded_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, no_sync, rng_state
 from .losses import IGNORE_INDEX, ChunkedLogitLoss
+from .sampler import rng_state
 from .setup import TrainSetup
+from .sharding import no_sync, save_shards
 from .student import DistillOutput
 
 
@@ -123,8 +125,6 @@ def checkpoint(s: TrainSetup, step: int, session_start: float) -> None:
     state = {"settings": s.settings, "tokens": step * s.tokens_per_step,
              "elapsed_s": s.elapsed + time.time() - session_start}
     if s.strategy == "fsdp":   # every process writes its shards
-        from .sharding import save_shards
-
         student = s.export_model() if s.args.export_checkpoints else None   # a collective
         path = save_sharded_checkpoint(s.run_dir, step, state=state, rng=rngs, keep=s.args.keep_checkpoints,
                                        write_shards=functools.partial(save_shards, module=s.module,

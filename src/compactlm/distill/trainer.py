@@ -27,11 +27,12 @@ from torch import nn
 from ..errors import CompactLMError, Terminated
 from ..export.save import publish_export
 from ..hardware import mfu
+from ..parallel import all_reduce_sum, barrier
 from ..progress import progress
 from .checkpoint import RESUME_KEYS, latest_checkpoint
 from .config import LossArgs, TrainArgs, lr_at
-from .distributed import all_reduce_sum, barrier, norm_value
 from .setup import TrainSetup, setup
+from .sharding import norm_value
 from .steps import StepSums, checkpoint, loss_step, validate
 
 __all__ = ["RESUME_KEYS", "TrainResult", "TrainingDiverged", "distill", "finetune", "train"]

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import CompactLMError
+from ..parallel import DistInfo
 from .config import LossArgs, TrainArgs
-from .distributed import DistInfo
 
 
 def check_training(train_blocks: torch.Tensor, heldout: torch.Tensor | None, teacher: nn.Module | None, student: nn.Module,

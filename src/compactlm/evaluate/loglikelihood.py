@@ -19,15 +19,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from ..arch import LogitTransform, TransformedHead
 from ..hardware import autocast
+from ..parallel import DistInfo, gather_shares, is_mine
 from ..progress import progress
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,6 @@ def encode_requests(tokenizer, requests: Sequence[Request],
 def head_and_body(model):
     """``(body, head)``: the decoder returning final hidden states, and the vocabulary projection
     followed by the family's logit transform (Granite's scaling, Gemma's soft-cap), as ``forward`` applies it."""
-    from ..arch import LogitTransform, TransformedHead
 
     body = getattr(model, model.base_model_prefix, None)
     head = model.get_output_embeddings()
@@ -222,7 +219,6 @@ def score_requests(
     planned exactly as for one process and process ``r`` runs batches ``r, r + W, ...``; the
     scores are gathered, so every process returns the one-process scores bit for bit.
     """
-    from ..distill.distributed import gather_shares, is_mine
 
     if not requests:
         return []

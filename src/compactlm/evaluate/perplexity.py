@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import CompactLMError
 from ..hardware import autocast
+from ..parallel import DistInfo, gather_shares, is_mine
 from ..progress import progress
 from .loglikelihood import head_and_body, upcast
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,6 @@ def perplexity(
         raise CompactLMError(f"The text has {len(ids)} tokens, fewer than one window of {window}; pass a smaller window.")
     body, head = head_and_body(model)
     device = next(model.parameters()).device
-    from ..distill.distributed import gather_shares, is_mine
 
     mine = []   # per batch: the summed NLL of each of its windows
     with progress(total=len(spans) * window, desc=desc, unit="tok") as bar:

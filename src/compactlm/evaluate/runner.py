@@ -9,20 +9,18 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.packaged import is_packaged, packaged_path
 from ..errors import CompactLMError
+from ..parallel import DistInfo
 from ..readers import reading
 from .kinds import ChoiceTask, PerplexityTask, TargetTask, Task
 from .loglikelihood import score_requests
 from .perplexity import perplexity
 from .registry import get_task
-from .sources import load_hf_rows, load_rows
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
+from .sources import load_hf_rows, load_rows, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +97,10 @@ def _run_target(task: TargetTask, docs, model, tokenizer, opts) -> tuple[dict, l
 
 def _ppl_text(spec: str, data_dir) -> tuple[str, str]:
     """``ppl:FILE`` (.txt/.raw read whole, .jsonl rows' "text" joined) or ``ppl:DATASET:CONFIG:SPLIT``."""
-    from ..data.packaged import is_packaged, packaged_path
 
     target = spec.split(":", 1)[1]
     path = packaged_path(target) if is_packaged(target) else Path(target).expanduser()
     if path.is_file():
-        from .sources import read_jsonl
-
         with reading(path, "perplexity text file", "Give a UTF-8 text file, or a .jsonl file with a 'text' field."):
             text = "\n\n".join(r["text"] for r in read_jsonl(path)) if path.suffix == ".jsonl" \
                 else path.read_text(encoding="utf-8")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub.constants import ENDPOINT
+
 from ..errors import CompactLMError
 from ..readers import reading
 
@@ -63,10 +65,6 @@ def default_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 def hub_reachable() -> bool:
     """Whether the Hugging Face Hub answers; checked once, quickly, to avoid ~25 s of retries."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return False
-    try:
-        from huggingface_hub.constants import ENDPOINT
-    except ImportError:
         return False
     url = urlparse(ENDPOINT)
     try:

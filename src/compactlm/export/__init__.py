@@ -1,6 +1,5 @@
 """Export: a standard Hugging Face checkpoint plus compactlm's provenance."""
 
-from .save import PROVENANCE_FILE, publish_export, save_student, software_versions, write_model_dir, write_provenance
+from .save import publish_export, save_student, write_model_dir
 
-__all__ = ["PROVENANCE_FILE", "publish_export", "save_student", "software_versions", "write_model_dir",
-           "write_provenance"]
+__all__ = ["publish_export", "save_student", "write_model_dir"]

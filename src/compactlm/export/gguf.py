@@ -29,10 +29,15 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType, LlamaFileType, quants
+from gguf import GGMLQuantizationType as Q
 
 from ..errors import CompactLMError, unknown_name
+from ..io import check_output_file
+from .gguf_vocab import add_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +66,6 @@ def quant_types() -> dict[str, object]:
     Returns ``{"f32": GGMLQuantizationType.F32, "q8_0": ..., ...}``, probed rather than listed so
     that a newer ``gguf`` offers its new quantizers without a change here.
     """
-    from gguf import GGMLQuantizationType, LlamaFileType, quants
 
     probe = np.linspace(-1, 1, 256 * 2, dtype=np.float32).reshape(2, 256)
     found = {}
@@ -102,7 +106,6 @@ def check_family(config) -> GGUFFamily:
 
 def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0") -> Path:
     """A ``.gguf`` file path in a writable place, not an existing file unless ``overwrite``."""
-    from ..io import check_output_file
 
     out = Path(out)
     if out.suffix != ".gguf" or out.is_dir():
@@ -146,9 +149,6 @@ def export_gguf(model, out: str | Path, *, quant: str = "q8_0", name: str | None
         hf_dir: a checkpoint directory whose ``tokenizer.json`` is converted when there is no GGUF source.
         tokenizer_pre: llama.cpp's pre-tokenizer name for a converted byte-level BPE tokenizer.
     """
-    import gguf
-
-    from .gguf_vocab import add_tokenizer
 
     quant = check_quant(quant)
     family = check_family(model.config)
@@ -203,8 +203,6 @@ def _head_dim(config) -> int:
 
 
 def _add_metadata(writer, config, family: GGUFFamily, name: str) -> None:
-    import gguf
-
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_vocab_size(config.vocab_size)
@@ -273,9 +271,6 @@ def _gguf_name(name_map, hf_name: str) -> str:
 
 
 def _add_tensors(writer, model, family: GGUFFamily, qtype) -> list[str]:
-    import gguf
-    from gguf import GGMLQuantizationType as Q
-
     config = model.config
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.arch)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)

@@ -14,8 +14,13 @@ import json
 import logging
 from pathlib import Path
 
+import gguf
+from gguf import GGUFReader, GGUFValueType
+from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
+
 from ..errors import CompactLMError
-from .save import PROVENANCE_FILE
+from ..models import resolve_model
+from ..provenance import PROVENANCE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +36,6 @@ def find_gguf_source(model: str | Path, max_models: int = 32) -> Path | None:
     student names its source model, which may be a built-in (``smollm2-135m``) or a ``.gguf``
     path. All of them share the vocabulary. Returns ``None`` when no ancestor is a GGUF file.
     """
-    from ..models import resolve_model
 
     queue, seen = [str(model)], set()
     while queue and len(seen) < max_models:
@@ -68,8 +72,6 @@ def add_tokenizer(writer, vocab_size: int, *, gguf_source: Path | None, hf_dir: 
 
 
 def _copy_from_gguf(writer, path: Path, vocab_size: int) -> None:
-    from gguf import GGUFReader, GGUFValueType
-
     try:
         reader = GGUFReader(path)
     except Exception as err:  # struct/ValueError on a truncated or foreign file
@@ -91,9 +93,6 @@ def _copy_from_gguf(writer, path: Path, vocab_size: int) -> None:
 
 
 def _convert_from_hf(writer, hf_dir: Path, vocab_size: int, tokenizer_pre: str | None) -> None:
-    import gguf
-    from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
-
     tokenizer_json = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
     vocab = None
     for kind in (BpeVocab, LlamaHfVocab):

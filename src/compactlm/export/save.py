@@ -12,30 +12,14 @@ distillation run directory next to its checkpoints, file by file with ``config.j
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..io import atomic_dir
+from ..provenance import write_provenance
 from ..prune.plan import PLAN_FILE, PrunePlan
-
-PROVENANCE_FILE = "compactlm_provenance.json"
-
-
-def software_versions() -> dict[str, str]:
-    """The versions of this process: compactlm, torch, transformers, Python."""
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    return {"compactlm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def write_model_dir(dest: str | Path, model, tokenizer, *, plan: PrunePlan | str | Path | None = None,
@@ -57,15 +41,6 @@ def write_model_dir(dest: str | Path, model, tokenizer, *, plan: PrunePlan | str
         shutil.copy2(Path(plan) / PLAN_FILE, dest / PLAN_FILE)
     write_provenance(dest, provenance)
     return dest
-
-
-def write_provenance(dest: str | Path, provenance: dict | None = None) -> Path:
-    """Write ``compactlm_provenance.json`` into ``dest``: ``created``, ``command``, ``software`` + the caller's entries."""
-    record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
-              "software": software_versions(), **(provenance or {})}
-    path = Path(dest) / PROVENANCE_FILE
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return path
 
 
 def save_student(model, tokenizer, out: str | Path, *, plan: PrunePlan | None = None,

@@ -10,8 +10,8 @@ from .criteria import CRITERIA, CriterionOptions, UnitScores, check_criterion, m
 from .depth import layers_dropped, task_block_accuracy
 from .estimate import estimate_importance
 from .loss import lm_loss
-from .scores import ImportanceScores, model_fingerprint
+from .scores import ImportanceScores
 
 __all__ = ["AGGREGATIONS", "CRITERIA", "CriterionOptions", "DEFAULT_AGGREGATION", "ImportanceScores", "UnitScores",
            "check_criterion", "estimate_importance", "layers_dropped", "lm_loss", "magnitude_scores",
-           "model_fingerprint", "parse_aggregation", "random_scores", "task_block_accuracy", "taylor_scores"]
+           "parse_aggregation", "random_scores", "task_block_accuracy", "taylor_scores"]

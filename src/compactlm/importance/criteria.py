@@ -22,17 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 
 from ..arch import adapter_for
 from ..errors import CompactLMError, unknown_name
+from ..parallel import DistInfo, all_reduce_sum, is_mine
 from ..progress import progress
 from .loss import batches, summed_loss
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
 
 
 class UnitScores(NamedTuple):
@@ -113,7 +112,6 @@ def taylor_scores(model, data, options: CriterionOptions = CriterionOptions()) -
     gradients and token counts are summed over processes before scoring (equal to one process's
     to float32 rounding, ~1e-6 relative: the gradient terms are added in another order).
     """
-    from ..distill.distributed import all_reduce_sum, is_mine
 
     parallel = options.parallel
     params = list(model.parameters())
@@ -133,8 +131,6 @@ def taylor_scores(model, data, options: CriterionOptions = CriterionOptions()) -
                 loss.backward()
                 tokens += n
         if parallel is not None and parallel.distributed:
-            import torch.distributed as dist
-
             for p in params:
                 if p.grad is None:   # a process with no batch (fewer batches than processes)
                     p.grad = torch.zeros_like(p)

@@ -13,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
+from ..evaluate import ChoiceTask, TargetTask, get_task, run_task
+from ..evaluate.sources import load_rows
+from ..parallel import DistInfo
 from ..progress import progress
 from .hooks import layers_removed
 from .loss import lm_loss
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +116,6 @@ def task_block_accuracy(model, tokenizer, task: str, *, examples: int = 64, leng
             NaN for blocks not scored; the diagonal (nothing removed) is the unpruned accuracy.
         info: {"examples", "lengths", "metric", "source", "seed", "base"} for the scores' metadata.
     """
-    from ..evaluate import ChoiceTask, TargetTask, get_task, run_task
-    from ..evaluate.sources import load_rows
 
     spec = get_task(task)
     if not isinstance(spec, ChoiceTask | TargetTask):

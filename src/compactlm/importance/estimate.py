@@ -6,23 +6,22 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..arch import adapter_for
 from ..errors import CompactLMError
+from ..evaluate import get_task
 from ..hardware import autocast, forward_flops_per_token, mfu, peak_gflops, precision_for
+from ..models import model_fingerprint
+from ..parallel import DistInfo, all_reduce_sum, is_mine
 from ..progress import progress
 from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
 from .criteria import CRITERIA, CriterionOptions, check_criterion, check_criterion_for
 from .depth import block_lengths, layer_losses, task_block_accuracy, task_tensor_name
 from .hooks import ImportanceRecorder
 from .loss import Batch, batches, lm_loss
-from .scores import ImportanceScores, model_fingerprint
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
+from .scores import ImportanceScores
 
 __all__ = ["estimate_importance", "lm_loss"]
 
@@ -48,7 +47,6 @@ def _calibration_pass(model, recorder: ImportanceRecorder, data, batch_size: int
 
     Returns (real tokens seen by all processes, seconds).
     """
-    from ..distill.distributed import all_reduce_sum, is_mine
 
     body = recorder.adapter.decoder_body(model)
     device = next(model.parameters()).device
@@ -77,7 +75,6 @@ def _check_depth_tasks(model, tokenizer, depth_tasks: Sequence[str], examples: i
     """Refuse bad depth-task options before any heavy work."""
     if not depth_tasks:
         return
-    from ..evaluate import get_task
 
     for name in depth_tasks:
         get_task(name)
@@ -129,7 +126,7 @@ def estimate_importance(
             every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
         precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
             :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
-        parallel: under ``torchrun``, the :class:`~compactlm.distill.distributed.DistInfo` of this
+        parallel: under ``torchrun``, the :class:`~compactlm.parallel.DistInfo` of this
             process (every process calls this with the same model and data). Each process takes
             the batches ``rank, rank + W, ...`` of every pass (calibration, taylor, layer loss, the
             task evaluations); the float64 moments are all-reduced, the losses and task scores are

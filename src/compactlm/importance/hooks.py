@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -196,7 +197,6 @@ class ImportanceRecorder:
         Every statistic is a sum over rows or tokens, so the sum of the processes' sums is the
         one-process statistic (to float64 rounding: the terms are added in another order).
         """
-        import torch.distributed as dist
 
         if not parallel.distributed:
             return

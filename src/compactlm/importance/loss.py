@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..hardware import autocast
-
-if TYPE_CHECKING:
-    from ..distill.distributed import DistInfo
+from ..parallel import DistInfo, gather_shares, is_mine
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 
@@ -52,7 +49,6 @@ def lm_loss(model, data, batch_size: int = 8, bf16: bool = False, parallel: Dist
     process runs the batches ``rank, rank + W, ...``; the per-batch sums are gathered and added in
     batch order, so the result is bit for bit the one-process loss.
     """
-    from ..distill.distributed import gather_shares, is_mine
 
     mine = [summed_loss(model, ids, mask, bf16) for b, (ids, mask) in enumerate(batches(data, batch_size))
             if is_mine(b, parallel)]

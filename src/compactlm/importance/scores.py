@@ -7,7 +7,6 @@ Files: ``importance.safetensors`` (tensors) + ``importance.json`` (metadata).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,32 +14,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..arch import Architecture, adapter_for
+from ..arch import Architecture
 from ..errors import CompactLMError
 from ..io import atomic_dir
+from ..models import model_fingerprint
 from ..readers import clip, load_safetensors, read_json_object, reading
 from .aggregation import DEFAULT_AGGREGATION, finalize, parse_aggregation
 
 TENSORS_FILE = "importance.safetensors"
 META_FILE = "importance.json"
 FORMAT = "compactlm.importance/1"
-
-
-def model_fingerprint(model) -> str:
-    """A short hash of the architecture and a few weights, robust to the load dtype.
-
-    Values are rounded to bfloat16 before hashing, so the same checkpoint loaded in fp32 or
-    bf16 gives the same fingerprint while a different checkpoint of the same shape does not.
-    """
-    adapter = adapter_for(model.config)
-    h = hashlib.sha256(json.dumps(adapter.architecture(model.config).to_dict(), sort_keys=True).encode())
-    layers = adapter.decoder_layers(model)
-    first, last = adapter.probes
-    probes = [model.get_input_embeddings().weight, layers[0].get_submodule(first).weight,
-              layers[-1].get_submodule(last).weight]
-    for p in probes:
-        h.update(p.detach().flatten()[:4096].to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass

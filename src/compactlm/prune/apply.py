@@ -33,6 +33,7 @@ import math
 import re
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from ..arch import ArchAdapter, adapter_for
 from ..errors import CompactLMError
@@ -210,7 +211,6 @@ def check_plan_source(config, plan: PrunePlan, adapter: ArchAdapter) -> None:
 
 def apply_plan(model, plan: PrunePlan):
     """Build the pruned student as a fresh transformers model with ``model``'s dtype and device."""
-    from transformers import AutoModelForCausalLM
 
     adapter = adapter_for(model.config)
     check_plan_source(model.config, plan, adapter)

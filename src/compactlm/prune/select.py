@@ -8,12 +8,11 @@ feeds it the scores of whichever criterion made them (activation, magnitude, tay
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import torch
 from pydantic.dataclasses import dataclass
 
-from ..arch import Architecture, adapter_for
+from ..arch import Architecture, adapter_named
 from ..config import AXES, CONFIG, ArchitectureArgs
 from ..errors import CompactLMError, unknown_name
 from ..importance import DEFAULT_AGGREGATION, ImportanceScores, parse_aggregation
@@ -195,7 +194,7 @@ def make_plan(
     batch, seq = parse_aggregation(aggregation)
     source = scores.architecture
     arch = target.resolve(source)
-    adapter_for(SimpleNamespace(model_type=scores.meta["model_type"])).check_target(arch)
+    adapter_named(scores.meta["model_type"]).check_target(arch)
     layers = DEPTH_METRICS[metric](scores, arch.num_hidden_layers, arg)
     moe = {}
     if source.is_moe:

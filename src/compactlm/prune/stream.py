@@ -21,11 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from ..arch import ArchAdapter, adapter_for
 from ..config.fields import parse_bytes
 from ..errors import CompactLMError
 from ..io import atomic_dir
+from ..provenance import write_provenance
+from ..readers import describe_error, read_json_object
 from .apply import TensorSlicer, check_plan_source
 from .plan import PrunePlan
 
@@ -61,8 +67,6 @@ def checkpoint_files(src_dir: str | Path) -> dict[str, str]:
     """``{tensor name: safetensors file name}`` of a local checkpoint directory (sharded or not)."""
     src = Path(src_dir)
     if (src / INDEX_FILE).is_file():
-        from ..readers import read_json_object
-
         index = read_json_object(src / INDEX_FILE, "safetensors index")
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -73,8 +77,6 @@ def checkpoint_files(src_dir: str | Path) -> dict[str, str]:
                                  f"Download the whole checkpoint.")
         return dict(weight_map)
     if (src / SINGLE_FILE).is_file():
-        from safetensors import safe_open
-
         with safe_open(src / SINGLE_FILE, framework="pt") as f:
             return {key: SINGLE_FILE for key in f.keys()}
     raise CompactLMError(f"--stream reads local safetensors checkpoints; '{src}' has neither {SINGLE_FILE} nor "
@@ -83,9 +85,6 @@ def checkpoint_files(src_dir: str | Path) -> dict[str, str]:
 
 def _source_meta(src: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
     """Every source tensor as a meta tensor of its shape and dtype (headers only, no data read)."""
-    from safetensors import safe_open
-
-    from ..readers import describe_error
 
     meta = {}
     for name in sorted(set(files.values())):
@@ -102,8 +101,6 @@ def _source_meta(src: Path, files: dict[str, str]) -> dict[str, torch.Tensor]:
 
 
 def _meta_model(config, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -133,12 +130,9 @@ def probe_model(src_dir: str | Path):
     """The checkpoint's model on the meta device with only the tensors a scores fingerprint reads loaded.
 
     ``ImportanceScores.check_matches(probe_model(dir))`` checks scores against a checkpoint
-    without loading it: :func:`~compactlm.importance.scores.model_fingerprint` reads the config,
+    without loading it: :func:`~compactlm.models.model_fingerprint` reads the config,
     the embeddings, the first ``down_proj`` and the last ``q_proj`` (``adapter.probes``).
     """
-    from safetensors import safe_open
-    from torch import nn
-    from transformers import AutoConfig
 
     src = Path(src_dir)
     files = checkpoint_files(src)
@@ -198,8 +192,6 @@ def _output_layout(src: Path, files: dict[str, str], config, plan: PrunePlan, dt
 def _write_shards(tmp: Path, src: Path, files: dict[str, str], layout: dict, slicer: TensorSlicer,
                   out_dtype: torch.dtype, limit: int, parameters: int) -> int:
     """Read, slice and write the output shards (one source file open at a time); returns the number of shards."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
     shards = _shard_layout({k: t for k, (_, t) in layout.items()}, limit)
     names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -236,9 +228,7 @@ def prune_checkpoint(src_dir: str | Path, plan: PrunePlan, out_dir: str | Path, 
             peak memory is about this much plus the largest source tensor.
         provenance: entries added to ``compactlm_provenance.json`` (with ``parameters`` filled in).
     """
-    from transformers import AutoConfig, GenerationConfig
 
-    from ..export.save import write_provenance
 
     src = Path(src_dir)
     limit = parse_size(max_shard_size or DEFAULT_SHARD_SIZE)

@@ -190,8 +190,13 @@ def _resuming(run_dir: Path, resume: bool) -> dict:
 
 
 def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        report: bool = True) -> RunResult:
-    """Run ``recipe`` into ``run_dir`` (see the module docstring)."""
+        report: Callable[[Path], Path] | None = None) -> RunResult:
+    """Run ``recipe`` into ``run_dir`` (see the module docstring).
+
+    ``report(run_dir)`` renders the run's report last and returns its path: the CLI passes
+    :func:`compactlm.report.render_report` (the report reads the run directory, so it stands
+    above this package); ``None`` writes no report.
+    """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     step_dirs = {step.name: layout.step(step.name) for step in recipe.steps}
@@ -238,11 +243,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
         exports = state.stage(EXPORT, lambda: export_stage(recipe, layout, Path(teacher_path))).files
 
     results = state.stage(EVAL, lambda: eval_stage(recipe, layout, state.data, models, tokenizer, heldout))
-    report_path = None
-    if report:
-        from ..report import render_report
-
-        report_path = render_report(run_dir)
+    report_path = report(run_dir) if report is not None else None
     return RunResult(run_dir=run_dir, student=Path(teacher_path), eval=results.eval_json(), report=report_path,
                      exports=[f.to_dict() for f in exports])
 

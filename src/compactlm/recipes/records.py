@@ -16,7 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import CompactLMError
+from ..hardware import cpu_name, device_kind, native_bf16
+from ..provenance import software_versions
 from ..readers import clip
 
 CORRECTION, EXPORT, EVAL = "correction", "export", "eval"
@@ -216,10 +220,6 @@ class Hardware(Record):
 
     @classmethod
     def here(cls, device: str) -> "Hardware":
-        import torch
-
-        from ..hardware import cpu_name, device_kind, native_bf16
-
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
             if torch.cuda.is_available() else []
         return cls(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(),
@@ -236,8 +236,6 @@ class Session(Record):
 
     @classmethod
     def here(cls, device: str) -> "Session":
-        from ..export.save import software_versions
-
         return cls(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), software=software_versions(),
                    hardware=Hardware.here(device))
 

@@ -26,6 +26,9 @@ from ..config import (
     validate,
 )
 from ..errors import CompactLMError
+from ..evaluate import get_task
+from ..export.gguf import quant_types
+from ..importance import check_criterion
 from ..readers import MAX_YAML_BYTES, clip, load_yaml, reading
 
 SHIPPED = Path(__file__).resolve().parent
@@ -59,8 +62,6 @@ def _pipeline_keys(raw: dict) -> list[str]:
 
 def _name_problems(recipe: Recipe) -> list[str]:
     """Names looked up in registries: the importance criterion and the tasks of the task depth metric."""
-    from ..evaluate import get_task
-    from ..importance import check_criterion
 
     problems = []
     for where, name, check in [("importance.criterion", recipe.importance.criterion, check_criterion),
@@ -89,7 +90,6 @@ def _check(recipe: Recipe) -> None:
         if step.architecture is None and step.target_params is None:
             problems.append(f"steps[{i}]: give 'target_params' (search) or 'architecture' (fixed)")
     problems += _name_problems(recipe)
-    from ..export.gguf import quant_types
 
     for quant in recipe.export.gguf:
         if quant.lower() not in quant_types():

@@ -5,7 +5,7 @@
 ``ranking``  zero-shot proxy for every candidate, short distillation for the best, the table
 """
 
-from .params import ParamLayout, count_active_parameters, count_parameters, parameter_counts, parameter_layout
+from ..arch.params import ParamLayout, count_active_parameters, count_parameters, parameter_counts, parameter_layout
 from .ranking import SearchArgs, SearchResult, search, spearman, table_text
 from .space import AXES, Candidate, SearchSpace, candidates_of, enumerate_candidates, parse_param_target
 

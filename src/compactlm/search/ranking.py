@@ -26,20 +26,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arch.params import count_parameters, parameter_layout
 from ..config import LossArgs, SearchArgs, TrainArgs
 from ..distill import distill
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.config import steps_for_tokens
-from ..distill.distributed import DistInfo, barrier
 from ..errors import CompactLMError
 from ..hardware import precision_for
 from ..importance import ImportanceScores, lm_loss
 from ..io import write_json_atomic, write_text_atomic
+from ..parallel import DistInfo, barrier
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, check_depth_metric, make_plan
 from ..readers import read_json_object
 from .layout import SearchLayout
-from .params import count_parameters, parameter_layout
 from .space import AXES, Candidate, candidates_of
 
 logger = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ..arch import Architecture, adapter_for
+from ..arch.params import ParamLayout, count_active_parameters, count_parameters
 from ..config import AXES, SHORT
 from ..errors import CompactLMError
 from ..readers import clip
-from .params import ParamLayout, count_active_parameters, count_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from compactlm.arch.params import ParamLayout
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
-from compactlm.plan import (
+from compactlm.recipes import load_recipe
+from compactlm.sizing import (
     STRATEGIES,
     DeviceSpec,
     ModelShape,
@@ -23,10 +25,8 @@ from compactlm.plan import (
     parse_memory,
     stage_memory,
 )
-from compactlm.plan.memory import GiB
-from compactlm.plan.source import CONFIGS
-from compactlm.recipes import load_recipe
-from compactlm.search.params import ParamLayout
+from compactlm.sizing.memory import GiB
+from compactlm.sizing.source import CONFIGS
 
 
 def test_llama_31_8b_count_is_exact_and_equals_the_meta_skeleton():
@@ -124,7 +124,7 @@ def test_distill_refuses_what_cannot_fit_and_names_the_strategy(tmp_path, tiny_c
 
 
 def test_default_recipe_fits_this_machine():
-    from compactlm.plan import check_recipe
+    from compactlm.recipes.fit import check_recipe
 
     plans = check_recipe(load_recipe(None))
     assert plans and cheapest_fitting(plans[0].plan).name == "single"

@@ -1,6 +1,6 @@
 """Memory per device of every stage, term by term, for each parallel strategy (analytic: no weights).
 
-Every count is bytes on **one** device. N = parameters (exact, :mod:`compactlm.search.params`),
+Every count is bytes on **one** device. N = parameters (exact, :mod:`compactlm.arch.params`),
 M = the matmul weights among them (linear layers and the LM head), n = tokens of one
 micro-batch (micro-batch x sequence length), L/h/f/q/kv/V = layers, hidden size, MLP size,
 query width (heads x head_dim), key/value width (KV groups x head_dim) and vocabulary; W = world
@@ -49,8 +49,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..arch import Architecture
+from ..arch.params import ParamLayout, parameter_counts
 from ..errors import CompactLMError
-from ..search.params import ParamLayout, parameter_counts
 
 GiB = 1024 ** 3
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}

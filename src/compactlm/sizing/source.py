@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..arch import adapter_for
+from ..arch.params import parameter_layout
 from ..errors import CompactLMError
+from ..models import resolve_model
 from ..readers import describe_error
-from ..search.params import parameter_layout
 from .memory import ModelShape
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -28,9 +30,6 @@ SHIPPED_CONFIGS = {
 
 def load_config(model: str, trust_remote_code: bool = False):
     """The transformers config of ``model``: a shipped name/hub id, a config.json, a checkpoint dir, a GGUF, a hub id."""
-    from transformers import AutoConfig
-
-    from ..models import resolve_model
 
     if model in SHIPPED_CONFIGS:
         return AutoConfig.from_pretrained(str(CONFIGS / SHIPPED_CONFIGS[model]))
@@ -56,7 +55,6 @@ def model_shape(config) -> ModelShape:
 
 def meta_model(config):
     """The model skeleton on the meta device: every tensor's shape, no memory, no weights."""
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)

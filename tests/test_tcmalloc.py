@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from compactlm import allocator
+from compactlm.cli import tcmalloc as allocator
 
 
 @pytest.fixture

@@ -1,80 +1,25 @@
-"""Plans of a recipe (search space, candidates, memory per step) and the check ``run``/``distill`` make first.
+"""Will this run fit? The checks ``run`` and ``distill`` make before loading anything, and the strategy ``auto`` picks.
 
-No weights are read: the teacher's config comes from :func:`.source.load_config`, the candidates
-from the exact parameter arithmetic. A step planned by budget is sized by its largest candidate
-(the most memory any candidate of the search needs); the next step's teacher is that student.
+A plan (:class:`~.table.Plan`) holds every stage's memory under every strategy; these functions
+read it for the strategy the trainer will really use (:func:`configured_strategy`) and refuse,
+with the plan printed, what cannot fit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
-from ..config import AXES, Recipe, StepSection
+import torch
+
 from ..errors import CompactLMError
-from ..search import Candidate, SearchSpace, candidates_of
+from ..hardware import native_bf16
 from .device import DeviceSpec, device_spec
-from .memory import STAGES, STRATEGIES, ModelShape, Strategy, Workload, stage_memory
-from .report import Plan, build_plan, render
+from .memory import STAGES, STRATEGIES, Strategy, Workload, stage_memory
 from .source import load_config, model_shape
+from .table import Plan, build_plan, render
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StepPlan:
-    name: str
-    space: SearchSpace | None
-    candidates: list[Candidate]
-    target_params: int | None
-    plan: Plan
-
-
-def recipe_workload(recipe: Recipe, step: StepSection, device: DeviceSpec, teacher: ModelShape,
-                    student: ModelShape) -> Workload:
-    """The per-micro-batch sizes of a recipe step; precision auto is bf16 where the device runs it natively."""
-    from ..hardware import native_bf16
-
-    train, loss = step.distill.train, step.distill.loss
-    native = device.type == "cuda" or native_bf16("cpu")
-    precision = train.precision if train.precision != "auto" else ("bf16" if native else "fp32")
-    teacher_dtype = recipe.dtype if train.teacher_dtype == "auto" else train.teacher_dtype
-    deeper = student.arch.num_hidden_layers < teacher.arch.num_hidden_layers
-    imp = recipe.importance
-    return Workload(micro_batch=train.micro_batch_size, seq_len=recipe.data.seq_len, precision=precision,
-                    dtype=recipe.dtype, teacher_dtype=teacher_dtype, chunk_size=loss.chunk_size,
-                    intermediate=loss.intermediate == "on" or (loss.intermediate == "auto" and deeper),
-                    importance_batch=imp.batch_size, seq_aggregations=len(imp.seq_aggregations.split(",")),
-                    layer_loss=imp.layer_loss_samples > 0, proxy_batch=8, eval_batch=recipe.eval.batch_size,
-                    eval_window=recipe.eval.window, device_type=device.type)
-
-
-def _student(step: StepSection, teacher: ModelShape, model_type: str):
-    """(student shape, space, candidates, target) of one step: its fixed architecture or its largest candidate."""
-    if step.architecture is not None:
-        sizes = {a: getattr(step.architecture, a) for a in AXES}
-        return ModelShape(teacher.arch.replace(**sizes), teacher.layout), None, [], None
-    space, candidates, target, _ = candidates_of(step.search, teacher.arch, teacher.layout, model_type,
-                                                 step.target_params)
-    largest = max(candidates, key=lambda c: c.params)
-    return ModelShape(largest.arch, teacher.layout), space, candidates, target
-
-
-def plan_recipe(recipe: Recipe, device: DeviceSpec | None = None, config=None) -> list[StepPlan]:
-    """One :class:`StepPlan` per step of ``recipe`` on ``device`` (default: the recipe's device, this machine)."""
-    config = config if config is not None else load_config(recipe.teacher, recipe.trust_remote_code)
-    device = device or device_spec("cuda" if recipe.device.startswith("cuda") else "cpu",
-                                   count=int(os.environ.get("WORLD_SIZE", "1")), model_config=None)
-    teacher = model_shape(config)
-    plans = []
-    for step in recipe.steps:
-        student, space, candidates, target = _student(step, teacher, config.model_type)
-        work = recipe_workload(recipe, step, device, teacher, student)
-        plans.append(StepPlan(step.name, space, candidates, target, build_plan(teacher, student, work, device,
-                                                                              label=f"step {step.name}")))
-        teacher = student
-    return plans
 
 
 def _cheapest(plan: Plan, stages: tuple[str, ...]) -> Strategy | None:
@@ -82,7 +27,7 @@ def _cheapest(plan: Plan, stages: tuple[str, ...]) -> Strategy | None:
 
 
 def configured_strategy(plan: Plan, train, stages: tuple[str, ...] = STAGES) -> Strategy:
-    """What the trainer will use (``distill/distributed.py:resolve_strategy``): one process trains the plain model
+    """What the trainer will use (:func:`compactlm.distill.sharding.resolve_strategy`): one process trains the plain model
     with a replicated teacher; several use TrainArgs' strategy and teacher_placement (auto: the cheapest that fits)."""
     if plan.device.count == 1:
         return STRATEGIES["single"]
@@ -117,7 +62,6 @@ def check_fits(plan: Plan, train, what: str, stages: tuple[str, ...] = STAGES) -
 
 def local_device(device: str) -> DeviceSpec:
     """The device a run on this machine uses: its RAM or GPU memory, and WORLD_SIZE processes (torchrun)."""
-    import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device == "auto":
@@ -125,24 +69,9 @@ def local_device(device: str) -> DeviceSpec:
     return device_spec("cpu" if device == "cpu" else device, count=world)
 
 
-def check_recipe(recipe: Recipe) -> list[StepPlan]:
-    """Refuse (:class:`CompactLMError`, exit 2) a recipe some step of which cannot fit on its device."""
-    try:
-        config = load_config(recipe.teacher, recipe.trust_remote_code)
-    except CompactLMError as err:    # loading the teacher will say it better
-        logger.debug("plan check skipped (loading the model reports it): %s", err)
-        return []
-    plans = plan_recipe(recipe, local_device(recipe.device), config)
-    for step, planned in zip(recipe.steps, plans):
-        check_fits(planned.plan, step.distill.train, f"recipe step '{step.name}'")
-    return plans
-
-
 def check_distill(teacher: str, student: str, train, loss, seq_len: int, dtype: str = "float32",
                   trust_remote_code: bool = False) -> Plan | None:
     """Refuse a distillation (``compactlm distill``) that cannot fit on its device; only that stage is checked."""
-    from ..hardware import native_bf16
-
     try:
         t, s = (model_shape(load_config(m, trust_remote_code)) for m in (teacher, student))
     except CompactLMError as err:
@@ -162,7 +91,7 @@ def check_distill(teacher: str, student: str, train, loss, seq_len: int, dtype: 
 
 
 def choose_strategy(args, info, student, teacher, seq_len: int, precision: str) -> str:
-    """``ddp`` or ``fsdp`` for ``strategy: auto`` (called by ``distill/distributed.py:resolve_strategy``): ddp when
+    """``ddp`` or ``fsdp`` for ``strategy: auto`` (called by :func:`compactlm.distill.sharding.resolve_strategy`): ddp when
     the distillation of ``seq_len``-token blocks in ``precision`` (bf16 | fp32, resolved) fits each device with
     everything replicated, else fsdp. Every process decides from the same inputs, so they agree."""
     if teacher is None:

@@ -5,7 +5,7 @@ returns them to the kernel and page-faults them back every step. Google's tcmall
 On the 2-core development CPU the distillation step ran 1.4-2.2x faster with it
 (``benchmarks/cpu_levers.py``, numbers in ``benchmarks/results/cpu_levers.json``); jemalloc
 gave less. An allocator must be loaded before the process starts, so the ``compactlm``
-console command re-executes itself once with ``LD_PRELOAD`` when Debian/Ubuntu's
+console command (:func:`compactlm.cli.entry`) re-executes itself once with ``LD_PRELOAD`` when Debian/Ubuntu's
 ``libtcmalloc-minimal4`` (or a Fedora/Arch equivalent) is installed. Nothing happens when it is
 not, when ``COMPACTLM_ALLOCATOR=system`` is set, or when something is already preloaded.
 Library use (``import compactlm``) is never affected.
@@ -41,11 +41,3 @@ def reexec_under_tcmalloc(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "compactlm", *argv], env)
-
-
-def entry() -> None:
-    """The ``compactlm`` console command."""
-    reexec_under_tcmalloc(sys.argv[1:])
-    from .cli import main
-
-    sys.exit(main())

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch import Architecture, adapter_for
+from . import adapter_for
+from .base import Architecture
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from ..config.fields import parse_bytes
 from ..errors import CompactLMError, unknown_name
+from ..hardware import cpu_name, measured_rates
 from .memory import GiB
 
 GB = 1000 ** 3
@@ -78,16 +81,11 @@ def device_spec(device: str = "cpu", count: int = 1, memory: str | int | None = 
     if device == "cpu":
         peak = None
         if model_config is not None:
-            from ..hardware import measured_rates
-
             peak = {k: v / 1e3 for k, v in measured_rates(model_config, "cpu").items()}
-        from ..hardware import cpu_name
 
         return DeviceSpec(f"cpu ({cpu_name()})", "cpu", (mem or host_memory()) // count, count, peak,
                           CPU_MFU if mfu is None else mfu)
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise CompactLMError(f"device '{device}': no CUDA GPU here. Name one to plan for (--device "
                                  f"{'|'.join(GPUS)}) with --devices N.")
