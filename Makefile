@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch (lies on disk here); GPU users: see README "Installing with CUDA".
+# CPU build of torch (lies on disk here); GPU users: see docs/scaling.md "GPUs: installing with CUDA".
 TORCH_SPEC ?= torch==2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
@@ -29,9 +29,13 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# ruff: pyflakes, pycodestyle and import order (settings in pyproject.toml); CI runs it before the tests
+# ruff: pyflakes, pycodestyle and import order (settings in pyproject.toml); lint-imports: the packages' one-way
+# ladder and no cycle inside a package (.importlinter); mkdocs: the documentation site builds, every link resolves.
+# CI runs it before the tests.
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
 test-fast: setup
 	COMPACTLM_SKIP_SLOW=1 $(BIN)/python -m pytest -q -m "not slow"

@@ -449,7 +449,7 @@ def _readers(world, d: Path):
     from compactlm.distill.intermediate import read_prune_plan
     from compactlm.distill.metrics import JsonlLogger
     from compactlm.evaluate import get_task
-    from compactlm.evaluate.sources import read_local_rows
+    from compactlm.evaluate.task_data import read_local_rows
     from compactlm.importance import ImportanceScores
     from compactlm.models import load_model
     from compactlm.prune import PrunePlan

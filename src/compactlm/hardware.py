@@ -81,7 +81,7 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether the hardware has bf16 arithmetic (not emulation): bf16 tensor cores, AMX or AVX512-BF16.
 
     ``COMPACTLM_NATIVE_BF16=0`` (or ``1``) overrides the detection: to reproduce on a bf16 machine what
-    a CPU without it chooses (the README's fp32 timings of ``make test`` were taken this way).
+    a CPU without it chooses (the fp32 timings in docs/performance.md were taken this way).
     """
     override = os.environ.get("COMPACTLM_NATIVE_BF16")
     if override in ("0", "1"):

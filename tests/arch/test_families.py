@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from helpers import make_tiny_model, random_plan
 
 from compactlm.arch import ADAPTERS, LogitTransform, adapter_for
+from compactlm.config import ImportanceSection
 from compactlm.distill.losses import ChunkedLogitLoss
 from compactlm.errors import CompactLMError
 from compactlm.evaluate.loglikelihood import head_and_body
@@ -71,7 +72,7 @@ def test_mixed_dense_and_moe_layers_are_refused():
 def test_only_activation_scores_experts():
     model = make_tiny_model("qwen3_moe")
     with pytest.raises(CompactLMError, match="Criterion 'magnitude'.*mixture of experts.*--criterion activation"):
-        estimate_importance(model, torch.randint(3, 128, (2, 8)), criterion="magnitude", show_progress=False)
+        estimate_importance(model, torch.randint(3, 128, (2, 8)), ImportanceSection(criterion="magnitude"), show_progress=False)
 
 
 def test_active_params_budget():

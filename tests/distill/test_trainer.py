@@ -128,7 +128,7 @@ def test_the_callers_teacher_keeps_its_dtype(tmp_path, teacher_dtype):
 
 def test_setup_errors_are_reported_together(tmp_path):
     teacher, student = _pair()
-    with pytest.raises(CompactLMError, match=r"multiple of.*raise --tokens"):
+    with pytest.raises(CompactLMError, match=r"multiple of.*raise the tokens"):
         distill(student, teacher, _blocks(2), tmp_path / "run", args=TrainArgs(batch_size=6, micro_batch_size=4))
     with pytest.raises(CompactLMError, match="no prune plan"):
         distill(student, teacher, _blocks(8), tmp_path / "run2", args=TrainArgs(**ARGS))

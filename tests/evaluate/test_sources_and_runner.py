@@ -11,9 +11,10 @@ import pytest
 from eval_fixtures import tiny_lm, tokenizer  # noqa: F401
 
 from compactlm.cli import main as cli_main
+from compactlm.config import EvalArgs
 from compactlm.errors import CompactLMError
 from compactlm.evaluate import MissingData, get_task, run_task, select
-from compactlm.evaluate import sources as src
+from compactlm.evaluate import task_data as src
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_select_is_seeded_sorted_and_per_group():
 
 def test_choice_metrics_follow_the_harness(tiny_lm, tokenizer):
     rows = [{"goal": f"Goal {i}", "sol1": "short", "sol2": f"a much longer answer {i}", "label": i % 2} for i in range(6)]
-    out = run_task("piqa", tiny_lm, tokenizer, rows=(rows, "test"), batch_size=4)
+    out = run_task("piqa", tiny_lm, tokenizer, EvalArgs(batch_size=4), rows=(rows, "test"))
     acc, norm = [], []
     for s in out["samples"]:
         lls = np.array(s["logprobs"])
@@ -140,9 +141,9 @@ def test_cli_missing_data_is_one_line(offline, capsys, tmp_path):
 
 def test_cli_table_with_baseline(monkeypatch, tmp_path, capsys, tiny_lm, tokenizer):
     """The table and JSON for model vs baseline, with the model loader replaced by the tiny model."""
-    import compactlm.models
+    import compactlm.cli.common
 
-    monkeypatch.setattr(compactlm.models, "load_model", lambda name, **kw: (tiny_lm, tokenizer))
+    monkeypatch.setattr(compactlm.cli.common, "load_model", lambda name, **kw: (tiny_lm, tokenizer))
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "valid.jsonl").write_text("".join(
         json.dumps({"goal": f"g{i}", "sol1": "yes", "sol2": "no way", "label": i % 2}) + "\n" for i in range(5)))

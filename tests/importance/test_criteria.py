@@ -7,6 +7,7 @@ import torch
 from helpers import make_tiny_model
 
 from compactlm.arch import adapter_for
+from compactlm.config import ImportanceSection
 from compactlm.errors import CompactLMError
 from compactlm.importance import CRITERIA, CriterionOptions, ImportanceScores, check_criterion, estimate_importance
 from compactlm.importance.criteria import magnitude_scores, random_scores, taylor_scores
@@ -93,12 +94,12 @@ def test_random_is_seeded():
 def test_every_criterion_gives_scores_that_prune(criterion, tmp_path):
     model = make_tiny_model("qwen2")
     x = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(3))
-    scores = estimate_importance(model, x, criterion=criterion, seed=5, batch_size=2, layer_loss_samples=2,
+    scores = estimate_importance(model, x, ImportanceSection(criterion=criterion, seed=5, batch_size=2, layer_loss_samples=2),
                                  show_progress=False)
     scores.save(tmp_path / "s")
     loaded = ImportanceScores.load(tmp_path / "s")
     assert loaded.criterion == criterion == loaded.meta["criterion"]
-    activation = estimate_importance(model, x, batch_size=2, layer_loss_samples=2, show_progress=False)
+    activation = estimate_importance(model, x, ImportanceSection(batch_size=2, layer_loss_samples=2), show_progress=False)
     for name in ("layers.cos_next", "layers.block_cos", "layers.loss"):          # layer metrics do not depend on it
         torch.testing.assert_close(loaded.tensors[name], activation.tensors[name], rtol=1e-12, atol=1e-12)
 

@@ -9,6 +9,7 @@ import torch
 from helpers import make_char_tokenizer, make_tiny_model
 
 from compactlm.arch import adapter_for
+from compactlm.config import EvalArgs, ImportanceSection
 from compactlm.errors import CompactLMError
 from compactlm.evaluate import evaluate, run_task
 from compactlm.importance import ImportanceScores, estimate_importance, layers_dropped
@@ -56,8 +57,8 @@ def test_layers_dropped_scores_like_the_depth_pruned_model(family, removed):
 def test_task_metric_equals_evaluate_of_each_depth_pruned_model(task_dir, tmp_path):
     model, tok = make_tiny_model("qwen2"), make_char_tokenizer()
     x = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
-    scores = estimate_importance(model, x, layer_loss_samples=0, depth_tasks=["winogrande"], depth_task_examples=6,
-                                 tokenizer=tok, data_dir=task_dir, show_progress=False)
+    scores = estimate_importance(model, x, ImportanceSection(layer_loss_samples=0, depth_tasks=["winogrande"],
+                                 depth_task_examples=6), tokenizer=tok, data_dir=task_dir, show_progress=False)
     scores.save(tmp_path / "s")
     scores = ImportanceScores.load(tmp_path / "s")
     acc = scores.tensors["layers.task.winogrande"]                             # (L+1, L+1)
@@ -65,7 +66,8 @@ def test_task_metric_equals_evaluate_of_each_depth_pruned_model(task_dir, tmp_pa
     assert scores.depth_tasks == ["winogrande"] and info["examples"] == 6 and info["lengths"] == [1, 2, 3]
 
     def accuracy(m) -> float:
-        return evaluate(m, tok, ["winogrande"], limit=6, data_dir=task_dir)["results"]["winogrande"]["metrics"]["acc"]
+        return evaluate(m, tok, EvalArgs(tasks=["winogrande"], limit=6,
+                        data_dir=task_dir))["results"]["winogrande"]["metrics"]["acc"]
 
     assert torch.equal(acc.diagonal(), torch.full((5,), accuracy(model), dtype=torch.float64))
     for start in range(4):
@@ -79,7 +81,7 @@ def test_task_metric_equals_evaluate_of_each_depth_pruned_model(task_dir, tmp_pa
 def scores_with_task(acc_by_block: dict[tuple[int, int], float], lengths: list[int]) -> ImportanceScores:
     model = make_tiny_model("llama")
     x = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
-    scores = estimate_importance(model, x, layer_loss_samples=0, show_progress=False)
+    scores = estimate_importance(model, x, ImportanceSection(layer_loss_samples=0), show_progress=False)
     acc = torch.full((5, 5), float("nan"), dtype=torch.float64).fill_diagonal_(0.6)
     for (s, e), v in acc_by_block.items():
         acc[s, e] = v
@@ -122,11 +124,11 @@ def test_bad_depth_task_options_fail_before_the_pass():
     model, tok = make_tiny_model("llama"), make_char_tokenizer()
     x = torch.randint(3, 128, (2, 12))
     with pytest.raises(CompactLMError, match="Unknown task 'winogrand'"):
-        estimate_importance(model, x, depth_tasks=["winogrand"], tokenizer=tok, show_progress=False)
+        estimate_importance(model, x, ImportanceSection(depth_tasks=["winogrand"]), tokenizer=tok, show_progress=False)
     with pytest.raises(CompactLMError, match="tokenizer"):
-        estimate_importance(model, x, depth_tasks=["winogrande"], show_progress=False)
+        estimate_importance(model, x, ImportanceSection(depth_tasks=["winogrande"]), show_progress=False)
     with pytest.raises(CompactLMError, match=r"block lengths must be in 1..3"):
-        estimate_importance(model, x, depth_tasks=["winogrande"], depth_task_lengths=[4], tokenizer=tok,
+        estimate_importance(model, x, ImportanceSection(depth_tasks=["winogrande"], depth_task_lengths=[4]), tokenizer=tok,
                             show_progress=False)
     with pytest.raises(CompactLMError, match="accuracy"):
-        estimate_importance(model, x, depth_tasks=["wikitext2"], tokenizer=tok, show_progress=False)
+        estimate_importance(model, x, ImportanceSection(depth_tasks=["wikitext2"]), tokenizer=tok, show_progress=False)

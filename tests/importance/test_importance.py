@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from helpers import MOE_FAMILIES, make_tiny_model
 
 from compactlm.arch import adapter_for
+from compactlm.config import ImportanceSection
 from compactlm.importance import AGGREGATIONS, ImportanceScores, estimate_importance, lm_loss
 from compactlm.importance.aggregation import ChannelStatistics, finalize
 from compactlm.prune import PrunePlan, apply_plan, select_units
@@ -67,7 +68,7 @@ def hooked_activations(model, x):
 def test_scores_equal_brute_force_on_a_model(family):
     model = make_tiny_model(family)
     x = torch.randint(3, 128, (3, 10), generator=torch.Generator().manual_seed(1))
-    scores = estimate_importance(model, x, batch_size=3, layer_loss_samples=0, seq_aggregations="mean,l2,var",
+    scores = estimate_importance(model, x, ImportanceSection(batch_size=3, layer_loss_samples=0, seq_aggregations="mean,l2,var"),
                                  show_progress=False)
     store, hidden = hooked_activations(model, x)
     mask = torch.ones(3, 10)
@@ -105,8 +106,8 @@ def test_expert_scores_equal_brute_force(family):
     mask = torch.ones(3, 10, dtype=torch.long)
     mask[1, 6:] = 0
     mask[2, 3:] = 0
-    scores = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], layer_loss_samples=0,
-                                 seq_aggregations="mean,l2,var", show_progress=False)
+    scores = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], ImportanceSection(layer_loss_samples=0,
+                                 seq_aggregations="mean,l2,var"), show_progress=False)
     routed, shared_in, handles = [], [], []
     for layer in a.decoder_layers(model):
         experts = layer.get_submodule(a.experts)
@@ -151,8 +152,9 @@ def test_default_records_seq_mean_only():
 
     model = make_tiny_model("llama")
     x = torch.randint(3, 128, (2, 8))
-    default = estimate_importance(model, x, layer_loss_samples=0, show_progress=False)
-    full = estimate_importance(model, x, layer_loss_samples=0, seq_aggregations="mean,l2,var", show_progress=False)
+    default = estimate_importance(model, x, ImportanceSection(layer_loss_samples=0), show_progress=False)
+    full = estimate_importance(model, x, ImportanceSection(layer_loss_samples=0, seq_aggregations="mean,l2,var"),
+                               show_progress=False)
     for batch in AGGREGATIONS:
         torch.testing.assert_close(default.neurons((batch, "mean")), full.neurons((batch, "mean")))
     with pytest.raises(CompactLMError, match="--seq-aggregations mean,var"):
@@ -171,9 +173,9 @@ def test_padding_changes_nothing():
         ids[i, : len(s)] = s
         ids[i, len(s):] = 99                                  # garbage in the padding must not count
         mask[i, : len(s)] = 1
-    kw = dict(layer_loss_samples=0, seq_aggregations="mean,l2,var", show_progress=False)
-    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], **kw)
-    alone = estimate_importance(model, unpadded, **kw)
+    options = ImportanceSection(layer_loss_samples=0, seq_aggregations="mean,l2,var")
+    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], options, show_progress=False)
+    alone = estimate_importance(model, unpadded, options, show_progress=False)
     for key, value in alone.tensors.items():
         torch.testing.assert_close(padded.tensors[key], value, rtol=1e-6, atol=1e-6, msg=key)
 
@@ -181,7 +183,7 @@ def test_padding_changes_nothing():
 def test_layer_loss_equals_loss_of_depth_pruned_model():
     model = make_tiny_model("qwen2")
     x = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(3))
-    scores = estimate_importance(model, x, batch_size=2, layer_loss_samples=4, show_progress=False)
+    scores = estimate_importance(model, x, ImportanceSection(batch_size=2, layer_loss_samples=4), show_progress=False)
     a = adapter_for(model.config)
     src = a.architecture(model.config)
     assert scores.base_loss == pytest.approx(lm_loss(model, x), rel=1e-9)
@@ -199,7 +201,7 @@ def test_scores_roundtrip_and_fingerprint(tmp_path):
 
     model = make_tiny_model("llama")
     x = torch.randint(3, 128, (2, 8))
-    scores = estimate_importance(model, x, layer_loss_samples=2, show_progress=False)
+    scores = estimate_importance(model, x, ImportanceSection(layer_loss_samples=2), show_progress=False)
     scores.save(tmp_path / "s")
     loaded = ImportanceScores.load(tmp_path / "s")
     assert loaded.meta["fingerprint"] == scores.meta["fingerprint"]

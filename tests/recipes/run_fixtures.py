@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from compactlm.recipes.layout import RunLayout
 from compactlm.recipes.records import RunState
+from compactlm.recipes.run_dir import RunLayout
 
 
 def write_tiny_recipe(folder: Path, teacher: Path, text: Path, **changes) -> Path:

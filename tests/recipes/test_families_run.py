@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from compactlm.arch import adapter_for
 from compactlm.cli import main
-from compactlm.recipes.layout import RunLayout
+from compactlm.recipes.run_dir import RunLayout
 
 OTHER_FAMILIES = sorted(f for f in FAMILIES if f not in ("llama", "llama_bias_untied", "mistral", "qwen2", "qwen3"))
 

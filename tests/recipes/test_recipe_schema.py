@@ -83,15 +83,24 @@ def test_unknown_recipe_name_lists_the_shipped_ones(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_importance_section_passes_every_key_to_estimate_importance():
-    import inspect
+def test_importance_section_is_what_estimate_importance_reads():
+    """The recipe section goes to the importance pass whole: each option it sets shows in the scores."""
+    import torch
+    from helpers import make_tiny_model
 
     from compactlm.config import ImportanceSection
     from compactlm.importance import estimate_importance
 
-    kwargs = ImportanceSection(criterion="taylor", depth_tasks=["winogrande"]).estimate_kwargs()
-    assert set(kwargs) <= set(inspect.signature(estimate_importance).parameters)
-    assert kwargs["criterion"] == "taylor" and kwargs["depth_tasks"] == ["winogrande"] and "samples" not in kwargs
+    model = make_tiny_model("llama", dtype=torch.float32, seed=0)
+    blocks = torch.randint(3, 128, (4, 8), generator=torch.Generator().manual_seed(0))
+    options = ImportanceSection(criterion="random", seed=3, layer_loss_samples=2, seq_aggregations="mean,l2",
+                                batch_size=2)
+    scores = estimate_importance(model, blocks, options, show_progress=False)
+    meta = scores.meta
+    assert meta["criterion"] == "random" and meta["seed"] == 3 and meta["layer_loss_samples"] == 2
+    assert meta["seq_aggregations"] == ["mean", "l2"] and "layers.loss" in scores.tensors
+    plain = estimate_importance(model, blocks, ImportanceSection(layer_loss_samples=0), show_progress=False)
+    assert plain.meta["criterion"] == "activation" and "layers.loss" not in plain.tensors
 
 
 def test_run_refuses_to_start_as_several_processes(tmp_path, capsys, monkeypatch):

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from compactlm.cli import main
 from compactlm.provenance import PROVENANCE_FILE, software_versions
 from compactlm.recipes import load_recipe, pipeline, run
-from compactlm.recipes.layout import RunLayout
 from compactlm.recipes.records import DistillRecord, ImportanceRecord, RunState, SearchRecord
+from compactlm.recipes.run_dir import RunLayout
 from compactlm.report import render_report
 from compactlm.search import ranking
 

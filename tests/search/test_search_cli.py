@@ -6,7 +6,7 @@ import csv
 import json
 
 from compactlm.cli import main
-from compactlm.search.layout import SearchLayout
+from compactlm.search.search_dir import SearchLayout
 
 
 def _importance(tmp_path, model, text):

@@ -7,6 +7,7 @@ import torch
 from helpers import smollm2_available
 
 from compactlm import estimate_importance, lm_loss, load_model, prune
+from compactlm.config import ImportanceSection
 from compactlm.export.gguf import export_gguf
 from compactlm.export.gguf_vocab import find_gguf_source
 
@@ -34,7 +35,8 @@ def test_pruned_student_q8_0_generates_like_the_hf_student(tmp_path):
 
     teacher, tokenizer = load_model("smollm2-135m")
     blocks = load_blocks("exllamav2:wiki", tokenizer, seq_len=256, num_samples=8, heldout_samples=4, seed=0)
-    scores = estimate_importance(teacher, blocks.train, batch_size=4, layer_loss_samples=0, show_progress=False)
+    scores = estimate_importance(teacher, blocks.train, ImportanceSection(batch_size=4, layer_loss_samples=0),
+                                 show_progress=False)
     student, _ = prune(teacher, scores, intermediate_size=1024, num_hidden_layers=28)
     del teacher
     path = tmp_path / "student.q8_0.gguf"

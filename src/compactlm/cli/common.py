@@ -6,7 +6,7 @@ import argparse
 
 from ..config import DEFAULT_MODEL, DataSection
 from ..data import load_blocks
-from ..distill.validate import check_blocks_fit, position_problems
+from ..distill.checks import check_blocks_fit, position_problems
 from ..errors import CompactLMError
 from ..models import load_model
 from .flags import add_flags, from_flags

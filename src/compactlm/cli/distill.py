@@ -17,8 +17,8 @@ from ..config import DEFAULT_MODEL, DataSection, LossArgs, TrainArgs
 from ..data import load_blocks
 from ..distill import make_loss, train
 from ..distill.checkpoint import nothing_saved
+from ..distill.checks import position_problems
 from ..distill.config import parse_tokens, steps_for_tokens
-from ..distill.validate import position_problems
 from ..errors import CompactLMError
 from ..io import check_inputs_outside, check_output_dir
 from ..sizing import check_distill

@@ -9,7 +9,7 @@ import time
 from ..config import EvalArgs
 from ..errors import CompactLMError
 from ..evaluate import available_tasks, get_task, run_task
-from ..evaluate.sources import load_rows
+from ..evaluate.task_data import load_rows
 from ..hardware import precision_for
 from ..io import check_output_file, write_json_atomic
 from ..parallel import barrier
@@ -67,10 +67,7 @@ def _evaluate(name: str, args, options: EvalArgs, rows: dict, parallel=None) -> 
     start = time.perf_counter()
     results = {}
     for task in options.tasks:
-        results[task] = run_task(task, model, tokenizer, limit=options.limit, seed=options.seed,
-                                 first_n=options.first_n, batch_size=options.batch_size, bf16=bf16,
-                                 data_dir=options.data_dir, window=options.window, stride=options.stride,
-                                 share_prefix=options.share_prefix, rows=rows.get(task), parallel=parallel)
+        results[task] = run_task(task, model, tokenizer, options, bf16=bf16, rows=rows.get(task), parallel=parallel)
     logger.info("%s: evaluated in %.1f s", name, time.perf_counter() - start)
     return results
 

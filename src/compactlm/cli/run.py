@@ -11,7 +11,7 @@ from ..errors import CompactLMError, interrupt_exit_code
 from ..readers import read_json_object, reading
 from ..recipes import check_recipe, load_recipe, resolve_path, run
 from ..recipes.gguf_stage import describe_exports
-from ..recipes.layout import RunLayout
+from ..recipes.run_dir import RunLayout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +71,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         raise CompactLMError(
             f"compactlm run was started as {world} processes (WORLD_SIZE={world}); a recipe run is one process. "
             f"Run it without torchrun/accelerate, or run its stages as verbs under torchrun "
-            f"(importance, search, distill --strategy fsdp, eval: see README 'Scaling out').")
+            f"(importance, search, distill --strategy fsdp, eval: see docs/scaling.md).")
     recipe = load_recipe(args.recipe, args.overrides)
     if recipe.trust_remote_code and not args.trust_remote_code:
         raise CompactLMError("The recipe sets trust_remote_code: true, which runs Python code shipped with the "

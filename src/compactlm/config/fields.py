@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Literal
 
@@ -76,8 +77,14 @@ Int = Annotated[int, Strict()]
 Count = Annotated[int, Strict(), Field(ge=1)]
 """an integer >= 1"""
 Bool = Annotated[bool, Strict()]
+Steps = Annotated[int, Strict(), Field(ge=0)]
+"""an integer >= 0 (a step count or interval where 0 means "none" or "only at the ends")"""
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 """a fraction in [0, 1)"""
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""a finite number >= 0"""
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+"""a finite number > 0"""
 
 
 class TokenCount:
@@ -89,3 +96,11 @@ Tokens = Annotated[int, BeforeValidator(_tokens), TokenCount()]
 ParamTarget = Annotated[str, BeforeValidator(_text)]
 """a parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
 Precision = Literal["auto", "bf16", "fp32"]
+
+
+def _path_text(value):
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathText = Annotated[str, BeforeValidator(_path_text)]
+"""a file or folder path (a ``str`` or ``pathlib.Path``), kept as text"""

@@ -34,8 +34,12 @@ from .fields import (
     Count,
     Fraction,
     Int,
+    NonNegative,
     ParamTarget,
+    PathText,
+    Positive,
     Precision,
+    Steps,
     Tokens,
 )
 
@@ -47,15 +51,15 @@ class LossArgs:
 
     loss: str = "forward_kl"
     """logit loss: forward_kl (KL(teacher||student), the paper's best), reverse_kl, js, mse, cosine"""
-    temperature: float = 1.0
+    temperature: Positive = 1.0
     """softmax temperature τ of the logit loss (the loss is multiplied by τ²)"""
-    top_k: Int | None = None
+    top_k: Count | None = None
     """use only the teacher's K largest logits (forward_kl only; the paper finds K <= 100 hurts)"""
-    js_beta: float = 0.5
+    js_beta: NonNegative = 0.5
     """β of the Jensen–Shannon loss"""
-    clm_weight: float = 0.0
+    clm_weight: NonNegative = 0.0
     """weight of the student's next-token cross-entropy added to the logit loss (paper: 0)"""
-    chunk_size: Int = 512
+    chunk_size: Steps = 512
     """tokens per chunk of LM head + loss, bounding the fp32 (tokens x vocab) memory; 0 = no chunking"""
     intermediate: Literal["auto", "on", "off"] = "auto"
     """intermediate-state loss: auto (on when the student has fewer layers than the teacher), on, off"""
@@ -67,21 +71,21 @@ class LossArgs:
 class TrainArgs:
     """How the student is optimised; defaults follow docs/method.md §4, scaled to short runs."""
 
-    lr: float = 1e-4
+    lr: Positive = 1e-4
     """peak learning rate (AdamW, cosine schedule)"""
-    min_lr: float = 1e-5
+    min_lr: NonNegative = 1e-5
     """learning rate at the end of the cosine decay"""
-    warmup_steps: Int | None = None
+    warmup_steps: Steps | None = None
     """linear warm-up steps (default: min(40, 10% of the steps))"""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative = 0.0
     """AdamW weight decay"""
     batch_size: Count = 8
     """global batch in sequences per optimizer step (all processes, all accumulation steps)"""
     micro_batch_size: Count = 4
     """sequences per forward/backward on one process; gradient accumulation makes up the rest"""
-    max_steps: Int | None = None
+    max_steps: Count | None = None
     """optimizer steps (default: as many as the token budget buys, or one pass over the training blocks)"""
-    grad_clip: float = 1.0
+    grad_clip: NonNegative = 1.0
     """clip the global gradient norm to this value (0 = off)"""
     precision: Precision = "auto"
     """auto (bf16 where the device runs it natively and a micro-benchmark of this model's GEMMs finds it faster,
@@ -93,11 +97,11 @@ class TrainArgs:
     """cpu, cuda, cuda:N or auto (the local rank's GPU if any)"""
     seed: Int = 0
     """seed of the data order and of any random initialisation"""
-    val_every: Int = 50
+    val_every: Steps = 50
     """validate on the held-out blocks every N steps (and at start and end; 0 = start and end only)"""
-    checkpoint_every: Int = 50
+    checkpoint_every: Steps = 50
     """write a checkpoint every N steps (and on SIGINT/SIGTERM; 0 = only then and at the end)"""
-    keep_checkpoints: Int = 2
+    keep_checkpoints: Count = 2
     """number of newest checkpoints kept"""
     export_checkpoints: Bool = False
     """also write a loadable Hugging Face export inside every checkpoint"""
@@ -107,7 +111,8 @@ class TrainArgs:
     """data parallelism over several processes (torchrun / accelerate launch): ddp (a whole student, optimizer and
     teacher on every device; gradients all-reduced), fsdp (FSDP2: student sharded per decoder layer with fp32 master
     weights, bf16 compute under bf16 precision; checkpoints as DCP shards; the export gathered on rank 0) or auto
-    (ddp for now; later what `compactlm plan` finds fits). One process always trains the plain model"""
+    (ddp where `compactlm plan`'s memory model finds the replicated run fits each device, else fsdp). One process
+    always trains the plain model"""
     teacher_placement: Literal["shard", "replicate", "offload"] = "shard"
     """the frozen teacher under --strategy fsdp: shard (per decoder layer, a copy; its LM head whole on every device),
     replicate (whole on every device, as under ddp; --teacher-dtype bf16 halves it) or offload (sharded and held in
@@ -200,7 +205,8 @@ class SearchArgs:
 
 @dataclass(config=CONFIG)
 class EvalArgs:
-    """How ``compactlm eval`` scores a model (the recipe's ``eval`` section is the short form of this)."""
+    """How a model is evaluated: the flags of ``compactlm eval`` and the options of :func:`compactlm.evaluate.evaluate`,
+    passed whole (a recipe's ``eval`` section is :class:`EvalSection`, this with a run's defaults)."""
 
     tasks: list[str] = dataclasses.field(default_factory=lambda: [
         "wikitext2", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "piqa", "lambada", "boolq", "mmlu"])
@@ -223,7 +229,7 @@ class EvalArgs:
     share_prefix: Bool = True
     """score the shared context of a question's options once (--no-share-prefix: every option in full, in the
     harness's order; slower, for cross-checks)"""
-    data_dir: str | None = None
+    data_dir: PathText | None = None
     """folder with local task files (default: $COMPACTLM_DATA_DIR)"""
 
 
@@ -259,6 +265,9 @@ class CorrectionSection:
 
 @dataclass(config=CONFIG)
 class ImportanceSection:
+    """How the importance pass scores a model: the recipe's ``importance`` section, the flags of ``compactlm importance``,
+    and the options of :func:`compactlm.importance.estimate_importance`, passed whole."""
+
     samples: Count = 64
     """training blocks for the activation statistics"""
     batch_size: Count = 8
@@ -280,10 +289,6 @@ class ImportanceSection:
     """examples per task and block: the seeded subset of `compactlm eval --limit N`"""
     depth_task_lengths: list[Count] | None = None
     """block lengths to score, e.g. [8, 16] (default: every length 1..L-1, L(L+1)/2 - 1 evaluations)"""
-
-    def estimate_kwargs(self) -> dict:
-        """The keyword arguments of :func:`compactlm.importance.estimate_importance` (all fields but ``samples``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
 @dataclass(config=CONFIG)
@@ -309,14 +314,20 @@ class StepSection:
 
 
 @dataclass(config=CONFIG)
-class EvalSection:
+class EvalSection(EvalArgs):
+    """A recipe's ``eval`` section: :class:`EvalArgs` (every option of ``compactlm eval``) with the defaults of a run
+    (a few perplexity windows of held-out text at the run's usual block length), plus the greedy continuations."""
+
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["ppl:exllamav2:c4"])
     """compactlm eval task names (ppl:<text> for perplexity of other text)"""
     limit: Count | None = 32
     """examples (or perplexity windows) per task"""
-    window: Count = 512
+    batch_size: Count = 8
+    """sequences per forward pass"""
+    precision: Precision | None = None
+    """auto | bf16 | fp32 (default: the recipe's precision)"""
+    window: Annotated[int, Strict(), Field(ge=2)] = 512
     """perplexity window in tokens"""
-    batch_size: Int = 8
     prompts: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_PROMPTS))
     """prompts every model continues greedily (report, final printout, distinct-2 in the table); [] = none"""
     max_new_tokens: Count = 32
@@ -340,8 +351,9 @@ class Recipe:
     dtype: str = "float32"
     device: str = "cpu"
     precision: Precision = "auto"
-    """importance, search proxy and evaluation: auto (bf16 where native and measured faster), bf16 or fp32;
-    distillation has its own steps[i].distill.train.precision (also auto by default)"""
+    """importance and evaluation: auto (bf16 where native and measured faster), bf16 or fp32; distillation and the
+    search's short distillations have their own steps[i].distill.train.precision (also auto by default), and
+    eval.precision overrides this one for the evaluation"""
     trust_remote_code: Bool = False
     data: DataSection = dataclasses.field(default_factory=DataSection)
     correction: CorrectionSection = dataclasses.field(default_factory=CorrectionSection)

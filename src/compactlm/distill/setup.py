@@ -29,6 +29,7 @@ from ..io import check_output_dir
 from ..models import model_fingerprint
 from ..parallel import DistInfo, barrier, setup_distributed
 from .checkpoint import latest_checkpoint, nothing_saved, recorded_precision, remove_partial_checkpoints, resume_from
+from .checks import blocks_fingerprint, check_training
 from .config import LossArgs, TrainArgs, as_dict
 from .intermediate import IntermediateStateLoss, layer_map_from_plan, read_prune_plan
 from .losses import ChunkedLogitLoss, make_loss
@@ -37,7 +38,6 @@ from .sampler import StepSampler, set_rng_state
 from .sharding import gathered_student, hand_back, load_shards, resolve_strategy, shard_teacher, wrap_model
 from .student import DistillModule
 from .teacher import Teacher, frozen_teacher
-from .validate import blocks_fingerprint, check_training
 
 logger = logging.getLogger(__name__)
 

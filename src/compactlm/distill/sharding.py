@@ -143,7 +143,7 @@ def resolve_strategy(args, info: DistInfo, student: nn.Module, teacher: nn.Modul
     """``ddp`` or ``fsdp``: what ``--strategy`` (``args.strategy``) means for this run.
 
     One process has nothing to shard: always ``ddp`` (the plain module). ``auto`` asks the
-    memory model of ``compactlm plan`` (:func:`compactlm.plan.choose_strategy`) with the run's
+    memory model of ``compactlm plan`` (:func:`compactlm.sizing.choose_strategy`) with the run's
     sequence length and resolved precision. This is the one function that decides.
     """
     if not info.distributed:

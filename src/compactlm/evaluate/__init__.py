@@ -13,7 +13,7 @@ from .loglikelihood import Request, Score, score_requests
 from .perplexity import perplexity, windows
 from .registry import available_tasks, get_task, register
 from .runner import evaluate, run_task, select
-from .sources import DataSource, MissingData
+from .task_data import DataSource, MissingData
 
 __all__ = [
     "ChoiceTask", "DataSource", "MissingData", "PerplexityTask", "Request", "Score", "TargetTask",

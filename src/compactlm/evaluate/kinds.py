@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .loglikelihood import Request
-from .sources import DataSource
+from .task_data import DataSource
 
 Doc = dict
 

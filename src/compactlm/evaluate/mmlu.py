@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 from .kinds import ChoiceTask
-from .sources import DataSource, Rows, load_hf_rows, read_arrow_dir
+from .task_data import DataSource, Rows, load_hf_rows, read_arrow_dir
 
 NUM_FEWSHOT = 5
 LETTERS = ("A", "B", "C", "D")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..config import EvalArgs
 from ..data.packaged import is_packaged, packaged_path
 from ..errors import CompactLMError
 from ..parallel import DistInfo
@@ -20,7 +20,7 @@ from .kinds import ChoiceTask, PerplexityTask, TargetTask, Task
 from .loglikelihood import score_requests
 from .perplexity import perplexity
 from .registry import get_task
-from .sources import load_hf_rows, load_rows, read_jsonl
+from .task_data import load_hf_rows, load_rows, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -126,34 +126,33 @@ def eval_mode(model):
         model.train(was_training)
 
 
-def run_task(name: str, model, tokenizer, *, limit: int | None = None, seed: int = 1234, first_n: bool = False,
-             batch_size: int = 16, bf16: bool = False, data_dir: str | os.PathLike | None = None,
-             window: int = 2048, stride: int | None = None, share_prefix: bool = True,
+def run_task(name: str, model, tokenizer, options: EvalArgs | None = None, *, bf16: bool = False,
              max_length: int | None = None, rows: tuple[list[dict], str] | None = None,
              parallel: DistInfo | None = None) -> dict:
     """One task's result: ``{"metrics", "n", "source", "seconds"[, "samples"]}``.
 
-    ``rows`` (rows, where from), as :func:`~compactlm.evaluate.sources.load_rows` returns,
+    ``options`` (:class:`~compactlm.config.EvalArgs`; its ``tasks`` are not read here) says how
+    many examples, which, in what batches and windows; ``bf16`` is the precision already
+    resolved for this model (:func:`compactlm.hardware.precision_for` of ``options.precision``).
+    ``rows`` (rows, where from), as :func:`~compactlm.evaluate.task_data.load_rows` returns,
     skips loading the data again (two models, one dataset). ``parallel``: under ``torchrun``,
     every process calls this alike; each scores a share of the batches, and every process
     returns the one-process result (metrics and samples bit for bit; ``seconds`` its own).
     """
     with eval_mode(model):
-        return _run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
-                         bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
-                         max_length=max_length, rows=rows, parallel=parallel)
+        return _run_task(name, model, tokenizer, options or EvalArgs(), bf16, max_length, rows, parallel)
 
 
-def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16, data_dir, window, stride,
-              share_prefix, max_length, rows, parallel) -> dict:
+def _run_task(name, model, tokenizer, o: EvalArgs, bf16: bool, max_length, rows, parallel) -> dict:
     start = time.perf_counter()
+    limit, batch_size, window, stride = o.limit, o.batch_size, o.window, o.stride
     if name.startswith("ppl:"):
-        text, where = _ppl_text(name, data_dir)
+        text, where = _ppl_text(name, o.data_dir)
         metrics = perplexity(model, tokenizer, text, window=window, stride=stride, batch_size=batch_size,
                              limit=limit, bf16=bf16, desc=name, parallel=parallel)
         return {"metrics": metrics, "n": metrics["windows"], "source": where, "seconds": time.perf_counter() - start}
     task: Task = get_task(name)
-    rows, where = rows if rows is not None else load_rows(task.name, task.source, data_dir)
+    rows, where = rows if rows is not None else load_rows(task.name, task.source, o.data_dir)
     if isinstance(task, PerplexityTask):
         metrics = perplexity(model, tokenizer, task.text(rows), window=window, stride=stride,
                              batch_size=batch_size, limit=limit, bf16=bf16, desc=task.name, parallel=parallel)
@@ -163,9 +162,9 @@ def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16,
     except (KeyError, TypeError, ValueError) as err:
         raise CompactLMError(f"Task '{task.name}': rows from {where} do not have the expected fields "
                              f"({type(err).__name__}: {err}).") from err
-    indices = select(all_docs, limit, seed, first_n, task.limit_by)
+    indices = select(all_docs, limit, o.seed, o.first_n, task.limit_by)
     chosen = [all_docs[i] for i in indices]
-    opts = dict(batch_size=batch_size, bf16=bf16, share_prefix=share_prefix, max_length=max_length, parallel=parallel)
+    opts = dict(batch_size=batch_size, bf16=bf16, share_prefix=o.share_prefix, max_length=max_length, parallel=parallel)
     runner = _run_choice if isinstance(task, ChoiceTask) else _run_target
     metrics, samples = runner(task, chosen, model, tokenizer, opts)
     for i, s in zip(indices, samples):
@@ -174,43 +173,34 @@ def _run_task(name, model, tokenizer, *, limit, seed, first_n, batch_size, bf16,
             "samples": samples}
 
 
-def evaluate(model, tokenizer, tasks: list[str], limit: int | None = None, *, seed: int = 1234,
-             first_n: bool = False, batch_size: int = 16, bf16: bool = False,
-             data_dir: str | os.PathLike | None = None, window: int = 2048, stride: int | None = None,
-             share_prefix: bool = True, max_length: int | None = None, samples: bool = False,
-             parallel: DistInfo | None = None) -> dict:
-    """Evaluate ``model`` on each named task.
+def evaluate(model, tokenizer, options: EvalArgs | None = None, *, bf16: bool = False,
+             max_length: int | None = None, samples: bool = False, parallel: DistInfo | None = None) -> dict:
+    """Evaluate ``model`` on each task of ``options`` (:class:`~compactlm.config.EvalArgs`, passed whole).
 
-    Args:
-        tasks: registered names (``compactlm.evaluate.available_tasks()``) or ``ppl:FILE`` /
-            ``ppl:DATASET:CONFIG:SPLIT`` for the perplexity of any text.
-        limit: examples per task (per subject for MMLU; windows for perplexity); a seeded
-            random subset unless ``first_n``, which takes the first ones like lm-eval's ``--limit``.
-        batch_size: rows per forward pass.
-        bf16: bfloat16 autocast.
-        data_dir: folder of local task files (default ``$COMPACTLM_DATA_DIR``).
-        window, stride: perplexity window length and step (tokens).
-        share_prefix: run a question's shared context once for all its options.
-        samples: keep per-example records (``pred``, ``gold``, log-likelihoods) in the result.
-        parallel: under ``torchrun``, this process's DistInfo; see :func:`run_task`.
+    ``options.tasks`` are registered names (``compactlm.evaluate.available_tasks()``) or
+    ``ppl:FILE`` / ``ppl:DATASET:CONFIG:SPLIT`` for the perplexity of any text; ``limit`` is
+    examples per task (per subject for MMLU; windows for perplexity), a seeded random subset
+    unless ``first_n``, which takes the first ones like lm-eval's ``--limit``; ``window`` and
+    ``stride`` the perplexity window length and step (tokens); ``share_prefix`` runs a
+    question's shared context once for all its options; ``data_dir`` the folder of local task
+    files (default ``$COMPACTLM_DATA_DIR``). ``bf16``: bfloat16 autocast (the precision already
+    resolved). ``samples`` keeps per-example records (``pred``, ``gold``, log-likelihoods).
+    ``parallel``: under ``torchrun``, this process's DistInfo; see :func:`run_task`.
 
     Returns:
         ``{"results": {task: {"metrics", "n", "source", "seconds"[, "samples"]}}, "config": {...}}``.
     """
-    for name in tasks:  # fail on a typo before any heavy work
+    o = options or EvalArgs()
+    for name in o.tasks:  # fail on a typo before any heavy work
         if not name.startswith("ppl:"):
             get_task(name)
-    if batch_size <= 0:
-        raise CompactLMError(f"batch_size must be > 0 (got {batch_size}).")
     results = {}
-    for name in tasks:
+    for name in o.tasks:
         logger.info("evaluating %s", name)
-        out = run_task(name, model, tokenizer, limit=limit, seed=seed, first_n=first_n, batch_size=batch_size,
-                       bf16=bf16, data_dir=data_dir, window=window, stride=stride, share_prefix=share_prefix,
-                       max_length=max_length, parallel=parallel)
+        out = run_task(name, model, tokenizer, o, bf16=bf16, max_length=max_length, parallel=parallel)
         if not samples:
             out.pop("samples", None)
         results[name] = out
-    config = {"limit": limit, "seed": seed, "first_n": first_n, "batch_size": batch_size, "bf16": bf16,
-              "window": window, "stride": stride or window, "share_prefix": share_prefix}
+    config = {"limit": o.limit, "seed": o.seed, "first_n": o.first_n, "batch_size": o.batch_size, "bf16": bf16,
+              "window": o.window, "stride": o.stride or o.window, "share_prefix": o.share_prefix}
     return {"results": results, "config": config}

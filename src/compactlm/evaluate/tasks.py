@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .kinds import ChoiceTask, PerplexityTask, TargetTask
-from .sources import DataSource, bundled, read_jsonl, read_oe_requests
+from .task_data import DataSource, bundled, read_jsonl, read_oe_requests
 
 # --- HellaSwag: lm_eval/tasks/hellaswag/{hellaswag.yaml,utils.py} ---------------------------
 

@@ -17,9 +17,10 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..arch import adapter_for
+from ..config import EvalArgs
 from ..errors import CompactLMError
 from ..evaluate import ChoiceTask, TargetTask, get_task, run_task
-from ..evaluate.sources import load_rows
+from ..evaluate.task_data import load_rows
 from ..parallel import DistInfo
 from ..progress import progress
 from .hooks import layers_removed
@@ -128,8 +129,8 @@ def task_block_accuracy(model, tokenizer, task: str, *, examples: int = 64, leng
     rows = load_rows(spec.name, spec.source, data_dir)
 
     def accuracy() -> tuple[float, int]:
-        out = run_task(spec.name, model, tokenizer, limit=examples, seed=TASK_SEED, batch_size=batch_size,
-                       bf16=bf16, rows=rows, parallel=parallel)
+        options = EvalArgs(limit=examples, seed=TASK_SEED, batch_size=batch_size)   # `compactlm eval --limit N`
+        out = run_task(spec.name, model, tokenizer, options, bf16=bf16, rows=rows, parallel=parallel)
         return out["metrics"]["acc"], out["n"]
 
     acc = torch.full((num_layers + 1, num_layers + 1), float("nan"), dtype=torch.float64)

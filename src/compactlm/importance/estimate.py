@@ -10,13 +10,14 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..arch import adapter_for
+from ..config import ImportanceSection
 from ..errors import CompactLMError
 from ..evaluate import get_task
 from ..hardware import autocast, forward_flops_per_token, mfu, peak_gflops, precision_for
 from ..models import model_fingerprint
 from ..parallel import DistInfo, all_reduce_sum, is_mine
 from ..progress import progress
-from .aggregation import DEFAULT_SEQ_AGGREGATIONS, parse_seq_aggregations
+from .aggregation import parse_seq_aggregations
 from .criteria import CRITERIA, CriterionOptions, check_criterion, check_criterion_for
 from .depth import block_lengths, layer_losses, task_block_accuracy, task_tensor_name
 from .hooks import ImportanceRecorder
@@ -88,18 +89,11 @@ def _check_depth_tasks(model, tokenizer, depth_tasks: Sequence[str], examples: i
 def estimate_importance(
     model,
     data: torch.Tensor | Iterable[Batch],
+    options: ImportanceSection | None = None,
     *,
-    criterion: str = "activation",
-    seed: int = 0,
-    batch_size: int = 8,
-    layer_loss_samples: int = 8,
-    depth_tasks: Sequence[str] = (),
-    depth_task_examples: int = 64,
-    depth_task_lengths: Sequence[int] | None = None,
     tokenizer=None,
     data_dir: str | os.PathLike | None = None,
     layers_only: bool = False,
-    seq_aggregations: str | tuple[str, ...] = DEFAULT_SEQ_AGGREGATIONS,
     show_progress: bool = True,
     meta: dict | None = None,
     precision: str = "auto",
@@ -111,19 +105,21 @@ def estimate_importance(
         model: a causal LM of a supported family (see :mod:`compactlm.arch`).
         data: (N, S) token blocks, or an iterable of (B, S) tensors or
             ``{"input_ids", "attention_mask"}`` dicts (padded tokens are excluded).
-        criterion: width importance, one of :data:`~compactlm.importance.criteria.CRITERIA`:
+        options: the importance options, as a recipe's ``importance`` section holds them
+            (:class:`~compactlm.config.ImportanceSection`; default: its defaults).
+            ``criterion``: width importance, one of :data:`~compactlm.importance.criteria.CRITERIA`:
             ``activation`` (hook statistics), ``magnitude``, ``taylor`` (one extra forward and
-            backward over ``data``) or ``random`` (seeded by ``seed``).
-        batch_size: blocks per forward pass when ``data`` is a tensor (and per task batch).
-        layer_loss_samples: blocks used for the "LM loss with layer i removed" metric
-            (L + 1 extra forward passes over them); 0 skips it.
-        depth_tasks: zero-shot tasks (e.g. ``("winogrande",)``) scored with every contiguous
-            block of ``depth_task_lengths`` layers (default: every length) removed, on
-            ``depth_task_examples`` examples each; needs ``tokenizer``, task data from
-            ``data_dir`` (or ``$COMPACTLM_DATA_DIR``, the Hub, the bundle: see compactlm.evaluate).
+            backward over ``data``) or ``random`` (seeded by ``seed``). ``batch_size``: blocks per
+            forward pass when ``data`` is a tensor (and per task batch). ``layer_loss_samples``:
+            blocks used for the "LM loss with layer i removed" metric (L + 1 extra forward passes
+            over them); 0 skips it. ``depth_tasks``: zero-shot tasks (e.g. ``["winogrande"]``)
+            scored with every contiguous block of ``depth_task_lengths`` layers (default: every
+            length) removed, on ``depth_task_examples`` examples each; needs ``tokenizer``, task
+            data from ``data_dir`` (or ``$COMPACTLM_DATA_DIR``, the Hub, the bundle: see
+            compactlm.evaluate). ``seq_aggregations``: sequence aggregations to record (``"mean"``
+            by default, serving every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at
+            ~3x the hook cost). ``samples`` is the caller's: how many blocks it passes as ``data``.
         layers_only: record only the layer metrics, no width scores.
-        seq_aggregations: sequence aggregations to record (``"mean"`` by default, serving
-            every ``BATCH,mean`` choice; ``"mean,l2,var"`` serves all nine at ~3x the hook cost).
         precision: ``auto`` | ``bf16`` | ``fp32`` for the forward passes (see
             :mod:`compactlm.hardware`); the statistics are always accumulated in fp32/fp64.
         parallel: under ``torchrun``, the :class:`~compactlm.parallel.DistInfo` of this
@@ -138,50 +134,50 @@ def estimate_importance(
         :class:`ImportanceScores`: width scores (raw moments for ``activation``), Block
         Importance for every contiguous block, and the layer-removal metrics asked for.
     """
+    o = options or ImportanceSection()
+    criterion, batch_size = o.criterion, o.batch_size
     check_criterion(criterion)
     check_criterion_for(criterion, model.config)
-    _check_depth_tasks(model, tokenizer, depth_tasks, depth_task_examples, depth_task_lengths)
+    _check_depth_tasks(model, tokenizer, o.depth_tasks, o.depth_task_examples, o.depth_task_lengths)
     if criterion == "taylor" and not isinstance(data, torch.Tensor) and iter(data) is data:
         data = list(data)  # an iterator would be spent by the calibration pass
     adapter = adapter_for(model.config)
-    seq_aggregations = parse_seq_aggregations(seq_aggregations)
+    seq_aggregations = parse_seq_aggregations(o.seq_aggregations)
     choice = precision_for(precision, model)
     recorder = ImportanceRecorder(model, adapter, layers_only=layers_only or criterion != "activation",
                                   seq_aggregations=seq_aggregations)
     seen, seconds = _calibration_pass(model, recorder, data, batch_size, choice.bf16, show_progress, parallel)
     tensors = recorder.tensors()
     if criterion != "activation" and not layers_only:
-        options = CriterionOptions(batch_size=batch_size, seed=seed, bf16=choice.bf16, show_progress=show_progress,
-                                   parallel=parallel)
-        unit = CRITERIA[criterion](model, data, options)
+        unit_options = CriterionOptions(batch_size=batch_size, seed=o.seed, bf16=choice.bf16,
+                                        show_progress=show_progress, parallel=parallel)
+        unit = CRITERIA[criterion](model, data, unit_options)
         tensors |= {f"{axis}.score": t.float() for axis, t in unit._asdict().items()}
-    depth, tasks = _removal_metrics(model, data, tokenizer, layer_loss_samples, depth_tasks, depth_task_examples,
-                                    depth_task_lengths, batch_size, choice.bf16, data_dir, show_progress, parallel)
+    depth, tasks = _removal_metrics(model, data, tokenizer, o, choice.bf16, data_dir, show_progress, parallel)
     tensors |= depth
     info = _metadata(model, adapter, data, seen, seconds, choice, batch_size, parallel)
-    info |= {"criterion": criterion, **({"seed": seed} if criterion == "random" else {}),
-             "layer_loss_samples": min(layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
+    info |= {"criterion": criterion, **({"seed": o.seed} if criterion == "random" else {}),
+             "layer_loss_samples": min(o.layer_loss_samples, len(data)) if isinstance(data, torch.Tensor) else 0,
              "depth_tasks": tasks, "layers_only": layers_only, "seq_aggregations": list(seq_aggregations),
              **(meta or {})}
     logger.info("importance: %d tokens in %.1f s (%.0f tok/s)", seen, seconds, seen / max(seconds, 1e-9))
     return ImportanceScores(tensors=tensors, meta=info)
 
 
-def _removal_metrics(model, data, tokenizer, layer_loss_samples: int, depth_tasks: Sequence[str], examples: int,
-                     lengths: Sequence[int] | None, batch_size: int, bf16: bool, data_dir, show_progress: bool,
+def _removal_metrics(model, data, tokenizer, o: ImportanceSection, bf16: bool, data_dir, show_progress: bool,
                      parallel: DistInfo | None) -> tuple[dict[str, torch.Tensor], dict]:
     """The metrics that remove layers: LM loss with each layer removed, and task accuracy with each block removed."""
     tensors, tasks = {}, {}
-    if layer_loss_samples > 0:
+    if o.layer_loss_samples > 0:
         if not isinstance(data, torch.Tensor):
             raise CompactLMError("layer_loss_samples needs data given as an (N, S) tensor of blocks; pass 0 to skip.")
         with torch.inference_mode():
-            tensors["layers.loss"] = layer_losses(model, data[:layer_loss_samples], batch_size, bf16, show_progress,
+            tensors["layers.loss"] = layer_losses(model, data[:o.layer_loss_samples], o.batch_size, bf16, show_progress,
                                                   parallel)
-    for name in depth_tasks:
-        acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=examples, lengths=lengths,
-                                               batch_size=batch_size, bf16=bf16, data_dir=data_dir,
-                                               show_progress=show_progress, parallel=parallel)
+    for name in o.depth_tasks:
+        acc, tasks[name] = task_block_accuracy(model, tokenizer, name, examples=o.depth_task_examples,
+                                               lengths=o.depth_task_lengths, batch_size=o.batch_size, bf16=bf16,
+                                               data_dir=data_dir, show_progress=show_progress, parallel=parallel)
         tensors[task_tensor_name(name)] = acc
     return tensors, tasks
 

@@ -20,7 +20,6 @@ from ..importance import lm_loss
 from ..io import write_json_atomic
 from ..summary import describe
 from .gguf_stage import gguf_entries, loader_mismatch
-from .layout import RunLayout
 from .records import (
     CORRECTION,
     DISTILL,
@@ -34,6 +33,7 @@ from .records import (
     RunState,
     stage_key,
 )
+from .run_dir import RunLayout
 from .schema import Recipe
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,10 @@ def eval_stage(recipe: Recipe, layout: RunLayout, done: RunState, models, tokeni
         if skip:
             logger.warning("eval %s: skipped: %s", label, skip)
             continue
-        precision = precision_for(recipe.precision, model)
+        precision = precision_for(e.precision or recipe.precision, model)
         loss = lm_loss(model, heldout, e.batch_size, precision.bf16)
         metrics = {"heldout_ppl": math.exp(min(loss, 50.0))}
-        tasks = evaluate(model, tokenizer, e.tasks, e.limit, batch_size=e.batch_size, window=e.window,
-                         bf16=precision.bf16) if e.tasks else {"results": {}}
+        tasks = evaluate(model, tokenizer, e, bf16=precision.bf16) if e.tasks else {"results": {}}
         for task, out in tasks["results"].items():
             for metric, value in out["metrics"].items():
                 if isinstance(value, (int, float)) and metric not in NOT_SCORES and not metric.endswith("_stderr"):

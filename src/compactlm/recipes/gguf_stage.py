@@ -14,8 +14,8 @@ from pathlib import Path
 from ..export.gguf import export_gguf
 from ..export.gguf_vocab import find_gguf_source
 from ..models import load_model
-from .layout import RunLayout
 from .records import GGUF_LABEL, EvalRow, ExportRecord, GGUFFile
+from .run_dir import RunLayout
 
 logger = logging.getLogger(__name__)
 

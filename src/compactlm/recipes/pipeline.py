@@ -25,8 +25,8 @@ import yaml
 from ..data import load_blocks
 from ..distill import TrainArgs, distill, finetune
 from ..distill.checkpoint import latest_checkpoint
+from ..distill.checks import check_blocks_fit
 from ..distill.config import steps_for_tokens
-from ..distill.validate import check_blocks_fit
 from ..errors import CompactLMError
 from ..export import save_student
 from ..importance import ImportanceScores, estimate_importance
@@ -37,7 +37,6 @@ from ..readers import clip, read_json_object, reading
 from ..search import AXES, search
 from .eval_stage import eval_stage
 from .gguf_stage import export_stage
-from .layout import RunLayout, StepLayout
 from .records import (
     CORRECTION,
     DISTILL,
@@ -56,6 +55,7 @@ from .records import (
     StageRecord,
     stage_key,
 )
+from .run_dir import RunLayout, StepLayout
 from .schema import Recipe
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _
 
     def importance() -> ImportanceRecord:
         teacher = models.get(teacher_path)
-        scores = estimate_importance(teacher, train_blocks[:imp.samples], **imp.estimate_kwargs(), tokenizer=tokenizer,
+        scores = estimate_importance(teacher, train_blocks[:imp.samples], imp, tokenizer=tokenizer,
                                      precision=recipe.precision,
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})

@@ -1,6 +1,6 @@
 """One self-contained ``report.html`` per run: tables plus PNG figures embedded as base64.
 
-Everything is read back from the run directory (:class:`~compactlm.recipes.layout.RunLayout`) and
+Everything is read back from the run directory (:class:`~compactlm.recipes.run_dir.RunLayout`) and
 its records (:mod:`compactlm.recipes.records`), so a report can be re-rendered at any time
 (``compactlm report RUN_DIR``) without the models in memory; the software and hardware shown are
 those the run recorded, not those of the machine rendering the report.
@@ -21,7 +21,6 @@ from ..importance import ImportanceScores
 from ..io import write_text_atomic
 from ..prune.plan import PrunePlan
 from ..readers import read_json_object
-from ..recipes.layout import REPORT_FILE, RunLayout, StepLayout
 from ..recipes.records import (
     DISTILL,
     EXPORT,
@@ -37,6 +36,7 @@ from ..recipes.records import (
     Session,
     stage_key,
 )
+from ..recipes.run_dir import REPORT_FILE, RunLayout, StepLayout
 from . import plots
 
 __all__ = ["REPORT_FILE", "render_report"]

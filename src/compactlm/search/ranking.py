@@ -39,7 +39,7 @@ from ..parallel import DistInfo, barrier
 from ..progress import progress
 from ..prune import PruneTarget, apply_plan, check_depth_metric, make_plan
 from ..readers import read_json_object
-from .layout import SearchLayout
+from .search_dir import SearchLayout
 from .space import AXES, Candidate, candidates_of
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ by every process on it, and the GEMM rates measured at the model's own shapes
 ``torch.cuda.mem_get_info`` and the table's peak when its name is there.
 
 MFU assumption: 40% on GPUs (well-tuned dense training reaches 35-50%); 50% on the CPU, against
-the rate its GEMMs are measured at (the README's ``make run`` measures 39-58%).
+the rate its GEMMs are measured at (docs/performance.md: ``make run`` measures 39-58%).
 """
 
 from __future__ import annotations

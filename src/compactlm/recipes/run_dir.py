@@ -22,7 +22,7 @@ from ..distill.metrics import METRICS_FILE
 from ..errors import CompactLMError
 from ..export.gguf import gguf_path
 from ..readers import clip
-from ..search.layout import SearchLayout
+from ..search.search_dir import SearchLayout
 
 STATE_FILE = "run_state.json"
 RECIPE_FILE = "recipe.yaml"
