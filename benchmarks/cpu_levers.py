@@ -1,7 +1,7 @@
 """CPU levers for the distillation step, each measured against the same baseline on this machine.
 
-    python benchmarks/cpu_levers.py                      # every lever, ~15 minutes on 2 cores
-    python benchmarks/cpu_levers.py --levers baseline,fp32,threads-1 --steps 4
+    python -m benchmarks.cpu_levers                      # every lever, ~15 minutes on 2 cores
+    python -m benchmarks.cpu_levers --levers baseline,fp32,threads-1 --steps 4
 
 Every arm is a fresh process (so thread pools, allocators and compiled kernels never leak between
 arms) that prunes the embedded teacher SmolLM2-135M to an MLP-768 student and runs compactlm's
@@ -29,14 +29,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import RESULTS, ChildFailed, run_child, run_script
+from compactlm.config import ImportanceSection
+
 ALLOCATORS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
               "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
 LEVERS = ["baseline", "fp32", "bf16", "threads-1", "chunk-256", "chunk-2048", "chunk-0", "jemalloc", "tcmalloc",
@@ -54,8 +53,8 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker(lever: str, steps: int, out: Path) -> None:
-    """One arm, in this process: prune, distill ``steps`` steps, write per-step tokens/s to ``out``."""
+def worker(lever: str, steps: int) -> None:
+    """One arm, in this process: prune, distill ``steps`` steps, print per-step tokens/s (JSON, the last line)."""
     import torch
 
     from compactlm import hardware
@@ -69,8 +68,8 @@ def worker(lever: str, steps: int, out: Path) -> None:
     torch.set_num_threads(1 if "threads-1" in parts else physical_cores())
     teacher, tokenizer = load_model("smollm2-135m")
     blocks = load_blocks("exllamav2:wiki", tokenizer, seq_len=512, num_samples=4 * steps + 8, heldout_samples=0)
-    scores = estimate_importance(teacher, blocks.train[:8], batch_size=4, layer_loss_samples=0, show_progress=False,
-                                 precision="fp32")
+    scores = estimate_importance(teacher, blocks.train[:8], ImportanceSection(batch_size=4, layer_loss_samples=0),
+                                 show_progress=False, precision="fp32")
     student, _ = prune(teacher, scores, intermediate_size=768)
     precision = next((p for p in parts if p in ("fp32", "bf16")), "auto")
     chunk = next((int(p.split("-")[1]) for p in parts if p.startswith("chunk-")), 512)
@@ -89,8 +88,8 @@ def worker(lever: str, steps: int, out: Path) -> None:
     flops = hardware.train_flops_per_token(student) + hardware.forward_flops_per_token(teacher)
     # the yardstick: the GEMM rate at the rows one micro-batch multiplies (4 x 512), fresh, not cached
     peak = hardware.measured_rates(student.config, "cpu", rows=2048, use_cache=False)[result.precision["precision"]]
-    out.write_text(json.dumps({"rates": rates, "precision": result.precision, "flops_per_token": flops, "peak": peak,
-                               "threads": torch.get_num_threads(), "chunk": chunk}))
+    print(json.dumps({"rates": rates, "precision": result.precision, "flops_per_token": flops, "peak": peak,
+                      "threads": torch.get_num_threads(), "chunk": chunk}))
 
 
 def run_arm(lever: str, steps: int) -> dict:
@@ -100,14 +99,11 @@ def run_arm(lever: str, steps: int) -> dict:
             return {"lever": lever, "skipped": f"{ALLOCATORS[allocator]} not installed (apt-get install "
                                                f"{'libjemalloc2' if allocator == 'jemalloc' else 'libtcmalloc-minimal4'})"}
         env["LD_PRELOAD"] = ALLOCATORS[allocator]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "arm.json"
-        start = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--worker", lever, "--steps", str(steps), "--worker-out", str(out)],
-                              env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return {"lever": lever, "skipped": f"failed: {proc.stderr.strip().splitlines()[-1][:200]}"}
-        data = json.loads(out.read_text())
+    start = time.time()
+    try:
+        data = run_child("benchmarks.cpu_levers", "--worker", lever, "--steps", steps, env=env)
+    except ChildFailed as err:
+        return {"lever": lever, "skipped": f"failed: {err}"}
     rates = data["rates"]
     steady = statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
     peak = data["peak"]
@@ -123,12 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--out", default=str(RESULTS / "cpu_levers.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.steps, Path(args.worker_out))
+        worker(args.worker, args.steps)
         return 0
-    sys.path.insert(0, str(ROOT / "src"))
     from compactlm.hardware import device_kind
     from compactlm.io import write_json_atomic
 
@@ -158,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -7,7 +7,7 @@ parameters) -> retrain on the same token budget of ../shared/data/text/ with
 then WikiText-2 (raw, test) perplexity in non-overlapping windows of --window tokens for the
 teacher, the pruned model before retraining, (a) and (b).
 
-    python benchmarks/distill_quality.py [--tokens 400K --seq-len 512 --lr 1e-4 --eval-windows N]
+    python -m benchmarks.distill_quality [--tokens 400K --seq-len 512 --lr 1e-4 --eval-windows N]
 
 Prints a table and writes benchmarks/results/distill_quality.json. Takes about an hour on a
 2-core CPU at the defaults; --tokens 40K --eval-windows 40 gives a ~10-minute version.
@@ -24,18 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-SHARED = ROOT.parent / "shared" / "data"
+from benchmarks.common import RESULTS, SHARED_DATA, run_script
+from compactlm.config import ImportanceSection
 
 
-def wikitext2_text(path: Path = SHARED / "wikitext2" / "wikitext-2-raw-v1.test.jsonl") -> str:
+def wikitext2_text(path: Path = SHARED_DATA / "wikitext2" / "wikitext-2-raw-v1.test.jsonl") -> str:
     return "\n\n".join(json.loads(line)["text"] for line in path.read_text().splitlines())
 
 
 def run_quality(tokens: int = 400_000, seq_len: int = 512, lr: float = 1e-4, batch_size: int = 8,
                 micro_batch_size: int = 4, intermediate_size: int = 768, window: int = 512,
-                eval_windows: int | None = None, calibration_samples: int = 32, data: Path = SHARED / "text",
+                eval_windows: int | None = None, calibration_samples: int = 32, data: Path = SHARED_DATA / "text",
                 precision: str = "bf16", variants: tuple[str, ...] = ("distill_kl", "lm_loss")) -> dict:
     """The whole comparison; returns the JSON record. Used by the benchmark and the slow test."""
     from compactlm.data import load_blocks
@@ -56,8 +55,8 @@ def run_quality(tokens: int = 400_000, seq_len: int = 512, lr: float = 1e-4, bat
     def ppl(model) -> float:
         return perplexity(model.eval(), tok, text, window=window, limit=eval_windows, bf16=bf16, batch_size=4)["ppl"]
 
-    scores = estimate_importance(teacher, blocks.train[:calibration_samples], batch_size=4, layer_loss_samples=0,
-                                 show_progress=False)
+    scores = estimate_importance(teacher, blocks.train[:calibration_samples], ImportanceSection(batch_size=4,
+                                 layer_loss_samples=0), show_progress=False)
     pruned, _plan = prune(copy.deepcopy(teacher), scores, intermediate_size=intermediate_size)
     pruned = pruned.float()
     result = {"tokens": steps * batch_size * seq_len, "steps": steps, "seq_len": seq_len, "batch_size": batch_size,
@@ -84,7 +83,8 @@ def run_quality(tokens: int = 400_000, seq_len: int = 512, lr: float = 1e-4, bat
 
 
 def main() -> None:
-    from compactlm.cli.distill import parse_tokens
+    from compactlm.distill.config import parse_tokens
+    from compactlm.io import write_json_atomic
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=parse_tokens, default=parse_tokens("400K"))
@@ -109,9 +109,8 @@ def main() -> None:
         print(f"{label:<34}{params:>8.1f}M{r['ppl'][key]:>10.2f}")
     better = "beats" if r["ppl"]["distill_kl"] < r["ppl"]["lm_loss"] else "does not beat"
     print(f"distillation {better} the LM loss at this budget")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(r, indent=2) + "\n")
+    write_json_atomic(a.out, r)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,7 +12,7 @@ LM head), against the GEMM rate measured at the shapes of the teacher for (1) an
 Then, in fresh subprocesses, the peak memory added by the logit loss (forward + backward) for
 chunked vs. unchunked evaluation at the same batch (peak RSS on CPU, max_memory_allocated on CUDA).
 
-    python benchmarks/distill_throughput.py [--batch 4 --seq-len 256 --reps 3 --precision auto|bf16|fp32]
+    python -m benchmarks.distill_throughput [--batch 4 --seq-len 256 --reps 3 --precision auto|bf16|fp32]
 
 Prints a table and writes benchmarks/results/distill_throughput.json. Never asserts timings.
 """
@@ -23,13 +23,13 @@ import argparse
 import copy
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import RESULTS, run_child, run_script
+from compactlm.config import ImportanceSection
 from compactlm.distill.losses import IGNORE_INDEX, ChunkedLogitLoss, make_loss
 from compactlm.distill.student import DistillModule
 from compactlm.distill.teacher import TeacherOutputs
@@ -42,16 +42,15 @@ from compactlm.hardware import (
     mfu,
     train_flops_per_token,
 )
+from compactlm.io import write_json_atomic
 from compactlm.models import load_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_student(teacher, blocks: torch.Tensor, intermediate_size: int):
     from compactlm.importance import estimate_importance
     from compactlm.prune import prune
 
-    scores = estimate_importance(teacher, blocks, batch_size=4, layer_loss_samples=0, show_progress=False)
+    scores = estimate_importance(teacher, blocks, ImportanceSection(batch_size=4, layer_loss_samples=0), show_progress=False)
     student, _plan = prune(copy.deepcopy(teacher), scores, intermediate_size=intermediate_size)
     return student.float().train()
 
@@ -166,9 +165,8 @@ def main() -> None:
 
     memory = {}
     for label, chunk in (("chunked", a.chunk_size), ("unchunked_fp32", 0)):
-        out = subprocess.run([sys.executable, __file__, "--memory-only", str(chunk), "--batch", str(a.batch),
-                              "--seq-len", str(a.seq_len), "--device", a.device], capture_output=True, text=True, check=True)
-        memory[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        memory[label] = run_child("benchmarks.distill_throughput", "--memory-only", chunk, "--batch", a.batch,
+                                  "--seq-len", a.seq_len, "--device", a.device)
 
     print(f"\nSmolLM2-135M teacher, student MLP {a.intermediate_size} "
           f"({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M), "
@@ -180,7 +178,6 @@ def main() -> None:
     print(f"distill / (teacher + student) = {ratio:.3f}   (goal <= 1.1; load average {os.getloadavg()[0]:.1f})")
     print(f"logit-loss peak memory, fwd+bwd over {n} tokens x 49,152 vocab: chunked({a.chunk_size}) "
           f"{memory['chunked']:.0f} MiB vs unchunked fp32 {memory['unchunked_fp32']:.0f} MiB")
-    RESULTS.mkdir(exist_ok=True)
     record = {"batch": a.batch, "seq_len": a.seq_len, "tokens_per_step": n, "precision": choice.precision,
               "precision_choice": choice.to_dict(), "device": str(device), "chunk_size": a.chunk_size, "reps": a.reps,
               "seconds": best,
@@ -188,8 +185,8 @@ def main() -> None:
               "mfu": util, "ratio_distill_vs_sum": ratio,
               "loss_peak_memory_mib": memory, "all_seconds": times, "threads": torch.get_num_threads(),
               "load_average": os.getloadavg(), "machine": device_kind(device), "cpus": os.cpu_count()}
-    (RESULTS / "distill_throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(RESULTS / "distill_throughput.json", record)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

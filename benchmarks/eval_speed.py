@@ -1,6 +1,6 @@
 """Evaluation speed: compactlm vs lm-evaluation-harness on the same tasks, model, examples and batch size.
 
-    python benchmarks/eval_speed.py --tasks hellaswag,arc_easy,winogrande,lambada_openai --limit 100 --batch-size 16
+    python -m benchmarks.eval_speed --tasks hellaswag,arc_easy,winogrande,lambada_openai --limit 100 --batch-size 16
 
 Both run in this one process on one loaded model, task by task; the harness is pointed at
 the same rows (see ``harness_agreement.py``). Prints examples/s of both and the ratio, tokens/s and
@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "src"))
-
-import harness_agreement as ha  # noqa: E402
+from benchmarks import harness_agreement as ha
+from benchmarks.common import RESULTS, run_script
 
 
 class FlopCounter:
@@ -63,19 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     from compactlm.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--tasks", default=ha.DEFAULT_TASKS)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--batch-size", type=int, default=16)
+    ha.add_run_flags(p)
     p.add_argument("--repeats", type=int, default=1, help="time each engine this often, interleaved; keep the fastest")
     p.add_argument("--also-unshared", action="store_true",
                    help="also time compactlm with --no-share-prefix (every option scored in full)")
-    p.add_argument("--data-dir", default=str(ha.DEFAULT_DATA) if ha.DEFAULT_DATA.is_dir() else None)
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
+    p.add_argument("--json", default=str(RESULTS / "eval_speed.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("COMPACTLM_NO_PROGRESS", "1")
     tasks = [get_task(t).name for t in args.tasks.split(",")]
     model, tokenizer = load_model(args.model)
     counter = FlopCounter(model)
@@ -145,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -1,6 +1,6 @@
 """Reproduce the Minitron papers' findings at small scale, one experiment at a time.
 
-    python benchmarks/findings.py [--experiments aggregation,criteria,axes,depth,losses,intermediate,ranking,scratch]
+    python -m benchmarks.findings [--experiments aggregation,criteria,axes,depth,losses,intermediate,ranking,scratch]
         [--model smollm2-135m] [--data exllamav2:wiki] [--tokens 32768] [--seq-len 256] [--eval-windows 32]
         [--eval-data wikitext2|FILE|exllamav2:c4] [--seed 0 | --seeds 0,1,2] [--lr 1e-4] [--quick]
         [--scale cpu|device] [--device cpu|cuda]
@@ -38,9 +38,7 @@ import copy
 import json
 import logging
 import math
-import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,23 +47,22 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import DOCS, RESULTS, data_dir, fmt, run_script
 from compactlm import load_model
 from compactlm.arch import Architecture, adapter_for
+from compactlm.config import ImportanceSection
 from compactlm.data import load_blocks
 from compactlm.data.packaged import is_packaged, packaged_path
 from compactlm.distill import LossArgs, TrainArgs, distill, finetune
 from compactlm.distill.config import parse_tokens, steps_for_tokens
 from compactlm.errors import CompactLMError, unknown_name
 from compactlm.evaluate import MissingData, get_task, windows
-from compactlm.evaluate.sources import load_rows
+from compactlm.evaluate.task_data import load_rows
 from compactlm.importance import AGGREGATIONS, CRITERIA, CriterionOptions, estimate_importance, lm_loss
 from compactlm.io import write_json_atomic, write_text_atomic
 from compactlm.prune import PrunePlan, PruneTarget, apply_plan, make_plan, select_units
 from compactlm.search import SearchArgs, SearchSpace, count_parameters, enumerate_candidates, parameter_layout, spearman
 from compactlm.search.ranking import candidates_for, prune_candidate
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -132,9 +129,8 @@ def eval_text(spec: str | None) -> tuple[str, str]:
     """(text, description): WikiText-2 test by default (local copy, Hub or bundle), else a file or packaged corpus."""
     if spec in (None, "wikitext2"):
         task = get_task("wikitext2")
-        data_dir = os.environ.get("COMPACTLM_DATA_DIR") or (SHARED_DATA if SHARED_DATA.is_dir() else None)
         try:
-            rows, where = load_rows("wikitext2", task.source, data_dir)
+            rows, where = load_rows("wikitext2", task.source, data_dir())
             return task.text(rows), f"wikitext2 test ({where})"
         except MissingData:
             text, where = eval_text("exllamav2:c4")
@@ -185,9 +181,9 @@ class Context:
     def scores(self):
         """Activation importance, once per run, with all three sequence aggregations recorded."""
         if self._scores is None:
-            self._scores = estimate_importance(self.teacher, self.calibration, batch_size=4,
-                                               layer_loss_samples=self.budget.layer_loss_samples,
-                                               seq_aggregations="mean,l2,var", show_progress=False)
+            options = ImportanceSection(batch_size=4, layer_loss_samples=self.budget.layer_loss_samples,
+                                        seq_aggregations="mean,l2,var")
+            self._scores = estimate_importance(self.teacher, self.calibration, options, show_progress=False)
         return self._scores
 
     def prune(self, plan: PrunePlan):
@@ -307,7 +303,7 @@ def criteria(ctx: Context) -> dict:
     return {"rows": rows, "verdict": verdict(claim_word(checks), "; ".join(lines))}
 
 
-def _match_width(ctx: Context, target_params: int, layers: int) -> PruneTarget:
+def match_width(ctx: Context, target_params: int, layers: int) -> PruneTarget:
     """Hidden/MLP sizes (heads kept) at ``layers`` layers within a few % of ``target_params``, shrunk evenly."""
     s = ctx.source
     space = SearchSpace.derive(s)
@@ -331,8 +327,8 @@ def axes(ctx: Context) -> dict:
     cut = max(1, L // 2)
     depth = PruneTarget(num_hidden_layers=L - cut)
     target_params = count_parameters(ctx.source.replace(num_hidden_layers=L - cut), ctx.layout)
-    arms = {"width only": _match_width(ctx, target_params, L), "depth only": depth,
-            "depth+width": _match_width(ctx, target_params, L - max(1, cut // 2))}
+    arms = {"width only": match_width(ctx, target_params, L), "depth only": depth,
+            "depth+width": match_width(ctx, target_params, L - max(1, cut // 2))}
     rows = [ctx.prune_and_retrain(arm, ctx.plan(target), target_params=target_params) for arm, target in arms.items()]
     width, deep, both = (_loss(rows, arm) for arm in arms)
     return {"rows": rows, "verdict": verdict(claim_word([width < both, width < deep]),
@@ -457,10 +453,6 @@ def scratch(ctx: Context) -> dict:
 
 # ---- output: tables, JSON, Markdown -----------------------------------------------------------------
 
-def _fmt(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def _params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
@@ -471,12 +463,12 @@ def table(rows: list[dict]) -> list[str]:
 
     def pm(r: dict, key: str) -> str:
         std = r.get(f"{key}_std")
-        return _fmt(r[key], ".4f") + (f" ± {std:.4f}" if std is not None else "")
+        return fmt(r[key], ".4f") + (f" ± {std:.4f}" if std is not None else "")
 
     for r in rows:
         lines.append(f"| {r['arm']} | {r['architecture']} | {_params(r['parameters'])} | {pm(r, 'loss_before')} "
-                     f"| {_fmt(r['ppl_before'], '.2f')} | {pm(r, 'loss_after')} | {_fmt(r['ppl_after'], '.2f')} "
-                     f"| {_fmt(r['tokens'] or None, ',')} | {r['seconds']:.1f} | {r.get('note', '')} |")
+                     f"| {fmt(r['ppl_before'], '.2f')} | {pm(r, 'loss_after')} | {fmt(r['ppl_after'], '.2f')} "
+                     f"| {fmt(r['tokens'] or None, ',')} | {r['seconds']:.1f} | {r.get('note', '')} |")
     return lines
 
 
@@ -580,8 +572,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", choices=("cpu", "device"), default="cpu",
                    help="budget preset: cpu (the defaults) or device (1M tokens per arm, 128 eval windows, seeds 0,1,2)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "findings.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "findings.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "findings.json")
+    p.add_argument("--markdown", type=Path, default=DOCS / "findings.md")
     args = p.parse_args(argv)
     if args.scale == "device":
         args.tokens = args.tokens or "1M"
@@ -594,44 +586,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        names = [n.strip() for n in args.experiments.split(",") if n.strip()]
-        for name in names:
-            if name not in EXPERIMENTS:
-                raise unknown_name("experiment", name, EXPERIMENTS)
-        contexts = {}
-        for seed in args.seeds:   # one context (calibration, data order) per seed, built once
-            args.seed = seed
-            contexts[seed] = Context(copy.copy(args))
-        for name in names:
-            exp, per_seed = EXPERIMENTS[name], []
-            for seed, ctx in contexts.items():
-                start = time.perf_counter()
-                torch.manual_seed(seed)
-                result = exp.run(ctx)
-                per_seed.append({"experiment": name, "claim": exp.claim, **ctx.setup(),
-                                 "wall_seconds": time.perf_counter() - start, **result})
-            entry = over_seeds(per_seed, args.seeds)
-            for row in entry["rows"]:
-                row["experiment"] = name
-            print(f"\n== {name}: {exp.claim}\n" + "\n".join(table(entry["rows"])) + f"\n{entry['verdict']}", flush=True)
-            save({name: entry}, args.out, args.markdown)
-    except CompactLMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    for name in names:
+        if name not in EXPERIMENTS:
+            raise unknown_name("experiment", name, EXPERIMENTS)
+    contexts = {}
+    for seed in args.seeds:   # one context (calibration, data order) per seed, built once
+        args.seed = seed
+        contexts[seed] = Context(copy.copy(args))
+    for name in names:
+        exp, per_seed = EXPERIMENTS[name], []
+        for seed, ctx in contexts.items():
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            result = exp.run(ctx)
+            per_seed.append({"experiment": name, "claim": exp.claim, **ctx.setup(),
+                             "wall_seconds": time.perf_counter() - start, **result})
+        entry = over_seeds(per_seed, args.seeds)
+        for row in entry["rows"]:
+            row["experiment"] = name
+        print(f"\n== {name}: {exp.claim}\n" + "\n".join(table(entry["rows"])) + f"\n{entry['verdict']}", flush=True)
+        save({name: entry}, args.out, args.markdown)
     print(f"\nwrote {args.out} and {args.markdown}")
     return 0
-
-
-def run_script(entry) -> None:
-    """The benchmarks' ``__main__``: no progress bars (save_pretrained's shard bars, once per retrained arm), exit code."""
-    os.environ.setdefault("COMPACTLM_NO_PROGRESS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    sys.exit(entry())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GGUF export checked by llama.cpp itself: perplexity and greedy text next to transformers'.
 
-    python benchmarks/gguf_llamacpp.py                                   # the embedded teacher
-    python benchmarks/gguf_llamacpp.py --model runs/default/student/distilled --quants f16,q8_0,q4_0
+    python -m benchmarks.gguf_llamacpp                                   # the embedded teacher
+    python -m benchmarks.gguf_llamacpp --model runs/default/student/distilled --quants f16,q8_0,q4_0
 
 For each type, ``MODEL`` is exported with ``compactlm export`` and the file is scored twice on
 the same token windows (tokenised once by the Hugging Face tokenizer, so only the network is
@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from benchmarks.common import RESULTS, run_script
 
 LLAMA_CPP_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("COMPACTLM_CACHE", Path.home() / ".cache" / "compactlm"))
@@ -40,7 +39,7 @@ PROMPTS = ["Photosynthesis is the process by which", "The capital of France is",
 
 def llama_cpp():
     """Import ``llama_cpp``, building and installing it into the cache folder the first time."""
-    sys.path.append(str(TARGET))   # after the venv: its numpy/jinja2 stay the ones in use
+    sys.path.append(str(TARGET))   # llama-cpp-python is built outside the venv (above); appended: the venv's numpy/jinja2 win
     try:
         import llama_cpp as module
         return module
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gguf_llamacpp.json"))
+    p.add_argument("--out", default=str(RESULTS / "gguf_llamacpp.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     module = llama_cpp()
@@ -174,4 +173,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

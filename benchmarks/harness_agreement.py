@@ -7,8 +7,8 @@ dataset the harness expects, next to a copy of the harness's own task YAML whose
 ``dataset_path`` is pointed at them (``dataset_path: json`` + ``data_files``). Nothing else in
 the harness's task definitions changes.
 
-    python benchmarks/harness_agreement.py --tasks hellaswag,arc_easy,winogrande,lambada --limit 100
-    python benchmarks/harness_agreement.py --tasks mmlu --limit 20 --mmlu-subjects anatomy,philosophy
+    python -m benchmarks.harness_agreement --tasks hellaswag,arc_easy,winogrande,lambada --limit 100
+    python -m benchmarks.harness_agreement --tasks mmlu --limit 20 --mmlu-subjects anatomy,philosophy
 
 MMLU is 5-shot: the harness gets one task per subject (``mmlu_<subject>``: its
 ``_default_template_yaml`` and the subject's description, ``test`` and ``dev`` splits pointed at
@@ -27,13 +27,13 @@ import importlib.util
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+from benchmarks.common import RESULTS, data_dir, run_script
+from compactlm.config import EvalArgs
+
 DEFAULT_TASKS = "hellaswag,arc_easy,winogrande,lambada_openai"
 # one or two subjects from each of MMLU's four categories (stem, humanities, social sciences, other)
 DEFAULT_MMLU_SUBJECTS = "abstract_algebra,anatomy,philosophy,high_school_geography,marketing"
@@ -81,7 +81,7 @@ def load_task_rows(name: str, data_dir: str | None, mmlu_subjects: list[str]) ->
     """compactlm's rows for a task; for MMLU only the chosen subjects' test questions."""
     from compactlm.evaluate import get_task
     from compactlm.evaluate.mmlu import SUBJECTS
-    from compactlm.evaluate.sources import load_rows
+    from compactlm.evaluate.task_data import load_rows
 
     task = get_task(name)
     rows, where = load_rows(task.name, task.source, data_dir)
@@ -219,8 +219,8 @@ def run_compactlm(model, tokenizer, tasks: list[str], limit: int, seed: int, bat
                   mmlu_subjects: list[str] = DEFAULT_MMLU_SUBJECTS.split(",")) -> dict:
     from compactlm.evaluate import run_task
 
-    return {t: run_task(t, model, tokenizer, limit=limit, seed=seed, batch_size=batch_size, data_dir=data_dir,
-                        share_prefix=share_prefix, rows=load_task_rows(t, data_dir, mmlu_subjects)) for t in tasks}
+    return {t: run_task(t, model, tokenizer, EvalArgs(limit=limit, seed=seed, batch_size=batch_size, data_dir=data_dir,
+                        share_prefix=share_prefix), rows=load_task_rows(t, data_dir, mmlu_subjects)) for t in tasks}
 
 
 def compare(ours: dict, harness_results: dict, harness_samples: dict) -> dict:
@@ -260,21 +260,25 @@ def print_report(report: dict) -> None:
         print(f"{task:16s} {r['n']:4d} {r['same_choice']:>5d}/{r['n']:<3d} {norm:>9s} {r['max_abs_loglik_diff']:10.2e}  {ms}")
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags this script and eval_speed share: model, tasks, examples per task, seed, batch size, task data."""
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tasks", default=DEFAULT_TASKS)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--data-dir", default=data_dir())
+
+
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT / "src"))
     from compactlm.evaluate import get_task
     from compactlm.io import write_json_atomic
     from compactlm.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--tasks", default=DEFAULT_TASKS)
+    add_run_flags(p)
     p.add_argument("--mmlu-subjects", default=DEFAULT_MMLU_SUBJECTS, help="comma-separated MMLU subjects (with --tasks mmlu)")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None)
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "harness_agreement.json"))
+    p.add_argument("--json", default=str(RESULTS / "harness_agreement.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tasks = [get_task(t).name for t in args.tasks.split(",")]
@@ -295,4 +299,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -11,7 +11,7 @@ MFU (compactlm.hardware): FLOPs/token 2N for plain-lm (N: matmul weights incl. L
 for plain-body and importance, against the GEMM rate measured at the model's shapes in the precision all arms
 run in (--precision auto: hardware.choose_precision, as compactlm importance resolves it).
 
-    python benchmarks/importance_overhead.py [--model smollm2-135m] [--data exllamav2:wiki] [--precision auto]
+    python -m benchmarks.importance_overhead [--model smollm2-135m] [--data exllamav2:wiki] [--precision auto]
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
 import torch
+
+from benchmarks.common import RESULTS, PeakRSS, run_child, run_script
+from compactlm.config import ImportanceSection
 
 ARMS = ("plain-lm", "plain-body", "importance")
 
@@ -48,8 +46,8 @@ def run_arm(arm: str, model, blocks, batch_size: int, precision: str = "fp32") -
     start = time.perf_counter()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if arm == "importance":
-            estimate_importance(model, blocks, batch_size=batch_size, layer_loss_samples=0, show_progress=False,
-                                precision=precision)
+            estimate_importance(model, blocks, ImportanceSection(batch_size=batch_size, layer_loss_samples=0),
+                                show_progress=False, precision=precision)
         else:
             net = model if arm == "plain-lm" else adapter_for(model.config).decoder_body(model)
             for i in range(0, len(blocks), batch_size):
@@ -57,11 +55,6 @@ def run_arm(arm: str, model, blocks, batch_size: int, precision: str = "fp32") -
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize()
 
 
 def peak_memory_child(args) -> None:
@@ -75,20 +68,9 @@ def peak_memory_child(args) -> None:
         run_arm(args.memory_arm, model, blocks, args.batch_size, args.precision)
         peak = torch.cuda.max_memory_allocated()
     else:
-        base = peak = _rss_bytes()
-        done = threading.Event()
-
-        def sample():
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, _rss_bytes())
-                time.sleep(0.002)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        run_arm(args.memory_arm, model, blocks, args.batch_size, args.precision)
-        done.set()
-        sampler.join()
+        with PeakRSS(interval=0.002) as rss:
+            run_arm(args.memory_arm, model, blocks, args.batch_size, args.precision)
+        base, peak = rss.base, rss.peak
     print(json.dumps({"baseline_mib": base / 2**20, "peak_mib": peak / 2**20}))
 
 
@@ -103,13 +85,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="of every arm; auto resolves with compactlm.hardware.choose_precision")
-    p.add_argument("--out", default="benchmarks/results/importance_overhead.json")
+    p.add_argument("--out", default=str(RESULTS / "importance_overhead.json"))
     p.add_argument("--memory-arm", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_arm:
         return peak_memory_child(args)
 
     from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, mfu, peak_gflops
+    from compactlm.io import write_json_atomic
 
     torch.set_num_threads(torch.get_num_threads())
     model, blocks = setup(args)
@@ -125,11 +108,9 @@ def main() -> None:
     tokens = blocks.numel()
     memory = {}
     for arm in ARMS:
-        cmd = [sys.executable, __file__, "--memory-arm", arm, "--model", args.model, "--data", args.data, "--device",
-               args.device, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-               "--precision", precision]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        memory[arm] = json.loads(out)
+        memory[arm] = run_child("benchmarks.importance_overhead", "--memory-arm", arm, "--model", args.model,
+                                "--data", args.data, "--device", args.device, "--seq-len", args.seq_len,
+                                "--batch-size", args.batch_size, "--batches", args.batches, "--precision", precision)
 
     best = {arm: min(t) for arm, t in times.items()}
     rows = []
@@ -154,14 +135,12 @@ def main() -> None:
     extra_body = (memory["importance"]["peak_mib"] - memory["plain-body"]["peak_mib"]) / memory["plain-body"]["peak_mib"]
     print(f"importance vs plain-lm:   time x{best['importance'] / best['plain-lm']:.3f}, peak memory {extra:+.1%}")
     print(f"importance vs plain-body: time x{best['importance'] / best['plain-body']:.3f}, peak memory {extra_body:+.1%}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "tokens": tokens, "precision": choice.precision,
-                                          "precision_choice": choice.to_dict(), "peak_gflops": peak,
-                                          "mfu": {r["arm"]: r["mfu"] for r in rows}, "machine": device_kind(args.device),
-                                          "arms": rows,
-                                          "peak_memory_change_vs_plain_lm": extra,
-                                          "peak_memory_change_vs_plain_body": extra_body}, indent=2) + "\n")
+    write_json_atomic(args.out, {"settings": vars(args), "tokens": tokens, "precision": choice.precision,
+                                 "precision_choice": choice.to_dict(), "peak_gflops": peak,
+                                 "mfu": {r["arm"]: r["mfu"] for r in rows}, "machine": device_kind(args.device),
+                                 "arms": rows, "peak_memory_change_vs_plain_lm": extra,
+                                 "peak_memory_change_vs_plain_body": extra_body})
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

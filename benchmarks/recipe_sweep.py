@@ -1,7 +1,7 @@
 """Tabulate a sweep of the default recipe: several `compactlm run` directories that differ in one setting.
 
     compactlm run --out runs/lr3e-4 --set steps.0.distill.train.lr=3e-4 --set steps.0.distill.train.min_lr=3e-5
-    python benchmarks/recipe_sweep.py runs/default runs/lr3e-4 runs/lr1e-3 [--key steps.0.distill.train.lr]
+    python -m benchmarks.recipe_sweep runs/default runs/lr3e-4 runs/lr1e-3 [--key steps.0.distill.train.lr]
 
 Reads each run's ``recipe.yaml`` (the swept value), ``eval.json`` (the distilled student's held-out and
 C4 perplexity, ARC-Easy, distinct-2 — computed here from greedy continuations for runs made before
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "recipe_sweep.json"
+from benchmarks.common import RESULTS, run_script
 
 
 def _lookup(recipe: dict, key: str):
@@ -55,20 +53,22 @@ def run_row(run: Path, key: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compactlm.io import write_json_atomic
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--key", default="steps.0.distill.train.lr", help="the swept recipe key")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=RESULTS / "recipe_sweep.json")
     args = p.parse_args(argv)
     rows = [run_row(run, args.key) for run in args.runs]
     print(f"{args.key:>28} {'winner':<22} {'held-out ppl':>12} {'C4 ppl':>8} {'ARC-E':>6} {'distinct-2':>10} {'stages s':>9}")
     for r in rows:
         print(f"{r[args.key]!s:>28} {r['winner'] or '-':<22} {r['heldout_ppl']:>12.2f} {r['c4_ppl'] or 0:>8.1f} "
               f"{r['arc_easy_acc'] or 0:>6.3f} {r['distinct_2']:>10.3f} {r['total_stage_seconds']:>9.0f}")
-    args.out.write_text(json.dumps({"key": args.key, "rows": rows}, indent=2) + "\n")
+    write_json_atomic(args.out, {"key": args.key, "rows": rows})
     print(f"wrote {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -1,12 +1,12 @@
 """Does Torch-Pruning's LLM example run on this transformers? Times its pruner on a tiny random Llama.
 
     pip install torch-pruning==1.6.1
-    python benchmarks/torch_pruning_probe.py [--timeout 120] [--hidden 64] [--layers 2]
+    python -m benchmarks.torch_pruning_probe [--timeout 120] [--hidden 64] [--layers 2]
 
 Builds a random Llama (hidden ``--hidden``, ``--layers`` layers, GQA 4/2 heads) and runs the pruner of
 Torch-Pruning's examples/LLMs/prune_llm.py (BasePruner, GroupMagnitudeImportance(p=2, mean), ratio 0.25
 for hidden size and heads, lm_head ignored, round_to 4) in a subprocess with a timeout. Prints whether it
-finished and how long it took, and writes ``benchmarks/results/torch_pruning_probe.json``; benchmarks/peers.py
+finished and how long it took, and writes ``benchmarks/results/torch_pruning_probe.json``; ``benchmarks.peers``
 implements the example's criterion and rule itself when this does not finish.
 """
 
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, run_script
 
 CHILD = """
 import time, torch, transformers, torch_pruning as tp
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "torch_pruning_probe.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "torch_pruning_probe.json")
     args = p.parse_args(argv)
     import importlib.metadata as md
+
+    from compactlm.io import write_json_atomic
 
     versions = {}
     for name in ("torch-pruning", "transformers", "torch"):
@@ -72,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"finished": finished, "outcome": outcome, "seconds": round(time.perf_counter() - start, 1),
               "model": {"hidden_size": args.hidden, "num_hidden_layers": args.layers}, "versions": versions}
     print(json.dumps(result, indent=2))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out, result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

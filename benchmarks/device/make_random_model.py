@@ -11,7 +11,7 @@ The tokenizer is trained on the fly with the ``tokenizers`` library (byte-level 
 the given text (the packaged exllamav2 corpus when installed, else seeded pseudo-words); its
 vocabulary may be smaller than the model's, the extra embedding rows are simply never used.
 
-    python benchmarks/device/make_random_model.py OUT_DIR [--config smollm2-135m] [--corpus exllamav2:wiki]
+    python -m benchmarks.device.make_random_model OUT_DIR [--config smollm2-135m] [--corpus exllamav2:wiki]
 
 writes an HF checkpoint (``config.json`` + ``model.safetensors``) and the tokenizer to OUT_DIR.
 """
@@ -24,6 +24,8 @@ import random
 from pathlib import Path
 
 import torch
+
+from benchmarks.common import run_script
 
 CONFIGS = {
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -99,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

