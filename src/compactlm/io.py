@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,11 @@ OUTPUT_MARKERS = ("run_state.json", "metrics.jsonl", "prune_plan.json", "importa
 
 
 def _writable_ancestor(path: Path) -> None:
-    """Refuse a path whose nearest existing ancestor is a file or cannot be written, before any work."""
+    """Refuse a path whose nearest existing ancestor is a file or cannot be written, before any work.
+
+    Permission bits are not enough (``/proc`` and read-only mounts look writable to root), so
+    the ancestor is probed by creating and removing an empty temporary directory in it.
+    """
     ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -27,18 +31,28 @@ def _writable_ancestor(path: Path) -> None:
         raise CompactLMError(f"Cannot write '{path}': '{ancestor}' is a file, not a directory. Choose another path.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise CompactLMError(f"Cannot write '{path}': no write permission in '{ancestor}'. Choose a writable path.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".compactlm-probe-", dir=ancestor))
+    except OSError as err:
+        raise CompactLMError(f"Cannot write '{path}': creating anything in '{ancestor}' fails ({err.strerror}). "
+                             f"Choose a path on a writable filesystem.") from None
 
 
-def check_inputs_outside(out: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
-    """Refuse an output that is, or contains, one of the local ``inputs`` (replacing it would delete them)."""
-    target = out.resolve()
+def check_inputs_outside(out: Path, inputs: Iterable[str | os.PathLike | None], *, nested: bool = False) -> None:
+    """Refuse an output that is, contains or lies inside one of the local ``inputs`` (a model or data directory,
+    a file): writing there would replace or add to what the verb reads. ``nested=True`` allows an output inside
+    an input directory (the search's own layout: ``<candidate>/retrained``), never one that replaces it."""
+    target = Path(out).expanduser().resolve()
     for item in inputs:
-        if item is None or not Path(item).expanduser().exists():
+        if item is None or not str(item).strip() or not Path(item).expanduser().exists():
             continue   # a hub id, a built-in name or a data set name: nothing on disk to protect
         source = Path(item).expanduser().resolve()
         if source == target or source.is_relative_to(target):
             raise CompactLMError(f"Output '{out}' {'is' if source == target else 'contains'} the input '{item}'; "
-                                 f"writing there would replace it. Choose another --out.")
+                                 f"writing there would replace it. Choose another output path.")
+        if not nested and source.is_dir() and target.is_relative_to(source):
+            raise CompactLMError(f"Output '{out}' is inside the input directory '{item}'; compactlm never writes into "
+                                 f"what it reads. Choose an output path outside it.")
 
 
 def is_ours(path: Path) -> bool:
@@ -47,7 +61,7 @@ def is_ours(path: Path) -> bool:
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike | None] = (), *, nested: bool = False) -> Path:
     """Validate an output directory before any work; nothing is deleted here.
 
     Refused: the filesystem root, the current directory or one above it, an existing file, a
@@ -67,7 +81,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool,
     if out.exists() and not out.is_dir():
         raise CompactLMError(f"Output path '{out}' exists and is a file; expected a directory path. Choose another --out.")
     _writable_ancestor(out)
-    check_inputs_outside(out, inputs)
+    check_inputs_outside(out, inputs, nested=nested)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise CompactLMError(f"Output directory '{out}' already exists and is not empty. Pass --overwrite to "
@@ -79,14 +93,25 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool,
     return out
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
-    """Validate a file to be written (``--json``): not a directory, in a writable place; checked before any work."""
+def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = (),
+                      overwrite: bool = False, ours: Callable[[Path], bool] | None = None,
+                      flag: str = "--json") -> Path:
+    """Validate a file to be written (``--json``, ``--gguf``) before any work.
+
+    Refused: a directory or empty path, a place that cannot be written, a path that is or lies
+    inside one of the ``inputs``, a read-only file, and an existing file unless ``overwrite`` or
+    ``ours(path)`` (a previous output of the same verb, which a rerun may replace).
+    """
     out = Path(path).expanduser()
     if not str(path).strip() or out.is_dir():
-        raise CompactLMError(f"'{path}' is a directory or empty; expected the path of a file to write.")
+        raise CompactLMError(f"{flag} '{path}' is a directory or empty; expected the path of a file to write.")
     _writable_ancestor(out.parent if str(out.parent) else Path("."))
+    check_inputs_outside(out, inputs)
     if out.exists() and not os.access(out, os.W_OK):
         raise CompactLMError(f"Cannot write '{path}': the file is read-only. Choose another path.")
+    if out.exists() and not overwrite and not (ours is not None and ours(out)):
+        raise CompactLMError(f"{flag} '{path}' already exists and is not an output of this command; pass --overwrite "
+                             f"to replace it, or choose another path.")
     return out
 
 
@@ -102,9 +127,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Yield a temporary directory that becomes ``path`` only if the block finishes.
 
     On an exception the temporary directory is removed and ``path`` is untouched, so a crash
-    never leaves half an output behind.
+    never leaves half an output behind. A ``path`` that is a symbolic link is written through:
+    the link stays and its target directory is replaced.
     """
     final = check_output_dir(path, overwrite)
+    if final.is_symlink():   # a link to the output directory: write through it, the link stays
+        final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -1,12 +1,14 @@
 """Verbs ``distill`` (retrain a student against its teacher) and ``finetune`` (plain LM loss, "teacher correction").
 
 Both run under ``torchrun --nproc_per_node N -m compactlm ...`` or ``accelerate launch``: every
-process loads the models and the same token blocks, the trainer splits each global batch.
+process loads the models and the same token blocks, the trainer splits each global batch. Rank 0
+holds the lock on ``--out`` (:mod:`compactlm.lock`) for the job: another job there is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -21,6 +23,7 @@ from ..distill.checks import position_problems
 from ..distill.config import parse_tokens, steps_for_tokens
 from ..errors import CompactLMError
 from ..io import check_inputs_outside, check_output_dir
+from ..lock import output_lock
 from ..sizing import check_distill
 from .common import DATA_FLAGS, add_trust_args, model_from_args, refuse_misfit
 from .flags import add_flags, from_flags
@@ -110,8 +113,19 @@ def _check_out(args: argparse.Namespace, inputs: list) -> None:
         check_output_dir(args.out, args.overwrite or nothing_saved(args.out), inputs=inputs)
 
 
+def _hold_out(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The lock on --out for the whole job: taken by rank 0 alone, since every rank of a torchrun/accelerate job
+    shares the one run directory (rank 0 writes it) and the ranks must not refuse each other."""
+    return output_lock(args.out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+
+
 def run_distill(args: argparse.Namespace) -> int:
     _quiet_other_ranks()
+    with _hold_out(args):   # a second process on the same --out is refused here, before anything loads
+        return _run_distill(args)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
     loss_args, train_args = from_flags(LossArgs, args), from_flags(TrainArgs, args)
     make_loss(loss_args.loss, loss_args.temperature, loss_args.top_k, loss_args.js_beta)  # fail before loading models
     _check_out(args, [args.teacher, args.student, args.source])
@@ -129,6 +143,11 @@ def run_distill(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     _quiet_other_ranks()
+    with _hold_out(args):
+        return _run_finetune(args)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
     loss_args = from_flags(LossArgs, args, clm_weight=1.0, intermediate="off")
     train_args = from_flags(TrainArgs, args)
     _check_out(args, [args.model, args.source])

@@ -150,7 +150,7 @@ def _prepare_run_dir(run_dir: Path, info: DistInfo, resume: bool, overwrite: boo
         if not overwrite and nothing_saved(run_dir):
             logger.info("'%s' holds only what a run stopped before its first checkpoint left; starting afresh", run_dir)
             overwrite = True
-        check_output_dir(run_dir, overwrite, inputs=[student_dir])
+        check_output_dir(run_dir, overwrite, inputs=[student_dir], nested=True)  # the CLI refuses nesting itself
     barrier(info)
     if info.is_main:
         if not resume and run_dir.exists():

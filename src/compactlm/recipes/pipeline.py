@@ -3,13 +3,16 @@
 teacher ─ (correction) ─ for each step: importance ─ search | fixed architecture ─ prune ─ distill
         ─ export (GGUF) ─ eval (teacher, every step's prune and student, the GGUF files) ─ report
 
-Every stage writes into the run directory (:class:`~.layout.RunLayout`) and its typed record
+Every stage writes into the run directory (:class:`~.run_dir.RunLayout`) and its typed record
 (:mod:`.records`) into ``run_state.json`` when it finishes; ``resume=True`` skips finished
-stages, continues a search where it stopped and a distillation from its newest checkpoint.
+stages, continues a search where it stopped and a distillation from its newest checkpoint, and
+refuses a recipe changed where a started stage would see it (:mod:`.resume`) or other data. The
+whole run holds :func:`~compactlm.lock.output_lock` on its directory: a second process is refused.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -25,12 +28,13 @@ import yaml
 from ..data import load_blocks
 from ..distill import TrainArgs, distill, finetune
 from ..distill.checkpoint import latest_checkpoint
-from ..distill.checks import check_blocks_fit
+from ..distill.checks import blocks_fingerprint, check_blocks_fit
 from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
 from ..export import save_student
 from ..importance import ImportanceScores, estimate_importance
 from ..io import check_output_dir, write_json_atomic, write_text_atomic
+from ..lock import output_lock
 from ..models import load_model, load_tokenizer
 from ..prune import prune
 from ..readers import clip, read_json_object, reading
@@ -55,8 +59,9 @@ from .records import (
     StageRecord,
     stage_key,
 )
+from .resume import check_resume
 from .run_dir import RunLayout, StepLayout
-from .schema import Recipe
+from .schema import SET_BY_PIPELINE, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -97,22 +102,26 @@ class _Models:
                           trust_remote_code=self.recipe.trust_remote_code, with_tokenizer=False)
 
 
+def _read_state(run_dir: Path) -> RunState:
+    """The saved ``run_state.json`` of a run directory, typed."""
+    path, fix = RunLayout(run_dir).state, "Start the run afresh with --overwrite."
+    saved = read_json_object(path, "run state file", fix)
+    with reading(path, "run state file", fix):
+        return RunState.from_dict(saved)
+
+
 class _State:
-    """``run_state.json`` (:class:`~.records.RunState`): finished stages with their records, written atomically."""
+    """``run_state.json`` (:class:`~.records.RunState`): finished stages with their records, written atomically.
+
+    On a resume the saved stages are read back and ``recipe`` replaces the saved one: :func:`_check_run_dir` has
+    refused every change a started stage would see (:func:`.resume.check_resume`)."""
 
     def __init__(self, run_dir: Path, recipe: dict, resume: bool) -> None:
         self.path = RunLayout(run_dir).state
         self.data = RunState(recipe=recipe)
         if resume:
-            fix = "Start the run afresh with --overwrite."
-            saved = read_json_object(self.path, "run state file", fix)
-            if saved.get("recipe") != recipe or not isinstance(saved.get("stages"), dict):
-                raise CompactLMError(
-                    f"Cannot resume '{run_dir}': the recipe changed "
-                    f"({clip(_differences(saved.get('recipe') or {}, recipe), 600)}). "
-                    f"Resume with the original recipe, or start a new run directory.")
-            with reading(self.path, "run state file", fix):
-                self.data = RunState.from_dict(saved)
+            self.data = _read_state(run_dir)
+            self.data.recipe = recipe
 
     def started(self, device: str) -> None:
         """Record the software and hardware of this session (a new run, or a resumed one)."""
@@ -134,25 +143,18 @@ class _State:
         return record
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> str:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            a, b = dict(enumerate(a)), dict(enumerate(b))
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs.append(_differences(a, b, f"{prefix}{key}."))
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return "; ".join(d for d in diffs if d)
-
-
 def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
-    """Everything about the run directory that can be refused, before any work and without deleting anything."""
+    """Everything about the run directory that can be refused, before any work and without deleting anything.
+
+    A resume may change only the keys of stages that have not started (:mod:`.resume`)."""
     if resume:
         if not RunLayout(run_dir).state.is_file():
             raise CompactLMError(f"--resume: '{run_dir}' holds no {RunLayout(run_dir).state.name}. Run without "
                                  f"--resume to start it.")
+        changes = check_resume(run_dir, _read_state(run_dir), _recipe_dict(recipe))
+        if changes:
+            logger.warning("resuming with changed settings of stages that have not started: %s",
+                           clip("; ".join(str(c) for c in changes), 600))
         return
     check_output_dir(run_dir, overwrite=True, inputs=[recipe.teacher, recipe.data.source])
     if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
@@ -160,15 +162,46 @@ def _check_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool)
                              f"--overwrite, or choose another --out.")
 
 
-def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> _State:
-    """The run's state; a new run (validated by :func:`_check_run_dir`) replaces the directory only now."""
-    recipe_dict = json.loads(json.dumps(recipe.to_dict()))
+def _recipe_dict(recipe: Recipe) -> dict:
+    """The recipe as plain JSON data: what ``run_state.json`` keeps and a resume compares."""
+    return json.loads(json.dumps(recipe.to_dict()))
+
+
+def _recipe_yaml(recipe_dict: dict) -> str:
+    """``recipe.yaml`` of the run: the whole recipe, less the keys the pipeline sets (so that it loads again)."""
+    data = copy.deepcopy(recipe_dict)
+    for step in data.get("steps") or []:
+        for path in SET_BY_PIPELINE:
+            node = step
+            for key in path[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _open_run_dir(run_dir: Path, recipe: Recipe, resume: bool, data_fingerprint: str) -> _State:
+    """The run's state; a new run (validated by :func:`_check_run_dir`) replaces the directory only now.
+
+    A resume is refused when the token blocks differ from the ones the run was started on."""
+    recipe_dict = _recipe_dict(recipe)
     if not resume:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        write_text_atomic(RunLayout(run_dir).recipe, yaml.safe_dump(recipe_dict, sort_keys=False))
     state = _State(run_dir, recipe_dict, resume=resume)
+    saved = state.data.data_fingerprint
+    if saved is not None and saved != data_fingerprint:
+        d = recipe.data
+        raise CompactLMError(
+            f"Cannot resume '{run_dir}': the data changed. The token blocks of data.source '{d.source}' (as the "
+            f"teacher's tokenizer cuts them into {d.seq_len}-token blocks) now have fingerprint {data_fingerprint}; "
+            f"the run was started on {saved}, and its finished stages were computed on that data. Restore the "
+            f"original data, or start again with --overwrite.")
+    state.data.data_fingerprint = data_fingerprint
+    layout = RunLayout(run_dir)
+    if not resume or not layout.recipe.is_file() or layout.recipe.read_text() != _recipe_yaml(recipe_dict):
+        write_text_atomic(layout.recipe, _recipe_yaml(recipe_dict))
     state.started(recipe.device)
     return state
 
@@ -197,7 +230,12 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
     :func:`compactlm.report.render_report` (the report reads the run directory, so it stands
     above this package); ``None`` writes no report.
     """
-    run_dir = Path(run_dir)
+    with output_lock(run_dir):   # one process per run directory: a second one is refused here
+        return _run(recipe, Path(run_dir), resume, overwrite, report)
+
+
+def _run(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool,
+         report: Callable[[Path], Path] | None) -> RunResult:
     layout = RunLayout(run_dir)
     step_dirs = {step.name: layout.step(step.name) for step in recipe.steps}
     _check_run_dir(run_dir, recipe, resume, overwrite)
@@ -213,7 +251,7 @@ def run(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, overwrite:
     problems = check_blocks_fit(train_blocks, models.get(recipe.teacher).config, "teacher")
     if problems:
         raise CompactLMError(f"Recipe data and teacher do not fit: {'; '.join(problems)}.")
-    state = _open_run_dir(run_dir, recipe, resume)
+    state = _open_run_dir(run_dir, recipe, resume, blocks_fingerprint(train_blocks, heldout))
     logger.info("data: %d training + %d held-out blocks of %d tokens from %s", train_blocks.shape[0],
                 heldout.shape[0], d.seq_len, d.source)
     teacher_path: str | Path = recipe.teacher

@@ -248,23 +248,31 @@ class Session(Record):
 
 @dataclass
 class RunState(Record):
-    """``run_state.json``: the recipe, the finished stages in order, and the sessions that ran them."""
+    """``run_state.json``: the recipe, the finished stages in order, the sessions that ran them, and the
+    fingerprint of the token blocks (training and held-out) the run was started on."""
 
     recipe: dict
     stages: dict[str, StageRecord] = field(default_factory=dict)
     sessions: list[Session] = field(default_factory=list)
+    data_fingerprint: str | None = None
+    """``distill.checks.blocks_fingerprint`` of the run's blocks: a resume on other data is refused (None: a run
+    written before it was recorded)"""
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "stages": {k: r.to_dict() for k, r in self.stages.items()},
-                "sessions": [s.to_dict() for s in self.sessions]}
+                "sessions": [s.to_dict() for s in self.sessions], "data_fingerprint": self.data_fingerprint}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunState":
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             raise CompactLMError("The run state has no 'stages' object.")
         stages = {k: record_type(k).from_dict(v) for k, v in data["stages"].items()}
-        return cls(recipe=data.get("recipe") or {}, stages=stages,
-                   sessions=[Session.from_dict(s) for s in data.get("sessions") or []])
+        recipe, fingerprint = data.get("recipe") or {}, data.get("data_fingerprint")
+        if not isinstance(recipe, dict):
+            raise CompactLMError(f"The run state's recipe is {clip(recipe, 60)}; expected an object.")
+        return cls(recipe=recipe, stages=stages,
+                   sessions=[Session.from_dict(s) for s in data.get("sessions") or []],
+                   data_fingerprint=fingerprint if isinstance(fingerprint, str) else None)
 
     def get(self, key: str, kind: type[StageRecord]):
         """The record of stage ``key`` if it finished, else None; typed as ``kind``."""
