@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, run_script
+from compactlm.io import cache_dir
 
 LLAMA_CPP_VERSION = "0.3.36"
-CACHE = Path(os.environ.get("COMPACTLM_CACHE", Path.home() / ".cache" / "compactlm"))
+CACHE = cache_dir()
 TARGET = CACHE / "llama_cpp_py"
 PORTABLE = ("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
             "-DGGML_OPENMP=OFF")

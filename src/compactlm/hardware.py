@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .errors import CompactLMError
-from .io import write_json_atomic
+from .io import cache_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ PRECISIONS = ("auto", "bf16", "fp32")
 NATIVE_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 SLOWER_WARNING = 1.5     # warn when an explicit precision is measured this much slower than the other
 BENCH_TOKENS = 1024      # rows of each micro-benchmark GEMM: a training micro-batch of 2 x 512 (smaller M runs slower)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("COMPACTLM_CACHE", Path.home() / ".cache" / "compactlm"))
 
 
 @cache

@@ -18,6 +18,12 @@ OUTPUT_MARKERS = ("run_state.json", "metrics.jsonl", "prune_plan.json", "importa
                   "candidates.json", "compactlm_provenance.json", "trainer_state.json", "checkpoints")
 
 
+def cache_dir() -> Path:
+    """compactlm's cache (measured GEMM rates, de-quantised GGUF models): ``$COMPACTLM_CACHE``, else
+    ``~/.cache/compactlm``. Everything in it can be deleted; it is rebuilt on first use."""
+    return Path(os.environ.get("COMPACTLM_CACHE", Path.home() / ".cache" / "compactlm"))
+
+
 def _writable_ancestor(path: Path) -> None:
     """Refuse a path whose nearest existing ancestor is a file or cannot be written, before any work.
 

@@ -11,14 +11,18 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .arch import adapter_for
 from .errors import CompactLMError
+from .io import cache_dir
 from .readers import clip, describe_error, read_json
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,66 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name=name, path=name)
 
 
+GGUF_CACHE_FORMAT = 1   # bump when what the cache holds changes
+
+
+def _gguf_cache(source: ModelSource, build: bool = True) -> Path | None:
+    """The de-quantised copy of ``source``'s GGUF file (float32 safetensors, config, tokenizer), or None.
+
+    Parsing a GGUF file costs transformers ~5 s per read (its metadata holds the whole vocabulary)
+    and a model load reads it three times; the copy loads in about a second. It lives in
+    ``<cache>/gguf/<name>-<key>``, the key hashing the file's path, size and modification time and
+    the transformers version, so a changed file or library gets a new copy. Float32 keeps it
+    exact for every load dtype (de-quantisation is float32, then a cast). None: ``build`` is false
+    and there is no copy yet, ``COMPACTLM_GGUF_CACHE=0``, or the cache cannot be written (the
+    caller reads the GGUF file itself).
+    """
+    if os.environ.get("COMPACTLM_GGUF_CACHE", "1") == "0":
+        return None
+    gguf = (Path(source.path) / source.gguf_file).resolve()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{GGUF_CACHE_FORMAT}"
+                         .encode()).hexdigest()[:16]
+    copy = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    if (copy / "config.json").is_file() or not build:
+        return copy if (copy / "config.json").is_file() else None
+    try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{copy.name}.tmp-", dir=copy.parent))
+    except OSError as err:
+        logger.warning("cannot write the GGUF cache in '%s' (%s); reading the GGUF file directly", copy.parent,
+                       err.strerror)
+        return None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        _drop_gguf_quantization(model)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file).save_pretrained(tmp)
+        try:
+            os.rename(tmp, copy)    # atomic; a process that built the same copy first wins
+        except OSError:
+            if not (copy / "config.json").is_file():
+                raise
+    except OSError as err:
+        logger.warning("cannot write the GGUF cache in '%s' (%s); reading the GGUF file directly", copy.parent,
+                       err.strerror)
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("de-quantised %s once into %s (float32 safetensors; COMPACTLM_GGUF_CACHE=0 turns this off)",
+                gguf.name, copy)
+    return copy
+
+
+def _drop_gguf_quantization(model) -> None:
+    """Forget that ``model`` came de-quantised from GGUF: a leftover quantization_config would make
+    save_pretrained write a checkpoint that plain from_pretrained refuses."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+
+
 def _hub_error(source: ModelSource, err: Exception) -> CompactLMError:
     return CompactLMError(
         f"Could not load model '{source.name}': not a local directory or .gguf file, and the "
@@ -155,8 +219,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """Load the tokenizer for a model name as accepted by :func:`load_model`."""
 
     source = resolve_model(name)
+    copy = _gguf_cache(source, build=False) if source.gguf_file else None
     try:
-        tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
+        tok = (AutoTokenizer.from_pretrained(copy) if copy else
+               AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code))
     except Exception as err:  # noqa: BLE001 - the file boundary: a damaged tokenizer.json, GGUF, or the Hub
         if Path(source.path).is_dir():
             raise CompactLMError(f"Cannot load the tokenizer of '{name}' ({describe_error(err)}): its tokenizer "
@@ -203,8 +269,10 @@ def load_model(
     _check_local_checkpoint(source, allow_pickle)
     safe = None if source.gguf_file or allow_pickle else True
     try:
+        copy = _gguf_cache(source) if source.gguf_file else None
+        path, gguf_file = (str(copy), None) if copy else (source.path, source.gguf_file)
         model, info = AutoModelForCausalLM.from_pretrained(
-            source.path, gguf_file=source.gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            path, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code,
             use_safetensors=safe, weights_only=True, output_loading_info=True,
             **({} if device_map is None else {"device_map": device_map}),
         )
@@ -216,12 +284,7 @@ def load_model(
                              + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in wrong.items() if v)
                              + "): loading it would leave weights random. Re-export it, or fix config.json.")
     if source.gguf_file:
-        # The weights are de-quantised now; a leftover GGUF quantization_config would make
-        # save_pretrained write a checkpoint that plain from_pretrained refuses.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.is_quantized = False
+        _drop_gguf_quantization(model)
     model.config._name_or_path = name
     adapter_for(model.config)  # fail early, with the supported list, on an unknown family
     if device_map is None:

@@ -21,6 +21,7 @@ describes them all, by the parts each has (docs/method.md §3, "Families"):
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -66,7 +67,7 @@ class Architecture:
         return d
 
     def replace(self, **changes) -> "Architecture":
-        return Architecture(**{**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @property
     def is_moe(self) -> bool:

@@ -11,9 +11,10 @@ import itertools
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..arch import Architecture, adapter_for
+from ..arch import Architecture, adapter_named
 from ..arch.params import ParamLayout, count_active_parameters, count_parameters
 from ..config import AXES, SHORT
 from ..errors import CompactLMError
@@ -146,14 +147,18 @@ def parse_param_target(value: int | float | str, source_params: int) -> int:
     return count
 
 
-def _is_valid(arch: Architecture, source: Architecture, model_type: str) -> bool:
+def _fits_the_heads(arch: Architecture, source: Architecture) -> bool:
+    """The grouped-query layout can be cut from the teacher's (cheap: checked for every combination)."""
     heads, groups = arch.num_attention_heads, arch.num_key_value_heads
     if heads % groups or heads // groups > source.num_attention_heads // source.num_key_value_heads:
         return False
-    if source.num_key_value_heads % groups and groups != source.num_key_value_heads:
-        return False
+    return not (source.num_key_value_heads % groups and groups != source.num_key_value_heads)
+
+
+def _family_accepts(arch: Architecture, model_type: str) -> bool:
+    """transformers' config class of the family accepts these sizes (~1 ms: checked only for the candidates kept)."""
     try:
-        adapter_for(type("Config", (), {"model_type": model_type})).check_target(arch)
+        adapter_named(model_type).check_target(arch)
     except CompactLMError:
         return False
     return True
@@ -181,14 +186,20 @@ def enumerate_candidates(space: SearchSpace, source: Architecture, layout: Param
     inside, outside = [], []
     for values in itertools.product(*(getattr(space, a) for a in AXES)):
         arch = source.replace(**dict(zip(AXES, values)))
-        if not _is_valid(arch, source, model_type):
+        if not _fits_the_heads(arch, source):
             continue
         params = count_parameters(arch, layout)
         active = count_active_parameters(arch, layout) if source.is_moe else None
         fits = within(params, target_params) and (not active_params or within(active, active_params))
         (inside if fits else outside).append(Candidate(arch, params, active))
-    if not inside:
-        nearest = sorted(outside, key=distance)[:3]
+    inside.sort(key=distance)
+    accepted = _spread_over_hidden_sizes(inside, max_candidates or len(inside), lambda c: _family_accepts(c.arch, model_type))
+    if len(accepted) < len(inside) and max_candidates and len(accepted) == max_candidates:
+        logger.info("%d candidates within ±%.0f%%; keeping %d, the nearest of each hidden size in turn", len(inside),
+                    tolerance * 100, max_candidates)
+    if not accepted:
+        nearest = list(itertools.islice((c for c in sorted(outside, key=distance)
+                                         if _family_accepts(c.arch, model_type)), 3))
 
         def described(c: Candidate) -> str:
             text = f"{c.name} with {c.params / 1e6:.2f}M ({(c.params / target_params - 1) * 100:+.1f}%)"
@@ -203,16 +214,12 @@ def enumerate_candidates(space: SearchSpace, source: Architecture, layout: Param
             f"No architecture in the search space has {budget} ±{tolerance:.0%}. Nearest: "
             f"{'; '.join(described(c) for c in nearest) or 'none (no valid combination)'}. Widen the tolerance, "
             f"move the target, or add sizes to the search space.")
-    inside.sort(key=distance)
-    if max_candidates and len(inside) > max_candidates:
-        logger.info("%d candidates within ±%.0f%%; keeping %d, the nearest of each hidden size in turn", len(inside),
-                    tolerance * 100, max_candidates)
-        inside = _spread_over_hidden_sizes(inside, max_candidates)
-    return inside
+    return accepted
 
 
-def _spread_over_hidden_sizes(ranked: list[Candidate], keep: int) -> list[Candidate]:
-    """The ``keep`` first of ``ranked`` taken round-robin over hidden sizes (each size's nearest first).
+def _spread_over_hidden_sizes(ranked: list[Candidate], keep: int, accepts: Callable[[Candidate], bool]) -> list[Candidate]:
+    """The ``keep`` first of ``ranked`` that ``accepts``, taken round-robin over hidden sizes (each size's nearest
+    first); ``accepts`` is asked only until ``keep`` are found (it builds a transformers config: ~1 ms each).
 
     Every candidate is already within the tolerance, so a 0.1% difference in parameter count says
     nothing about quality; taking only the nearest let one hidden size fill the whole cap (on
@@ -222,10 +229,15 @@ def _spread_over_hidden_sizes(ranked: list[Candidate], keep: int) -> list[Candid
     groups: dict[int, list[Candidate]] = {}
     for c in ranked:
         groups.setdefault(c.arch.hidden_size, []).append(c)
-    kept: list[Candidate] = []
-    for i in range(max(len(g) for g in groups.values())):
-        kept += [g[i] for g in groups.values() if i < len(g)]
-    chosen = set(map(id, kept[:keep]))
+    valid = [(c for c in g if accepts(c)) for g in groups.values()]   # each size's accepted ones, asked lazily
+    chosen: set[int] = set()
+    while valid and len(chosen) < keep:
+        for it in list(valid):
+            c = next(it, None)
+            if c is None:
+                valid.remove(it)
+            elif len(chosen) < keep:
+                chosen.add(id(c))
     return [c for c in ranked if id(c) in chosen]
 
 
