@@ -98,7 +98,7 @@ def resolve_model(name: str) -> ModelSource:
 GGUF_CACHE_FORMAT = 1   # bump when what the cache holds changes
 
 
-def _gguf_cache(source: ModelSource, build: bool = True) -> Path | None:
+def dequantized_copy(source: ModelSource, build: bool = True) -> Path | None:
     """The de-quantised copy of ``source``'s GGUF file (float32 safetensors, config, tokenizer), or None.
 
     Parsing a GGUF file costs transformers ~5 s per read (its metadata holds the whole vocabulary)
@@ -219,7 +219,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """Load the tokenizer for a model name as accepted by :func:`load_model`."""
 
     source = resolve_model(name)
-    copy = _gguf_cache(source, build=False) if source.gguf_file else None
+    copy = dequantized_copy(source, build=False) if source.gguf_file else None
     try:
         tok = (AutoTokenizer.from_pretrained(copy) if copy else
                AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code))
@@ -269,7 +269,7 @@ def load_model(
     _check_local_checkpoint(source, allow_pickle)
     safe = None if source.gguf_file or allow_pickle else True
     try:
-        copy = _gguf_cache(source) if source.gguf_file else None
+        copy = dequantized_copy(source) if source.gguf_file else None
         path, gguf_file = (str(copy), None) if copy else (source.path, source.gguf_file)
         model, info = AutoModelForCausalLM.from_pretrained(
             path, gguf_file=gguf_file, dtype=torch_dtype, trust_remote_code=trust_remote_code,

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not smollm2_available(), reas
 TINY_BUDGETS = [
     "data.seq_len=256", "data.heldout_samples=4", "importance.samples=8", "importance.layer_loss_samples=1",
     "steps.0.search.max_candidates=3", "steps.0.search.top_k=2", "steps.0.search.distill_tokens=1024",
-    "steps.0.distill.tokens=12288", "steps.0.distill.train.val_every=0", "steps.0.distill.train.checkpoint_every=0",
-    "eval.tasks=[ppl:exllamav2:c4]", "eval.limit=4",
+    "steps.0.distill.tokens=6144", "steps.0.distill.train.val_every=0", "steps.0.distill.train.checkpoint_every=0",
+    "eval.tasks=[ppl:exllamav2:c4]", "eval.limit=4", "eval.max_new_tokens=8",
 ]
 
 
@@ -37,7 +37,7 @@ def test_default_recipe_with_tiny_budgets(tmp_path, capsys):
     rows = {r["model"]: r for r in json.loads(layout.eval.read_text())["rows"]}
     teacher, pruned, student = rows["teacher"], rows["student: pruned"], rows["student: distilled"]
     assert 0.62 < student["parameters"] / teacher["parameters"] < 0.71          # ~2/3 of 134.5M, ±5%
-    assert student["metrics"]["heldout_ppl"] < pruned["metrics"]["heldout_ppl"]
+    assert student["metrics"]["heldout_ppl"] < 0.5 * pruned["metrics"]["heldout_ppl"]     # measured: ~0.2x
     assert teacher["metrics"]["heldout_ppl"] < student["metrics"]["heldout_ppl"]
     assert layout.report.read_text().count("data:image/png;base64,") >= 5
     # the default recipe ends with a q8_0 GGUF for llama.cpp, scored next to the HF student

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ..arch import adapter_for
 from ..arch.params import parameter_layout
 from ..errors import CompactLMError
-from ..models import resolve_model
+from ..models import dequantized_copy, resolve_model
 from ..readers import describe_error
 from .memory import ModelShape
 
@@ -41,7 +41,10 @@ def load_config(model: str, trust_remote_code: bool = False):
             raise CompactLMError(f"Cannot read model config '{model}' ({describe_error(err)}): expected a Hugging "
                                  f"Face config.json.") from err
     source = resolve_model(model)
+    copy = dequantized_copy(source, build=False) if source.gguf_file else None   # a GGUF read costs seconds
     try:
+        if copy:
+            return AutoConfig.from_pretrained(copy)
         return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - a damaged GGUF, no network
         raise CompactLMError(f"Cannot read the config of '{model}' ({describe_error(err)}). Pass a local config.json "
