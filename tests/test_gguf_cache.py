@@ -28,8 +28,15 @@ def gguf_file(tmp_path_factory):
 
 
 def _load(path, dtype, cache: bool, monkeypatch):
-    monkeypatch.setenv("COMPACTLM_GGUF_CACHE", "1" if cache else "0")
+    monkeypatch.setenv("COMPACTLM_GGUF_CACHE", "1" if cache else "0")   # 1: any GGUF file, not only built-ins
     return load_model(str(path), dtype=dtype)
+
+
+def test_only_built_in_models_are_cached_by_default(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPACTLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("COMPACTLM_GGUF_CACHE", raising=False)
+    load_model(str(gguf_file))                       # a run's exported student, say: read, not copied
+    assert not (tmp_path / "gguf").exists()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

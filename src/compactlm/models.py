@@ -105,11 +105,13 @@ def dequantized_copy(source: ModelSource, build: bool = True) -> Path | None:
     and a model load reads it three times; the copy loads in about a second. It lives in
     ``<cache>/gguf/<name>-<key>``, the key hashing the file's path, size and modification time and
     the transformers version, so a changed file or library gets a new copy. Float32 keeps it
-    exact for every load dtype (de-quantisation is float32, then a cast). None: ``build`` is false
-    and there is no copy yet, ``COMPACTLM_GGUF_CACHE=0``, or the cache cannot be written (the
-    caller reads the GGUF file itself).
+    exact for every load dtype (de-quantisation is float32, then a cast). Built-in models are cached
+    (their files never change); other GGUF files (a run's exported students among them) only with
+    ``COMPACTLM_GGUF_CACHE=1``; ``COMPACTLM_GGUF_CACHE=0`` caches nothing. None: not cached, ``build``
+    false and no copy yet, or the cache cannot be written (the caller reads the GGUF file itself).
     """
-    if os.environ.get("COMPACTLM_GGUF_CACHE", "1") == "0":
+    setting = os.environ.get("COMPACTLM_GGUF_CACHE", "")
+    if setting == "0" or (setting != "1" and source.name not in BUILTIN_MODELS):
         return None
     gguf = (Path(source.path) / source.gguf_file).resolve()
     stat = gguf.stat()

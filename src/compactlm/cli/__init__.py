@@ -99,4 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``compactlm`` console command (and ``python -m compactlm``): under tcmalloc where the machine has it."""
     reexec_under_tcmalloc(sys.argv[1:])
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:   # `compactlm info M | head`: the reader left; say nothing more (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141            # as a shell reports a process ended by SIGPIPE
+    sys.exit(code)

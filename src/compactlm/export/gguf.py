@@ -112,7 +112,7 @@ def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0") -> 
         raise CompactLMError(f"GGUF output '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
     if out.exists() and not overwrite:
         raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
-    return check_output_file(out)
+    return check_output_file(out, overwrite=overwrite, flag="--out")
 
 
 @dataclass
