@@ -1,4 +1,4 @@
-"""Every bad input a hostile new user tried (issue 10): exit 2, one line naming the problem, nothing written or deleted.
+"""Every bad input a hostile new user tried (issues 10 and 23): exit 2, one line naming the problem, nothing written or deleted.
 
 Each row of ``CASES`` is a command line (``{name}`` fills in a path from the shared tiny files or
 from the row's own ``setup``), the fragment its one-line message must hold, and the directory that
@@ -91,6 +91,25 @@ def edit_config(**changes):
         config = json.loads((m / "config.json").read_text())
         (m / "config.json").write_text(json.dumps({**config, **changes}))
         return {"m": m}
+    return setup
+
+
+def config_without(*keys: str):
+    """The shared model's config.json alone, with ``keys`` left out (for ``plan``, which reads configs only)."""
+    def setup(w, d):
+        config = json.loads((w["model"] / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in keys}))
+        return {"cfg": d / "config.json"}
+    return setup
+
+
+def moe_checkpoint(**changes):
+    """A tiny Qwen3-MoE checkpoint (4 experts, top-2) with config.json keys replaced."""
+    def setup(w, d):
+        make_tiny_model("qwen3_moe", dtype=torch.float32).save_pretrained(d / "m")
+        config = json.loads((d / "m" / "config.json").read_text())
+        (d / "m" / "config.json").write_text(json.dumps({**config, **changes}))
+        return {"m": d / "m"}
     return setup
 
 
@@ -257,16 +276,22 @@ CASES = [
          edit_config(num_hidden_layers=6)),
     Case("auto-map", ["importance", "--model", "{m}", *IMP[1:]], "--trust-remote-code",
          edit_config(model_type="custom_lm", auto_map={"AutoModelForCausalLM": "x.Y"})),
+    Case("config-wrong-type", ["importance", "--model", "{m}", *IMP[1:]], "has the wrong type",
+         edit_config(hidden_size="sixty-four")),
     Case("info-truncated", ["info", "{m}"], "damaged", truncated_weights, watch=""),
     Case("info-pickle-only", ["info", "{m}"], "--allow-pickle", pickle_only, watch=""),
     Case("finetune-pickle-only", ["finetune", "--model", "{m}", *FT[3:]], "--allow-pickle", pickle_only),
     Case("eval-truncated", ["eval", "--model", "{m}", "--tasks", "ppl:{text}"], "damaged", truncated_weights, watch=""),
+    Case("info-moe-top-k-beyond-experts", ["info", "{m}"], "num_experts_per_tok=8 experts, but has only",
+         moe_checkpoint(num_experts_per_tok=8), watch=""),
     # -- data ----------------------------------------------------------------------------------------------
     Case("missing-data", ["importance", "--model", "{model}", "--data", "{d}/none.txt", *IMP[3:]], "does not exist"),
     Case("binary-data", ["importance", "--model", "{model}", "--data", "{t}", *IMP[3:]], "not UTF-8",
          text_file(b"\xff\xfe\x00\x81" * 64)),
     Case("bad-jsonl-data", ["importance", "--model", "{model}", "--data", "{t}", *IMP[3:]], "not valid JSON",
          text_file(b'{"text": "a"}\n{oops\n', "t.jsonl")),
+    Case("samples-beyond-the-text", ["importance", "--model", "{model}", *IMP[1:4], "1000000000000000000", *IMP[5:]],
+         "Too little text"),
     Case("seq-len-beyond-positions", ["importance", "--model", "{model}", *IMP[1:6], "5000", *IMP[7:]], "positions"),
     Case("ids-beyond-vocab", ["importance", "--model", "{m}", *IMP[1:]], "vocabulary", small_vocab),
     Case("importance-batch-0", ["importance", "--model", "{model}", *IMP[1:7], "--batch-size", "0", *IMP[9:]],
@@ -283,6 +308,8 @@ CASES = [
     Case("overwrite-foreign-dir", ["importance", "--model", "{model}", *IMP[1:], "--overwrite"],
          "not written by compactlm", foreign_dir),
     Case("existing-out", ["importance", "--model", "{model}", *IMP[1:]], "--overwrite", foreign_dir),
+    Case("out-in-proc", ["importance", "--model", "{model}", *IMP[1:-1], "/proc/x"], "Cannot write '/proc/x'",
+         watch=""),
     # -- prune: scores and plans ---------------------------------------------------------------------------
     Case("scores-truncated", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "damaged", truncated_scores),
     Case("scores-empty-tensors", [*PRUNE, "--scores", "{s}", "--intermediate-size", "64"], "damaged", scores_with(b"")),
@@ -329,6 +356,11 @@ CASES = [
     Case("search-scores-truncated", [*SEARCH[:3], "--scores", "{s}", *SEARCH[5:]], "damaged", truncated_scores),
     # -- eval ----------------------------------------------------------------------------------------------
     Case("json-under-a-file", [*EVAL, "--json", "{file}/r.json"], "is a file", a_file, watch="{file}"),
+    Case("json-in-proc", [*EVAL, "--json", "/proc/r.json"], "Cannot write '/proc/r.json'", watch=""),
+    Case("json-is-the-model-config", ["eval", "--model", "{m}", *EVAL[3:], "--json", "{m}/config.json", "--overwrite"],
+         "inside the input directory", lambda w, d: {"m": _copy_model(w, d)}, watch="{m}"),
+    Case("json-is-the-ppl-text", [*EVAL[:3], "--tasks", "ppl:{t}", "--json", "{t}", "--overwrite"], "is the input",
+         text_file(b"Some text to score.\n"), watch="{t}"),
     Case("task-file-not-json", [*EVAL, "--data-dir", "{tasks}"], "damaged", task_file(b"{nope\n")),
     Case("task-file-binary", [*EVAL, "--data-dir", "{tasks}"], "damaged", task_file(bytes(range(256)) * 4)),
     Case("task-file-empty", [*EVAL, "--data-dir", "{tasks}"], "no rows", task_file(b"")),
@@ -346,6 +378,9 @@ CASES = [
     Case("set-huge-value", [*RUN, "--set", "dtype=[" + "1," * 5000 + "1]"], "characters)", recipe()),
     Case("step-name-dotdot", RUN, "plain name", recipe(steps=step(name="../../victim"))),
     Case("step-name-absolute", RUN, "plain name", recipe(steps=step(name="/tmp/victim"))),
+    Case("step-name-nul", RUN, "name=a\\x00b:", recipe(steps=step(name="a\x00b"))),
+    Case("step-name-right-to-left-override", RUN, "name=evil\\u202etxt.exe:",
+         recipe(steps=step(name="evil\u202etxt.exe"))),
     Case("recipe-trust-remote-code", RUN, "--trust-remote-code", recipe(trust_remote_code=True)),
     Case("architecture-negative-layers", RUN,
          "recipe key 'steps[0].architecture.num_hidden_layers': expected greater than or equal to 1, got -4",
@@ -363,9 +398,17 @@ CASES = [
     Case("export-unknown-type", ["export", "{model}", "--gguf", "{out}", "--quant", "q9"], "Unknown GGUF type"),
     Case("export-truncated-model", ["export", "{m}", "--gguf", "{out}"], "damaged", truncated_weights),
     Case("export-random-gguf", ["export", "{gguf}", "--gguf", "{out}"], "GGUF", random_gguf),
-    Case("export-out-is-input", ["export", "{gguf}", "--gguf", "{gguf}", "--overwrite"], "one of the inputs", random_gguf,
+    Case("export-out-is-input", ["export", "{gguf}", "--gguf", "{gguf}", "--overwrite"], "is the input", random_gguf,
          watch="{gguf}"),
+    Case("export-into-the-model", ["export", "{m}", "--gguf", "{m}/x.gguf"], "inside the input directory",
+         lambda w, d: {"m": _copy_model(w, d)}, watch="{m}"),
     Case("export-under-a-file", ["export", "{model}", "--gguf", "{file}/x.gguf"], "is a file", a_file, watch="{file}"),
+    # -- plan (reads configs only, writes nothing) ------------------------------------------------------------
+    Case("plan-config-lacks-fields", ["plan", "--model", "{cfg}", "--device", "H100"],
+         "does not give vocab_size, intermediate_size", config_without("vocab_size", "intermediate_size"), watch=""),
+    Case("plan-student-bigger-than-teacher", ["plan", "--model", "{model}", "--hidden-size", "99999", "--device", "H100"],
+         "--hidden-size=99999 is larger than the source model's hidden_size=64", watch=""),
+    Case("plan-mfu-7", ["plan", "--model", "{model}", "--device", "H100", "--mfu", "7"], "--mfu 7.0: expected", watch=""),
     # -- report --------------------------------------------------------------------------------------------
     Case("report-missing", ["report", "{d}/nonexistent"], "does not exist", watch=""),
     Case("report-not-a-run", ["report", "{run}"], "not a finished", run_dir_with(), watch="{run}"),
@@ -435,6 +478,34 @@ def test_rerun_after_an_interrupt_before_the_first_checkpoint(world, tmp_path, c
     code = main(["-q", *(a.format(**places) for a in DIST), "--max-steps", "1", "--val-every", "0"])
     assert code == 0, capsys.readouterr().err
     assert (out / "model.safetensors").is_file()
+
+
+def test_prune_writes_through_a_symlinked_out(world, tmp_path, capsys):
+    """--out a symlink to an empty directory: the student lands in the target, the link stays a link, nothing is left
+    beside either (no .NAME.old-* or .NAME.tmp-*)."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target", target_is_directory=True)
+    code = main(["-q", "prune", "--model", str(world["model"]), "--scores", str(world["scores"]),
+                 "--intermediate-size", "64", "--out", str(tmp_path / "link")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == (tmp_path / "target").resolve()
+    assert (tmp_path / "target" / "config.json").is_file() and (tmp_path / "target" / "prune_plan.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_auto_map_on_a_stock_family_is_named_when_loaded(world, tmp_path, caplog):
+    """A config.json with auto_map but a model_type transformers knows loads the stock class without
+    --trust-remote-code; one warning names the classes that were skipped and the class used instead."""
+    from compactlm.models import load_model
+
+    m = edit_config(auto_map={"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XLM"})(
+        world, tmp_path)["m"]
+    with caplog.at_level("WARNING", logger="compactlm.models"):
+        model = load_model(str(m), with_tokenizer=False)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    [record] = [r for r in caplog.records if "auto_map" in r.getMessage()]
+    assert all(part in record.getMessage() for part in ("configuration_x.XConfig", "modeling_x.XLM",
+                                                          "model_type 'llama'", "--trust-remote-code"))
 
 
 # ---- fuzz: random bytes into every file reader -----------------------------------------------------------

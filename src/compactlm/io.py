@@ -111,7 +111,7 @@ def check_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
     out = Path(path).expanduser()
     if not str(path).strip() or out.is_dir():
         raise CompactLMError(f"{flag} '{path}' is a directory or empty; expected the path of a file to write.")
-    _writable_ancestor(out.parent if str(out.parent) else Path("."))
+    _writable_ancestor(out.parent if out.exists() else out)   # the message names the file to write
     check_inputs_outside(out, inputs)
     if out.exists() and not os.access(out, os.W_OK):
         raise CompactLMError(f"Cannot write '{path}': the file is read-only. Choose another path.")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import adapter_for
 from .errors import CompactLMError
@@ -189,6 +189,29 @@ def _check_local_checkpoint(source: ModelSource, allow_pickle: bool) -> None:
                          f"expected a save_pretrained output.")
 
 
+def _config_problem(source: ModelSource, trust_remote_code: bool) -> str | None:
+    """Why transformers refuses the checkpoint's config.json alone (a field of the wrong type, a value its
+    validators reject), in one line; None when the config loads and the weights are to blame."""
+    try:
+        AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - the file boundary: hub's strict-dataclass errors, ValueError, ...
+        return clip(" ".join(str(err).split()), 300) or type(err).__name__
+    return None
+
+
+def _warn_skipped_code(name: str, model) -> None:
+    """A checkpoint with ``auto_map`` (its own modelling code) loaded without ``--trust-remote-code`` runs the stock
+    transformers class of its ``model_type``: say so, naming the classes that were skipped."""
+    auto_map = getattr(model.config, "auto_map", None)
+    if not auto_map:
+        return
+    skipped = sorted({str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else auto_map)})
+    logger.warning("'%s': config.json names its own code (auto_map: %s), which was not run; loaded with the stock "
+                   "transformers class of model_type '%s' (%s). If the checkpoint needs that code, pass "
+                   "--trust-remote-code, only if you trust it.", name, clip(", ".join(skipped), 200),
+                   model.config.model_type, type(model).__name__)
+
+
 def _load_error(source: ModelSource, err: Exception, trust_remote_code: bool) -> CompactLMError:
     """Why a model failed to load, naming the file and the way out."""
     if source.gguf_file:
@@ -204,6 +227,12 @@ def _load_error(source: ModelSource, err: Exception, trust_remote_code: bool) ->
                 f"Pass --trust-remote-code only if you trust it.")
         if "does not recognize this architecture" in str(err) or "model_type" in str(err):
             return CompactLMError(f"Could not load model '{source.name}': {clip(str(err).splitlines()[0], 300)}")
+        problem = _config_problem(source, trust_remote_code)
+        if problem is not None:
+            return CompactLMError(
+                f"Cannot load model '{source.name}': a field of its config.json has the wrong type or value "
+                f"({problem}); expected a {meta.get('model_type') if isinstance(meta, dict) else 'Hugging Face'} "
+                f"config as transformers writes it. Fix that field in '{config}' (the checkpoint's own value).")
         return CompactLMError(f"Cannot load the checkpoint in '{source.path}' ({describe_error(err)}): its weights "
                               f"are damaged or do not match its config.json.")
     return _hub_error(source, err)
@@ -289,6 +318,8 @@ def load_model(
         _drop_gguf_quantization(model)
     model.config._name_or_path = name
     adapter_for(model.config)  # fail early, with the supported list, on an unknown family
+    if not trust_remote_code:
+        _warn_skipped_code(name, model)
     if device_map is None:
         model.to(device)
     model.eval()

@@ -25,9 +25,17 @@ from .errors import CompactLMError
 MAX_YAML_BYTES = 1 << 20   # a recipe is a few KB; anything near 1 MB is not one
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that would not show as itself escaped as in a Python literal: controls
+    (``\\x00``, ``\\n``), bidirectional overrides (``\\u202e``) and other format characters. A message quoting
+    a value then shows what was given, and cannot be cut, hidden or reordered on the terminal by it."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def clip(value: Any, limit: int = 120) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so that no error line carries a whole file."""
-    text = value if isinstance(value, str) else repr(value)
+    """``repr(value)`` (a string as :func:`printable` text) cut to ``limit`` characters, so that no error line
+    carries a whole file or a raw control character."""
+    text = printable(value) if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 

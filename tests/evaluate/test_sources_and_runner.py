@@ -144,14 +144,39 @@ def test_cli_table_with_baseline(monkeypatch, tmp_path, capsys, tiny_lm, tokeniz
     import compactlm.cli.common
 
     monkeypatch.setattr(compactlm.cli.common, "load_model", lambda name, **kw: (tiny_lm, tokenizer))
-    (tmp_path / "piqa").mkdir()
-    (tmp_path / "piqa" / "valid.jsonl").write_text("".join(
-        json.dumps({"goal": f"g{i}", "sol1": "yes", "sol2": "no way", "label": i % 2}) + "\n" for i in range(5)))
+    tasks = _piqa_dir(tmp_path)
     out_json = tmp_path / "r.json"
-    assert cli_main(["eval", "--model", "a", "--baseline", "b", "--tasks", "piqa", "--data-dir", str(tmp_path),
+    assert cli_main(["eval", "--model", "a", "--baseline", "b", "--tasks", "piqa", "--data-dir", str(tasks),
                      "--json", str(out_json)]) == 0
     table = capsys.readouterr().out
     assert "diff" in table and "acc_norm %" in table and "+0.00" in table
     data = json.loads(out_json.read_text())
+    assert data["format"] == "compactlm.eval/1"
     assert data["results"]["model"]["piqa"]["metrics"] == data["results"]["baseline"]["piqa"]["metrics"]
     assert Path(out_json).is_file()
+
+
+def _piqa_dir(root: Path) -> Path:
+    (root / "tasks" / "piqa").mkdir(parents=True)
+    (root / "tasks" / "piqa" / "valid.jsonl").write_text("".join(
+        json.dumps({"goal": f"g{i}", "sol1": "yes", "sol2": "no way", "label": i % 2}) + "\n" for i in range(5)))
+    return root / "tasks"
+
+
+def test_cli_json_replaces_only_an_earlier_eval(monkeypatch, tmp_path, capsys, tiny_lm, tokenizer):
+    """--json over an earlier eval's file (its format marker) is a rerun; over any other file it needs --overwrite;
+    inside the data folder it is refused."""
+    import compactlm.cli.common
+
+    monkeypatch.setattr(compactlm.cli.common, "load_model", lambda name, **kw: (tiny_lm, tokenizer))
+    tasks = _piqa_dir(tmp_path)
+    argv = ["eval", "--model", "a", "--tasks", "piqa", "--data-dir", str(tasks), "--json"]
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    theirs.write_text('{"mine": true}')
+    assert cli_main([*argv, str(ours)]) == 0 and cli_main([*argv, str(ours)]) == 0
+    assert cli_main([*argv, str(theirs)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and theirs.read_text() == '{"mine": true}'
+    assert cli_main([*argv, str(tasks / "r.json"), "--overwrite"]) == 2
+    assert "inside the input directory" in capsys.readouterr().err and not (tasks / "r.json").exists()
+    assert cli_main([*argv, str(theirs), "--overwrite"]) == 0
+    assert json.loads(theirs.read_text())["format"] == "compactlm.eval/1"

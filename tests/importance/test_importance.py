@@ -11,7 +11,7 @@ from helpers import MOE_FAMILIES, make_tiny_model
 
 from compactlm.arch import adapter_for
 from compactlm.config import ImportanceSection
-from compactlm.importance import AGGREGATIONS, ImportanceScores, estimate_importance, lm_loss
+from compactlm.importance import AGGREGATIONS, ImportanceScores, calibration_blocks, estimate_importance, lm_loss
 from compactlm.importance.aggregation import ChannelStatistics, finalize
 from compactlm.prune import PrunePlan, apply_plan, select_units
 
@@ -159,6 +159,16 @@ def test_default_records_seq_mean_only():
         torch.testing.assert_close(default.neurons((batch, "mean")), full.neurons((batch, "mean")))
     with pytest.raises(CompactLMError, match="--seq-aggregations mean,var"):
         default.heads(("l2", "var"))
+
+
+def test_more_samples_than_blocks_says_how_many_were_used(caplog):
+    """importance.samples beyond the text scores every block there is, and one warning says how many of how many."""
+    blocks = torch.randint(3, 128, (4, 8))
+    with caplog.at_level("WARNING", logger="compactlm.importance.estimate"):
+        assert calibration_blocks(blocks, 10**18).shape[0] == 4
+        assert calibration_blocks(blocks, 3).shape[0] == 3 and calibration_blocks(blocks, 4).shape[0] == 4
+    [record] = caplog.records
+    assert "4 blocks" in record.getMessage() and "of the 1000000000000000000 asked for" in record.getMessage()
 
 
 def test_padding_changes_nothing():

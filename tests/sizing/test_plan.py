@@ -26,7 +26,7 @@ from compactlm.sizing import (
     stage_memory,
 )
 from compactlm.sizing.memory import GiB
-from compactlm.sizing.source import CONFIGS
+from compactlm.sizing.source import CONFIGS, missing_fields
 
 
 def test_llama_31_8b_count_is_exact_and_equals_the_meta_skeleton():
@@ -111,6 +111,46 @@ def test_plan_verb_for_a_config_json_and_a_budget(tmp_path, capsys):
     assert main(["plan", "--model", str(path), "--target-params", "8B", "--device", "A100", "--devices", "4",
                  "--seq-len", "2048", "--micro-batch-size", "1", "--show", "3"]) == 0
     assert "12,247,782,400 parameters" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model_type, raw, missing", [
+    ("llama", {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 99}, ["intermediate_size"]),
+    # Mixtral's expert width is intermediate_size and its expert count num_local_experts
+    ("mixtral", {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 99,
+                 "intermediate_size": 32, "num_local_experts": 4}, ["num_experts_per_tok"]),
+    # attribute_map aliases both ways: OLMoE's num_experts is also spelled num_local_experts
+    ("olmoe", {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 99,
+               "intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2}, []),
+    # GPT-2 spells hidden_size n_embd, ... (a family compactlm does not prune: the basic fields only)
+    ("gpt2", {"n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 99}, []),
+    ("gpt2", {"n_embd": 64, "n_head": 4, "vocab_size": 99}, ["num_hidden_layers"]),
+    # a multimodal config keeps the language model's fields in text_config
+    ("gemma3", {"text_config": {"model_type": "gemma3_text", "hidden_size": 64, "num_attention_heads": 4,
+                                "num_hidden_layers": 2, "vocab_size": 99}}, ["intermediate_size"]),
+])
+def test_missing_fields_by_every_spelling(model_type, raw, missing):
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **{k: v for k, v in raw.items() if k != "text_config"},
+                                  **({"text_config": raw["text_config"]} if "text_config" in raw else {}))
+    assert missing_fields({"model_type": model_type, **raw}, config) == missing
+
+
+def test_shipped_and_saved_configs_are_complete(tmp_path):
+    for name in CONFIGS.glob("*.json"):
+        config = load_config(str(name))
+        assert missing_fields(json.loads(name.read_text()), config) == []
+
+
+def test_plan_refuses_a_config_that_leaves_fields_to_defaults(tmp_path, capsys):
+    config = json.loads((CONFIGS / "llama-3.1-8b.json").read_text())
+    del config["intermediate_size"], config["num_attention_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["plan", "--model", str(tmp_path / "config.json"), "--device", "H100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not give num_attention_heads, intermediate_size" in err and "\n" not in err
+    with pytest.raises(CompactLMError, match="config.json. does not give num_attention_heads, intermediate_size"):
+        load_config(str(tmp_path))   # a checkpoint directory is read the same way
 
 
 def test_distill_refuses_what_cannot_fit_and_names_the_strategy(tmp_path, tiny_checkpoint, capsys):

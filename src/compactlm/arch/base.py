@@ -265,9 +265,17 @@ class ArchAdapter:
         return flag(self.qkv_bias), flag(self.o_bias), flag(self.mlp_bias)
 
     def check_config(self, config) -> None:
-        """Raise for configs of this family that compactlm cannot prune (mixed dense/MoE layers)."""
+        """Raise for configs of this family that compactlm cannot prune (mixed dense/MoE layers) or that describe no
+        working model (a router choosing more experts than there are)."""
         if self.experts is None:
             return
+        experts_name, top_k_name = self.config_names["num_experts"], self.config_names["num_experts_per_tok"]
+        experts, top_k = getattr(config, experts_name, None), getattr(config, top_k_name, None)
+        if isinstance(experts, int) and isinstance(top_k, int) and top_k > experts:
+            raise CompactLMError(
+                f"This {self.model_type} config routes each token to {top_k_name}={top_k} experts, but has only "
+                f"{experts_name}={experts}; expected {top_k_name} <= {experts_name}. Fix config.json (the checkpoint's "
+                f"released values).")
         dense = list(getattr(config, "mlp_only_layers", None) or [])
         step = getattr(config, "decoder_sparse_step", 1) or 1
         if dense or step != 1:

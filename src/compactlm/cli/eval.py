@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from pathlib import Path
 
 from ..config import EvalArgs
 from ..errors import CompactLMError
 from ..evaluate import available_tasks, get_task, run_task
-from ..evaluate.task_data import load_rows
+from ..evaluate.task_data import default_data_dir, load_rows
 from ..hardware import precision_for
 from ..io import check_output_file, write_json_atomic
 from ..parallel import barrier
@@ -21,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # metrics shown in the table, in order; accuracies print as percentages
 SHOWN = ("ppl", "acc", "acc_norm", "perplexity")
+# the first key of every --json file: a rerun may replace a file that has it, and nothing else without --overwrite
+FORMAT = "compactlm.eval/1"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("evaluation"), EvalArgs)
     p.add_argument("--bf16", action="store_const", const="bf16", dest="precision",
                    help="same as --precision bf16 (kept for one release)")
-    p.add_argument("--json", dest="json_out", help="write all results (and per-example records) to this file")
+    p.add_argument("--json", dest="json_out", help="write all results (and per-example records) to this file; an "
+                                                   "earlier eval's file there is replaced, any other file needs "
+                                                   "--overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file that eval did not write")
     p.set_defaults(func=run)
 
 
@@ -59,6 +66,27 @@ def _check(args: argparse.Namespace) -> EvalArgs:
     if problems:
         raise CompactLMError("; ".join(problems))
     return options
+
+
+def is_eval_json(path: Path) -> bool:
+    """True for a file an earlier ``compactlm eval --json`` wrote (``"format": "compactlm.eval/1"``). Only a file whose
+    first bytes name the format is parsed, so a large foreign file is never read whole."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+            if FORMAT.encode() not in head:
+                return False
+            data = json.loads(head + fh.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _inputs(args: argparse.Namespace, options: EvalArgs) -> list:
+    """What eval reads from disk: the models, the task data folder and every ``ppl:FILE``; --json may be none of
+    them nor lie inside one."""
+    texts = [name.split(":", 1)[1] for name in options.tasks if name.startswith("ppl:")]
+    return [args.model, args.baseline, default_data_dir(options.data_dir), *texts]
 
 
 def _evaluate(name: str, args, options: EvalArgs, rows: dict, parallel=None) -> dict:
@@ -110,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     options = _check(args)
     parallel = join_processes(args)   # torchrun: each process scores a share of every task's batches
     tasks = options.tasks
-    if args.json_out:
-        check_output_file(args.json_out)   # before any work: the results must have somewhere to go
+    if args.json_out:   # before any work: the results must have somewhere to go
+        check_output_file(args.json_out, inputs=_inputs(args, options), overwrite=args.overwrite, ours=is_eval_json)
     # find every task's data before loading any model: a missing source fails in seconds
     rows = {}
     for name in tasks:
@@ -131,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = sum(r["seconds"] for r in model_results.values())
     print(f"\n{args.model}: {seconds:.1f} s" + (" (accuracies in %, diff = model - baseline)" if args.baseline else ""))
     if args.json_out:
-        out = {"model": args.model, "baseline": args.baseline,
+        out = {"format": FORMAT, "model": args.model, "baseline": args.baseline,
                "config": {**{k: getattr(options, k) for k in ("tasks", "limit", "first_n", "seed", "batch_size",
                                                               "precision", "window", "stride")},
                           "dtype": args.dtype, "device": args.device},

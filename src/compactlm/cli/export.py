@@ -36,19 +36,17 @@ def run_export(args: argparse.Namespace) -> int:
     quant = check_quant(args.quant)
     out = Path(args.gguf)
     source = resolve_model(args.model)
-    inputs = [Path(source.path) / source.gguf_file] if source.gguf_file else []
+    inputs = [Path(source.path) / source.gguf_file if source.gguf_file else source.path]   # a file, a dir or a hub id
     if args.tokenizer_from:
         tok_source = resolve_model(args.tokenizer_from)
         if not tok_source.gguf_file:
             raise CompactLMError(f"--tokenizer-from '{args.tokenizer_from}' is not a .gguf file (or built-in); give "
                                  f"the GGUF file whose tokenizer the model uses.")
         gguf_source = Path(tok_source.path) / tok_source.gguf_file
-        inputs.append(gguf_source)
     else:
         gguf_source = find_gguf_source(args.model)
-    if any(out.resolve() == p.resolve() for p in inputs):
-        raise CompactLMError(f"--gguf '{out}' is one of the inputs; choose another output path.")
-    check_gguf_output(out, args.overwrite, quant)   # before the model is loaded
+    inputs.append(gguf_source)
+    check_gguf_output(out, args.overwrite, quant, inputs=inputs)   # before the model is loaded
     model = load_model(args.model, dtype="float32", trust_remote_code=args.trust_remote_code,
                        allow_pickle=args.allow_pickle, with_tokenizer=False)
     hf_dir = Path(source.path) if Path(source.path).is_dir() else None

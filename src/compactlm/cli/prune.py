@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..arch import adapter_named
 from ..config import ArchitectureArgs, SearchArgs
 from ..errors import CompactLMError
 from ..export import save_student
@@ -46,10 +45,8 @@ def run_prune(args: argparse.Namespace) -> int:
     scores = ImportanceScores.load(args.scores) if args.scores else None
     plan = PrunePlan.load(args.plan) if args.plan else None
     if scores is not None:  # validate the target before loading the model
-
         where = f" (as recorded in the scores '{args.scores}', computed for '{scores.meta.get('model')}')"
-        adapter_named(scores.meta.get("model_type")).check_target(
-            target.resolve(scores.architecture, where))
+        target.check(scores.architecture, scores.meta.get("model_type"), where)
         check_depth_metric(scores, args.depth_metric)
     if args.stream:
         return _prune_streaming(args, target, scores, plan)

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -104,15 +105,18 @@ def check_family(config) -> GGUFFamily:
     return FAMILIES[model_type]
 
 
-def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0") -> Path:
-    """A ``.gguf`` file path in a writable place, not an existing file unless ``overwrite``."""
+def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0", inputs: Iterable = ()) -> Path:
+    """A ``.gguf`` file path in a writable place, neither one of the ``inputs`` (the model, a tokenizer GGUF) nor
+    inside an input directory, and not an existing file unless ``overwrite``: any existing file, an earlier
+    export's too, since a GGUF file does not say who wrote it."""
 
     out = Path(out)
     if out.suffix != ".gguf" or out.is_dir():
         raise CompactLMError(f"GGUF output '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
+    check_output_file(out, inputs=inputs, overwrite=True, flag="--gguf")
     if out.exists() and not overwrite:
         raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
-    return check_output_file(out, overwrite=overwrite, flag="--out")
+    return out
 
 
 @dataclass

@@ -164,6 +164,16 @@ def estimate_importance(
     return ImportanceScores(tensors=tensors, meta=info)
 
 
+def calibration_blocks(blocks: torch.Tensor, samples: int) -> torch.Tensor:
+    """The first ``samples`` of the (N, S) token ``blocks`` for the importance pass (a recipe's
+    ``importance.samples``). When the data holds fewer, all of them, and one warning says how many were used of
+    how many asked: the scores are not silently computed on less than the recipe says."""
+    if blocks.shape[0] < samples:
+        logger.warning("importance: scoring on %d blocks, all the data holds, of the %d asked for (importance.samples); "
+                       "give more text, or ask for at most %d", blocks.shape[0], samples, blocks.shape[0])
+    return blocks[:samples]
+
+
 def _removal_metrics(model, data, tokenizer, o: ImportanceSection, bf16: bool, data_dir, show_progress: bool,
                      parallel: DistInfo | None) -> tuple[dict[str, torch.Tensor], dict]:
     """The metrics that remove layers: LM loss with each layer removed, and task accuracy with each block removed."""

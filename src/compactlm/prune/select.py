@@ -58,6 +58,18 @@ class PruneTarget(ArchitectureArgs):
             raise CompactLMError("Invalid prune target: " + "; ".join(problems) + ".")
         return target
 
+    def check(self, source: Architecture, model_type: str | None, where: str = "") -> Architecture:
+        """:meth:`resolve`, and the family's own limits (:meth:`~compactlm.arch.ArchAdapter.check_target`): the one
+        validation of a target, by ``prune`` before it loads the model and by ``plan`` for a fixed architecture."""
+        target = self.resolve(source, where)
+        adapter_named(model_type).check_target(target)
+        return target
+
+    @classmethod
+    def of(cls, sizes: ArchitectureArgs) -> "PruneTarget":
+        """The target of a recipe step's ``architecture`` (or any :class:`ArchitectureArgs`)."""
+        return cls(**{name: getattr(sizes, name) for name in AXES})
+
 
 def _top(scores: torch.Tensor, k: int) -> list[int]:
     """Indices of the k largest scores, sorted ascending (original order kept)."""

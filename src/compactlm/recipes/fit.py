@@ -11,9 +11,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..config import AXES, Recipe, StepSection
+from ..config import Recipe, StepSection
 from ..errors import CompactLMError
 from ..hardware import native_bf16
+from ..prune import PruneTarget
 from ..search import Candidate, SearchSpace, candidates_of
 from ..sizing import (
     DeviceSpec,
@@ -58,11 +59,12 @@ def recipe_workload(recipe: Recipe, step: StepSection, device: DeviceSpec, teach
                     eval_window=recipe.eval.window, device_type=device.type)
 
 
-def _student(step: StepSection, teacher: ModelShape, model_type: str):
-    """(student shape, space, candidates, target) of one step: its fixed architecture or its largest candidate."""
+def _student(step: StepSection, teacher: ModelShape, model_type: str, where: str = ""):
+    """(student shape, space, candidates, target) of one step: its fixed architecture (refused as ``prune`` refuses
+    it: larger than the teacher, heads that do not divide, sizes the family cannot hold) or its largest candidate."""
     if step.architecture is not None:
-        sizes = {a: getattr(step.architecture, a) for a in AXES}
-        return ModelShape(teacher.arch.replace(**sizes), teacher.layout), None, [], None
+        arch = PruneTarget.of(step.architecture).check(teacher.arch, model_type, where)
+        return ModelShape(arch, teacher.layout), None, [], None
     space, candidates, target, _ = candidates_of(step.search, teacher.arch, teacher.layout, model_type,
                                                  step.target_params)
     largest = max(candidates, key=lambda c: c.params)
@@ -74,14 +76,14 @@ def plan_recipe(recipe: Recipe, device: DeviceSpec | None = None, config=None) -
     config = config if config is not None else load_config(recipe.teacher, recipe.trust_remote_code)
     device = device or device_spec("cuda" if recipe.device.startswith("cuda") else "cpu",
                                    count=int(os.environ.get("WORLD_SIZE", "1")), model_config=None)
-    teacher = model_shape(config)
+    teacher, where = model_shape(config), f" (the teacher '{recipe.teacher}')"
     plans = []
     for step in recipe.steps:
-        student, space, candidates, target = _student(step, teacher, config.model_type)
+        student, space, candidates, target = _student(step, teacher, config.model_type, where)
         work = recipe_workload(recipe, step, device, teacher, student)
         plans.append(StepPlan(step.name, space, candidates, target, build_plan(teacher, student, work, device,
                                                                               label=f"step {step.name}")))
-        teacher = student
+        teacher, where = student, f" (the student of step '{step.name}')"
     return plans
 
 

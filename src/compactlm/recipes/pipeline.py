@@ -32,7 +32,7 @@ from ..distill.checks import blocks_fingerprint, check_blocks_fit
 from ..distill.config import steps_for_tokens
 from ..errors import CompactLMError
 from ..export import save_student
-from ..importance import ImportanceScores, estimate_importance
+from ..importance import ImportanceScores, calibration_blocks, estimate_importance
 from ..io import check_output_dir, write_json_atomic, write_text_atomic
 from ..lock import output_lock
 from ..models import load_model, load_tokenizer
@@ -293,7 +293,7 @@ def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _
 
     def importance() -> ImportanceRecord:
         teacher = models.get(teacher_path)
-        scores = estimate_importance(teacher, train_blocks[:imp.samples], imp, tokenizer=tokenizer,
+        scores = estimate_importance(teacher, calibration_blocks(train_blocks, imp.samples), imp, tokenizer=tokenizer,
                                      precision=recipe.precision,
                                      meta={"data": {"source": recipe.data.source, "seq_len": recipe.data.seq_len,
                                                     "blocks": min(imp.samples, train_blocks.shape[0])}})

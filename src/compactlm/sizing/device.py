@@ -73,6 +73,9 @@ def device_spec(device: str = "cpu", count: int = 1, memory: str | int | None = 
     """The :class:`DeviceSpec` of ``device`` (cpu, cuda, cuda:N or a GPU name from :data:`GPUS`)."""
     if count < 1:
         raise CompactLMError(f"device count {count}: expected at least 1.")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise CompactLMError(f"--mfu {mfu}: expected the model-FLOP utilisation as a fraction in (0, 1], e.g. 0.4 "
+                             f"for 40% of the peak rate.")
     mem = parse_memory(memory) if isinstance(memory, str) else memory
     name = device.upper()
     if name in GPUS:
