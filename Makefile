@@ -26,8 +26,9 @@ setup: $(BIN)/compactlm
 run: setup
 	$(BIN)/compactlm run --out runs/default --overwrite
 
+# One worker per core (at most 4: each may hold the real teacher), whole files per worker so module fixtures run once.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # ruff: pyflakes, pycodestyle and import order (settings in pyproject.toml); lint-imports: the packages' one-way
 # ladder and no cycle inside a package (.importlinter); mkdocs: the documentation site builds, every link resolves.

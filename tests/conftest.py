@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import FAMILIES, SHARED_DATA, make_char_tokenizer, make_tiny_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):   # `make test` runs one worker per core: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -48,3 +53,8 @@ def text_file(tmp_path) -> Path:
             "Distillation teaches the student with the teacher's logits.\n\n")
     path.write_text(para * 60)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """Tests of the real teacher (the longest) first: under `make test`'s workers they must not be the last alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

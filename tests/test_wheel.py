@@ -58,19 +58,29 @@ def test_wheel_carries_every_data_file(wheel):
     assert data <= set(zipfile.ZipFile(built).namelist())
 
 
+# One interpreter runs the checks (an interpreter start with torch costs seconds): where compactlm comes from, then
+# the CLI's main() on shipped data files. A fixed architecture for the 8B config keeps the plan quick.
+CHECKS = """
+import contextlib, importlib.util, io, sys
+print(importlib.util.find_spec("compactlm").origin)
+from compactlm.cli import main
+for argv in (["--help"], ["plan", "--model", "llama-3.1-8b", "--num-hidden-layers", "16", "--device", "H100", "--devices", "8"],
+             ["plan", "--recipe", "llama31-8b-to-4b", "--device", "H100", "--devices", "8", "--show", "2"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    assert code == 0, (argv, code)
+    print("=====", out.getvalue())
+"""
+
+
 def test_installed_cli_plans_from_shipped_configs(wheel):
     _, site = wheel
-    # compactlm.__file__ as the import would set it (the same finders, in order), without paying for the import
-    where = compactlm(site, "-c", "import importlib.util; print(importlib.util.find_spec('compactlm').origin)").strip()
-    assert Path(where).resolve().is_relative_to(site.resolve()), where   # not the development install
-    assert "plan" in compactlm(site, "-m", "compactlm", "--help")
-    # a fixed architecture: the budget's candidate enumeration for an 8B teacher takes half a minute
-    out = compactlm(site, "-m", "compactlm", "plan", "--model", "llama-3.1-8b", "--num-hidden-layers", "16",
-                    "--device", "H100", "--devices", "8")
-    assert "teacher: llama-3.1-8b" in out and "fsdp" in out
-    out = compactlm(site, "-m", "compactlm", "plan", "--recipe", "llama31-8b-to-4b", "--device", "H100", "--devices", "8",
-                    "--show", "2")
-    assert "teacher: meta-llama/Llama-3.1-8B" in out
+    where, usage, plan, recipe = compactlm(site, "-c", CHECKS).split("=====")
+    assert Path(where.strip()).resolve().is_relative_to(site.resolve()), where   # not the development install
+    assert "plan" in usage
+    assert "teacher: llama-3.1-8b" in plan and "fsdp" in plan
+    assert "teacher: meta-llama/Llama-3.1-8B" in recipe
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Usage: python run_tiny.py OUT [--steps N] [--kill-at STEP] [--resume] [--micro M] [--batch B] [--intermediate on|off]
     [--strategy auto|ddp|fsdp] [--teacher-placement shard|replicate|offload]
 ``--term-at`` sends SIGTERM after that step (the run checkpoints and exits 143 = 128 + SIGTERM);
-``--kill-at`` sends SIGKILL to this process right after that optimizer step: no clean-up at all.
+``--kill-at`` sends SIGKILL to this process right after that optimizer step: no clean-up at all; with
+``--kill-rank R`` only the process of that rank dies (the others must notice and stop).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--kill-at", type=int, default=None)
+    p.add_argument("--kill-rank", type=int, default=None)
     p.add_argument("--term-at", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--batch", type=int, default=4)
@@ -43,7 +45,7 @@ def main() -> None:
     heldout = torch.randint(3, 128, (4, 12), generator=torch.Generator().manual_seed(1))
 
     def on_step(step: int) -> None:
-        if step == a.kill_at:
+        if step == a.kill_at and a.kill_rank in (None, int(os.environ.get("RANK", "0"))):
             os.kill(os.getpid(), signal.SIGKILL)
         if step == a.term_at:
             os.kill(os.getpid(), signal.SIGTERM)  # polite: the trainer checkpoints after the next step

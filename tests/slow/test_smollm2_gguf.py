@@ -6,8 +6,7 @@ import pytest
 import torch
 from helpers import smollm2_available
 
-from compactlm import estimate_importance, lm_loss, load_model, prune
-from compactlm.config import ImportanceSection
+from compactlm import lm_loss, load_model, prune
 from compactlm.export.gguf import export_gguf
 from compactlm.export.gguf_vocab import find_gguf_source
 
@@ -30,15 +29,9 @@ def _greedy_path(model, tokenizer, prompt: str) -> tuple[torch.Tensor, int]:
     return out, ids.shape[1]
 
 
-def test_pruned_student_q8_0_generates_like_the_hf_student(tmp_path):
-    from compactlm.data import load_blocks
-
-    teacher, tokenizer = load_model("smollm2-135m")
-    blocks = load_blocks("exllamav2:wiki", tokenizer, seq_len=256, num_samples=8, heldout_samples=4, seed=0)
-    scores = estimate_importance(teacher, blocks.train, ImportanceSection(batch_size=4, layer_loss_samples=0),
-                                 show_progress=False)
-    student, _ = prune(teacher, scores, intermediate_size=1024, num_hidden_layers=28)
-    del teacher
+def test_pruned_student_q8_0_generates_like_the_hf_student(tmp_path, smollm2):
+    tokenizer, blocks = smollm2.tokenizer, smollm2.blocks
+    student, _ = prune(smollm2.teacher, smollm2.scores, intermediate_size=1024, num_hidden_layers=28)
     path = tmp_path / "student.q8_0.gguf"
     result = export_gguf(student, path, quant="q8_0", gguf_source=find_gguf_source("smollm2-135m"))
     assert result.f16_fallback == [] and result.bytes < 0.3 * 4 * student.num_parameters()   # ~8.5 bits/weight

@@ -16,10 +16,11 @@ a run killed mid-write leaves a hidden ``.step-*.tmp-*`` directory that the next
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import nn
 from ..errors import CompactLMError
 from ..io import atomic_dir, write_json_atomic
 from ..parallel import DistInfo, barrier, broadcast_object
-from ..readers import load_safetensors, read_json_object, reading
+from ..readers import clip, load_safetensors, read_json_object, reading
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,51 @@ def remove_partial_checkpoints(run_dir: str | Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large", "StorageFull")
+
+
+def _disk_full(err: BaseException) -> bool:
+    """An error of a full disk, a quota or a file-size limit (safetensors reports them as text, not OSError)."""
+    return (isinstance(err, OSError) and err.errno in DISK_FULL) or any(t in str(err) for t in DISK_FULL_TEXT)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+@contextlib.contextmanager
+def _out_of_space_explained(run_dir: str | Path, step: int, estimate: int) -> Iterator[None]:
+    """Turn a full disk while writing checkpoint ``step`` into one clear error: where, how many bytes a checkpoint
+    needs (the previous one's size, else ``estimate``) and how many are free; the previous checkpoint is intact
+    (the new one was a temp directory, removed by :func:`~compactlm.io.atomic_dir`)."""
+    try:
+        yield
+    except Exception as err:
+        root, previous = checkpoint_root(run_dir), latest_checkpoint(run_dir)
+        needed = _tree_bytes(previous) if previous is not None else estimate
+        free = shutil.disk_usage(root if root.is_dir() else Path(run_dir)).free   # the partial one is removed by now
+        if not (_disk_full(err) or free < needed):   # torch.save reports a full disk as "iostream error"
+            raise
+        kept = (f"the previous checkpoint {previous.name} is intact; free space and continue with --resume"
+                if previous is not None else "no checkpoint was written yet; free space and start again")
+        size = f"about {needed / 1e6:,.1f} MB ({needed:,} bytes)" if needed else "more than that"
+        raise CompactLMError(f"Cannot write checkpoint step-{step:07d} in '{root}': the disk is full "
+                             f"({clip(str(err).strip(), 120)}). A checkpoint needs {size}, {free / 1e6:,.1f} MB are "
+                             f"free; {kept} (or lower keep_checkpoints).") from err
+
+
 def save_checkpoint(run_dir: str | Path, step: int, *, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
                     state: dict, rng: list[dict], keep: int,
                     export: Callable[[Path], None] | None = None) -> Path:
-    """Write ``<run>/checkpoints/step-<step>`` atomically, then delete all but the newest ``keep``."""
+    """Write ``<run>/checkpoints/step-<step>`` atomically, then delete all but the newest ``keep``.
+
+    A full disk is a :class:`~compactlm.errors.CompactLMError` naming the bytes needed; the
+    previous checkpoint stays valid.
+    """
     path = checkpoint_root(run_dir) / f"step-{step:07d}"
-    with atomic_dir(path, overwrite=True) as tmp:
+    weights = sum(p.numel() * 4 for m in modules.values() for p in m.parameters())   # fp32 weights + Adam's 2 moments
+    with _out_of_space_explained(run_dir, step, 3 * weights), atomic_dir(path, overwrite=True) as tmp:
         for name, module in modules.items():
             save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied embeddings
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -114,7 +154,8 @@ def save_sharded_checkpoint(run_dir: str | Path, step: int, *, write_shards: Cal
     has passed the barrier, fsyncs and renames it into place.
     """
     path = checkpoint_root(run_dir) / f"step-{step:07d}"
-    with atomic_dir(path, overwrite=True) if info.is_main else contextlib.nullcontext() as tmp:
+    with (_out_of_space_explained(run_dir, step, 0),
+          atomic_dir(path, overwrite=True) if info.is_main else contextlib.nullcontext() as tmp):
         tmp = Path(broadcast_object(str(tmp) if tmp is not None else None, info))
         write_shards(tmp / SHARDS)
         if info.is_main:
