@@ -55,6 +55,10 @@ def text_file(tmp_path) -> Path:
     return path
 
 
+LONGEST = "test_smollm2_run.py"   # ~2 min on one core: started first, it never runs last and alone
+
+
 def pytest_collection_modifyitems(items):
-    """Tests of the real teacher (the longest) first: under `make test`'s workers they must not be the last alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest file, then the other tests of the real teacher, first: under `make test`'s workers (whole files
+    each) they must not be the last ones running while the other cores idle."""
+    items.sort(key=lambda item: (item.path.name != LONGEST, item.get_closest_marker("slow") is None))

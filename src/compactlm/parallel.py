@@ -108,3 +108,16 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# How the backends report a process of the job that died: gloo's socket errors, NCCL's abort, a store timeout.
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Socket Timeout", "Broken pipe",
+             "communicator was aborted", "NCCL communicator", "Timed out")
+
+
+def peer_lost(err: BaseException, info: DistInfo) -> bool:
+    """True when ``err`` is a collective failing because another process of the job is gone."""
+    if info.world_size <= 1 or not isinstance(err, RuntimeError):
+        return False
+    dist_error = getattr(dist, "DistError", ())
+    return (bool(dist_error) and isinstance(err, dist_error)) or any(text in str(err) for text in PEER_LOST)

@@ -1,4 +1,5 @@
-"""FSDP2 distillation on 2 gloo processes: the 1-process losses, an exact resume after SIGKILL, a loadable export.
+"""FSDP2 distillation on 2 gloo processes: the 1-process losses, an exact resume after SIGKILL (of every process, or
+of one rank alone, FSDP and DDP), a loadable export.
 
 The runs are launched once per module (``runs``) by torchrun with ``run_tiny.py --strategy fsdp``;
 the uninterrupted, the killed and the single-process run start together.
@@ -40,12 +41,19 @@ def _finish(proc: subprocess.Popen, expect_ok: bool = True) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("fsdp")
-    dirs = {name: root / name for name in ("one", "fsdp", "killed")}
+    dirs = {name: root / name for name in ("one", "fsdp", "killed", "ddp", "fsdp_rank", "ddp_rank")}
     procs = [_start([sys.executable, str(SCRIPT), str(dirs["one"]), *COMMON]),
              _start([*TORCHRUN, str(dirs["fsdp"]), *COMMON, "--strategy", "fsdp"]),
-             _start([*TORCHRUN, str(dirs["killed"]), *COMMON, "--strategy", "fsdp", "--kill-at", "3"])]
-    _finish(procs[0]), _finish(procs[1])
+             _start([*TORCHRUN, str(dirs["killed"]), *COMMON, "--strategy", "fsdp", "--kill-at", "3"]),
+             _start([*TORCHRUN, str(dirs["ddp"]), *COMMON, "--strategy", "ddp"])]
+    # one rank alone SIGKILLed after step 3: the other must stop too (bounded by _finish's timeout), saying why
+    rank_kills = {s: _start([*TORCHRUN, str(dirs[f"{s}_rank"]), *COMMON, "--strategy", s, "--kill-at", "3",
+                             "--kill-rank", "1"]) for s in ("fsdp", "ddp")}
+    _finish(procs[0]), _finish(procs[1]), _finish(procs[3])
     _finish(procs[2], expect_ok=False)   # SIGKILL after step 3: torchrun reports the dead worker
+    for strategy, proc in rank_kills.items():
+        dirs[f"{strategy}_rank_out"] = _finish(proc, expect_ok=False)
+        _finish(_start([*TORCHRUN, str(dirs[f"{strategy}_rank"]), *COMMON, "--strategy", strategy, "--resume"]))
     # what the kill left: the step-2 checkpoint and no export (so the resume below must continue, not restart)
     dirs["left"] = sorted(p.name for p in (dirs["killed"] / "checkpoints").iterdir() if not p.name.startswith("."))
     dirs["left_export"] = (dirs["killed"] / "config.json").exists()
@@ -95,6 +103,18 @@ def test_fsdp_resume_after_sigkill_is_exact(runs):
     # timestamps), and every step appears once, as in the uninterrupted run
     assert runs["kept_rows"] and [r for r in _rows(runs["killed"]) if r["step"] <= 2] == runs["kept_rows"]
     assert [r["step"] for r in _rows(runs["killed"])] == [r["step"] for r in _rows(runs["fsdp"])]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_one_rank_killed_stops_the_job_then_resume_is_exact(runs, strategy):
+    """Rank 1 dies (SIGKILL) after step 3: rank 0's next collective fails, it says so in one error naming the newest
+    checkpoint and the way out, torchrun ends the job; resuming the whole job gives the uninterrupted weights."""
+    out = runs[f"{strategy}_rank_out"]
+    assert "Signal 9 (SIGKILL) received" in out                          # torchrun names the dead rank
+    assert "another process of this job stopped" in out and "the newest complete checkpoint is step-0000002" in out
+    assert "same command plus --resume" in out
+    resumed, straight = (load_file(runs[name] / "model.safetensors") for name in (f"{strategy}_rank", strategy))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 def test_fsdp_export_loads_and_equals_the_sharded_state(runs, tmp_path):

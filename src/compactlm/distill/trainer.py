@@ -27,8 +27,9 @@ from torch import nn
 from ..errors import CompactLMError, Terminated
 from ..export.save import publish_export
 from ..hardware import mfu
-from ..parallel import all_reduce_sum, barrier
+from ..parallel import all_reduce_sum, barrier, peer_lost
 from ..progress import progress
+from ..readers import clip
 from .checkpoint import RESUME_KEYS, latest_checkpoint
 from .config import LossArgs, TrainArgs, lr_at
 from .setup import TrainSetup, setup
@@ -209,7 +210,16 @@ def train(student: nn.Module, train_blocks: torch.Tensor, out_dir: str | Path, *
     with setup(student, train_blocks, Path(out_dir), teacher=teacher, loss=loss, args=args, tokenizer=tokenizer,
                heldout=heldout, student_dir=student_dir, resume=resume, overwrite=overwrite,
                provenance=provenance) as s:
-        result = _loop(s, on_step)
+        try:
+            result = _loop(s, on_step)
+        except RuntimeError as err:
+            if not peer_lost(err, s.info):
+                raise
+            newest = latest_checkpoint(s.run_dir)
+            raise CompactLMError(
+                f"rank {s.info.rank} of {s.info.world_size}: another process of this job stopped "
+                f"({clip(str(err).strip().splitlines()[0], 160)}); the newest complete checkpoint is "
+                f"{newest.name if newest else 'none'}. Restart the whole job with the same command plus --resume.") from err
         s.hand_back()
         if not result.interrupted:
             model = s.export_model()  # under FSDP: gathered on rank 0, a collective
