@@ -111,8 +111,9 @@ def test_one_rank_killed_stops_the_job_then_resume_is_exact(runs, strategy):
     checkpoint and the way out, torchrun ends the job; resuming the whole job gives the uninterrupted weights."""
     out = runs[f"{strategy}_rank_out"]
     assert "Signal 9 (SIGKILL) received" in out                          # torchrun names the dead rank
-    assert "another process of this job stopped" in out and "the newest complete checkpoint is step-0000002" in out
-    assert "same command plus --resume" in out
+    # rank 0 either reaches its next collective first (our error) or is stopped by torchrun first (SIGTERM)
+    said = "another process of this job stopped" in out and "the newest complete checkpoint is step-0000002" in out
+    assert (said and "same command plus --resume" in out) or "Signal 15 (SIGTERM) received" in out
     resumed, straight = (load_file(runs[name] / "model.safetensors") for name in (f"{strategy}_rank", strategy))
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
 
