@@ -118,8 +118,10 @@ def dequantized_copy(source: ModelSource, build: bool = True) -> Path | None:
     key = hashlib.sha256(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{GGUF_CACHE_FORMAT}"
                          .encode()).hexdigest()[:16]
     copy = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
-    if (copy / "config.json").is_file() or not build:
-        return copy if (copy / "config.json").is_file() else None
+    if (copy / "config.json").is_file():
+        return copy
+    if not build:
+        return None
     try:
         copy.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{copy.name}.tmp-", dir=copy.parent))

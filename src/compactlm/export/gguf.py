@@ -113,10 +113,7 @@ def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0", inp
     out = Path(out)
     if out.suffix != ".gguf" or out.is_dir():
         raise CompactLMError(f"GGUF output '{out}': expected a file path ending in .gguf, e.g. student.{quant}.gguf.")
-    check_output_file(out, inputs=inputs, overwrite=True, flag="--gguf")
-    if out.exists() and not overwrite:
-        raise CompactLMError(f"GGUF output '{out}' already exists. Pass --overwrite to replace it, or choose another path.")
-    return out
+    return check_output_file(out, inputs=inputs, overwrite=overwrite, flag="--gguf")
 
 
 @dataclass

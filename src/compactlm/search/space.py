@@ -194,7 +194,7 @@ def enumerate_candidates(space: SearchSpace, source: Architecture, layout: Param
         (inside if fits else outside).append(Candidate(arch, params, active))
     inside.sort(key=distance)
     accepted = _spread_over_hidden_sizes(inside, max_candidates or len(inside), lambda c: _family_accepts(c.arch, model_type))
-    if len(accepted) < len(inside) and max_candidates and len(accepted) == max_candidates:
+    if max_candidates and len(inside) > max_candidates:
         logger.info("%d candidates within ±%.0f%%; keeping %d, the nearest of each hidden size in turn", len(inside),
                     tolerance * 100, max_candidates)
     if not accepted:
