@@ -6,7 +6,7 @@ Each entry says what its family has that Llama does not (docs/method.md §3, "Fa
 from __future__ import annotations
 
 from ..errors import CompactLMError
-from .base import MOE_FIELDS, ArchAdapter, Architecture, LogitTransform, TransformedHead, config_names
+from .base import MOE_FIELDS, ArchAdapter, Architecture, LogitTransform, TransformedHead, config_names, logit_chunk_tokens
 
 _QK_PER_HEAD = ("self_attn.q_norm", "self_attn.k_norm")
 _QK_PROJECTION = dict(q_projection_norm="self_attn.q_norm", k_projection_norm="self_attn.k_norm")
@@ -65,4 +65,4 @@ def adapter_for(config) -> ArchAdapter:
 
 
 __all__ = ["ADAPTERS", "MOE_FIELDS", "ArchAdapter", "Architecture", "LogitTransform", "TransformedHead", "adapter_for",
-           "adapter_named"]
+           "adapter_named", "logit_chunk_tokens"]

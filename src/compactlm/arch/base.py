@@ -85,6 +85,15 @@ def config_names(**changes: str | None) -> dict[str, str | None]:
     return {**DENSE_CONFIG_NAMES, **changes}
 
 
+LOGIT_CHUNK = 1 << 27   # logits an LM-loss pass computes at once: 128M floats, 512 MB in float32
+
+
+def logit_chunk_tokens(vocab_size: int) -> int:
+    """Tokens whose logits a loss-only pass projects at once: 2,730 for a 49K vocabulary, 512 for Gemma's 262K
+    (whose 8 x 512 tokens at once would be 4.3 GB of float32 logits)."""
+    return max(1, LOGIT_CHUNK // vocab_size)
+
+
 @dataclass(frozen=True)
 class LogitTransform:
     """What a family's ``ForCausalLM.forward`` does to the LM head's output.

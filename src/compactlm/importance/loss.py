@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from ..arch import logit_chunk_tokens
 from ..evaluate.loglikelihood import head_and_body, upcast
 from ..hardware import autocast
 from ..parallel import DistInfo, gather_shares, is_mine
@@ -27,13 +28,10 @@ def batches(data: torch.Tensor | Iterable[Batch], batch_size: int) -> Iterable[t
             yield item, None
 
 
-LOGIT_CHUNK = 1 << 27   # logits computed at once (128M floats, 512 MB in float32): 512 tokens of Gemma's 262K vocabulary
-
-
 def summed_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, bf16: bool = False) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropy over real tokens (nats, a 0-dim tensor), number of those tokens).
 
-    The vocabulary projection runs on ``LOGIT_CHUNK // vocab`` tokens at a time, so the logits of a
+    The vocabulary projection runs on ``logit_chunk_tokens(vocab)`` tokens at a time, so the logits of a
     large vocabulary never exist for the whole batch (8 x 512 tokens of a 262K vocabulary would be 4.3 GB).
     """
     device = next(model.parameters()).device
@@ -52,7 +50,7 @@ def summed_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, bf16: bool 
             hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].flatten(0, 1)  # logits
         else:
             hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1].flatten(0, 1)
-    step = len(labels) if body is None else max(1, LOGIT_CHUNK // model.config.vocab_size)
+    step = len(labels) if body is None else logit_chunk_tokens(model.config.vocab_size)
     loss = torch.zeros((), device=device)
     for start in range(0, len(labels), step):
         with autocast(device, bf16):

@@ -34,11 +34,12 @@ forward passes run in ``torch.inference_mode``, where autocast caches nothing â€
 one layer of a batch, the hook accumulators (sum and sum of squares in float64 of every neuron, head
 channel and hidden channel: 16 x k x L (f + q + 2h) bytes for k sequence aggregations, the (L+1)Â²
 block cosines and every 8th token's states of every layer for Block Importance), and, when the
-"LM loss with layer i removed" metric runs, the logits of one batch (fp32, twice: logits and
-log-softmax; + a bf16 copy under bf16).
+"LM loss with layer i removed" metric runs, the logits of one chunk of at most ``logit_chunk_tokens(V)``
+tokens of a batch (fp32, twice: logits and log-softmax; + a bf16 copy under bf16).
 
 Search proxy: the teacher and one pruned candidate (the largest) held at once, the candidate's
-forward of one batch with its logits. Evaluation: the model, one batch's live tensors and logits.
+forward of one batch with the logits of one chunk. Evaluation: the model, one batch's live tensors and the
+logits of one window (perplexity) or one chunk (held-out loss).
 
 Every total adds ``runtime``: the process itself (CPU: the torch libraries, Python, tokenizer and
 data, ~0.6 GiB resident; CUDA: the context and cuBLAS workspace, ~1 GiB).
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..arch import Architecture
+from ..arch import Architecture, logit_chunk_tokens
 from ..arch.params import ParamLayout, parameter_counts
 from ..errors import CompactLMError
 
@@ -230,8 +231,8 @@ def distill_memory(teacher: ModelShape, student: ModelShape, work: Workload, str
 
 
 def _forward_terms(model: ModelShape, work: Workload, strategy: Strategy, world: int, tokens: int,
-                   logits: bool) -> dict[str, int]:
-    """Weights (by placement), autocast copies, one layer's live tensors and (optionally) fp32 logits."""
+                   logit_tokens: int) -> dict[str, int]:
+    """Weights (by placement), autocast copies, one layer's live tensors and the fp32 logits of ``logit_tokens``."""
     wbytes = dtype_bytes(work.dtype)
     placement = ("offload" if strategy.teacher == "offload" else "shard" if strategy.parallel == "fsdp"
                  else "replicate")
@@ -243,7 +244,7 @@ def _forward_terms(model: ModelShape, work: Workload, strategy: Strategy, world:
         "weights": weights,
         "autocast": 2 * model.largest_unit if cast else 0,   # inference mode: one transient cast, no cache
         "activations": tokens * layer_forward_bytes(model, 2 if work.bf16 else 4),
-        "logits": tokens * model.arch.vocab_size * (8 + (2 if work.bf16 else 0)) if logits else 0,
+        "logits": logit_tokens * model.arch.vocab_size * (8 + (2 if work.bf16 else 0)),
     }
 
 
@@ -251,7 +252,8 @@ def importance_memory(teacher: ModelShape, work: Workload, strategy: Strategy, w
     a = teacher.arch
     h, f, q, _ = teacher.widths
     tokens = work.importance_batch * work.seq_len
-    terms = _forward_terms(teacher, work, strategy, world, tokens, work.layer_loss)
+    logit_tokens = min(tokens, logit_chunk_tokens(a.vocab_size)) if work.layer_loss else 0
+    terms = _forward_terms(teacher, work, strategy, world, tokens, logit_tokens)
     terms["accumulators"] = (16 * work.seq_aggregations * a.num_hidden_layers * (f + q + 2 * h)
                              + 8 * (a.num_hidden_layers + 1) ** 2
                              + 4 * (a.num_hidden_layers + 1) * (tokens // BLOCK_STRIDE) * h
@@ -263,15 +265,18 @@ def importance_memory(teacher: ModelShape, work: Workload, strategy: Strategy, w
 def proxy_memory(teacher: ModelShape, candidate: ModelShape, work: Workload, strategy: Strategy,
                  world: int) -> StageMemory:
     tokens = work.proxy_batch * work.seq_len
-    terms = _forward_terms(candidate, work, strategy, world, tokens, logits=True)
-    terms["teacher"] = _forward_terms(teacher, work, strategy, world, 0, logits=False)["weights"]
+    terms = _forward_terms(candidate, work, strategy, world, tokens,
+                           min(tokens, logit_chunk_tokens(candidate.arch.vocab_size)))
+    terms["teacher"] = _forward_terms(teacher, work, strategy, world, 0, 0)["weights"]
     terms["runtime"] = RUNTIME_BYTES[work.device_type]
     return StageMemory("search proxy", strategy, terms, world)
 
 
 def eval_memory(model: ModelShape, work: Workload, strategy: Strategy, world: int) -> StageMemory:
     tokens = work.eval_batch * work.eval_window
-    terms = _forward_terms(model, work, strategy, world, tokens, logits=True)
+    # perplexity projects one window at a time, the held-out LM loss a chunk at a time: the larger of the two
+    logit_tokens = min(tokens, max(work.eval_window, logit_chunk_tokens(model.arch.vocab_size)))
+    terms = _forward_terms(model, work, strategy, world, tokens, logit_tokens)
     terms["runtime"] = RUNTIME_BYTES[work.device_type]
     return StageMemory("eval", strategy, terms, world)
 
