@@ -19,6 +19,7 @@ on 2 cores. Nothing here is run in CI.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import subprocess
@@ -50,6 +51,7 @@ def llama_cpp():
     env = {**os.environ, "CMAKE_ARGS": PORTABLE}
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
                     f"llama-cpp-python=={LLAMA_CPP_VERSION}", "diskcache"], check=True, env=env)
+    importlib.invalidate_caches()   # the import system remembers that TARGET did not exist a moment ago
     import llama_cpp as module
     return module
 
