@@ -51,7 +51,7 @@ def llama_cpp():
     env = {**os.environ, "CMAKE_ARGS": PORTABLE}
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
                     f"llama-cpp-python=={LLAMA_CPP_VERSION}", "diskcache"], check=True, env=env)
-    importlib.invalidate_caches()   # the import system remembers that TARGET did not exist a moment ago
+    importlib.invalidate_caches()   # forget that TARGET did not exist at the first import attempt
     import llama_cpp as module
     return module
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             export_s = time.time() - start
             mb = path.stat().st_size / 1e6
             llm = module.Llama(str(path), n_ctx=args.window, n_batch=args.window, logits_all=True, verbose=False,
-                               n_threads=args.threads)
+                               n_threads=args.threads, n_threads_batch=args.threads)   # batch default: every core
             if tokenizer_match is None:
                 theirs = llm.tokenize(text_sample.encode(), add_bos=False, special=False)
                 ours = tokenizer(text_sample, add_special_tokens=False)["input_ids"]

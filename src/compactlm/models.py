@@ -188,6 +188,10 @@ def _warn_skipped_code(name: str, model) -> None:
 def _load_error(source: ModelSource, err: Exception, trust_remote_code: bool) -> CompactLMError:
     """Why a model failed to load, naming the file and the way out."""
     if source.gguf_file:
+        if "is not supported yet" in str(err):   # a sound file of an architecture transformers' loader lacks
+            return CompactLMError(f"Cannot load GGUF file '{Path(source.path) / source.gguf_file}' with "
+                                  f"transformers ({clip(str(err), 200)}); run it with llama.cpp, or use the Hugging "
+                                  f"Face checkpoint it was exported from.")
         return CompactLMError(f"Cannot read GGUF file '{Path(source.path) / source.gguf_file}' "
                               f"({describe_error(err)}): the file is damaged or not a GGUF model.")
     config = Path(source.path) / "config.json"

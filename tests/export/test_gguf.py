@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gguf_fixtures import VOCAB, save_bpe_tokenizer
+from helpers import FAMILIES as TINY_FAMILIES
 from helpers import make_tiny_model
 
 from compactlm.cli import main
@@ -31,13 +33,54 @@ REQUIRED_KEYS = [
     "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
 ]
 
-# transformers' GGUF loader can rebuild these tiny configs (it reads no bias switches for llama
-# and no head_dim for qwen3, so those cases are checked at the tensor level only).
+# Keys llama.cpp reads without a default for these families (src/models/<arch>.cpp load_arch_hparams),
+# or that change what it computes, with the values the tiny models of tests/helpers.py must give.
+FAMILY_KEYS = {
+    "granite": {"granite.attention.scale": 0.2, "granite.embedding_scale": 3.0, "granite.residual_scale": 0.5,
+                "granite.logit_scale": 4.0},
+    "nemotron": {"nemotron.attention.layer_norm_epsilon": 1e-5, "nemotron.attention.layer_norm_rms_epsilon": 1e-5,
+                 "nemotron.rope.dimension_count": 8},                          # partial_rotary_factor 0.5 of 16
+    "gemma2": {"gemma2.attn_logit_softcapping": 20.0, "gemma2.final_logit_softcapping": 10.0,
+               "gemma2.attention.sliding_window": 6, "gemma2.attention.sliding_window_pattern": [True, False] * 2},
+    "gemma3_text": {"gemma3.attention.sliding_window": 6, "gemma3.attention.sliding_window_pattern": [True, False] * 2,
+                    "gemma3.rope.freq_base": 1e6, "gemma3.rope.freq_base_swa": 1e4},
+    "phi3": {"phi3.rope.scaling.original_context_length": 4096, "phi3.attention.sliding_window": 0},
+    "mixtral": {"llama.expert_count": 4, "llama.expert_used_count": 2, "llama.feed_forward_length": 32},
+    "olmoe": {"olmoe.expert_count": 4, "olmoe.expert_used_count": 2, "olmoe.feed_forward_length": 32},
+    "qwen3_moe": {"qwen3moe.expert_count": 4, "qwen3moe.expert_used_count": 2,
+                  "qwen3moe.expert_feed_forward_length": 32},
+    "qwen2_moe": {"qwen2moe.expert_count": 4, "qwen2moe.expert_used_count": 2,
+                  "qwen2moe.expert_feed_forward_length": 32, "qwen2moe.expert_shared_feed_forward_length": 48},
+}
+
+# Every tiny family, as llama.cpp can run it: OLMoE's graph needs as many KV heads as query heads.
+EXPORT_CASES = {name: {} for name in TINY_FAMILIES} | {"olmoe": dict(num_key_value_heads=4),
+                                                       "olmo2_tied": dict(tie_word_embeddings=True)}
+# Families whose llama.cpp graph sizes q/o by head_dim (not hidden x hidden): exported hidden-pruned.
+HIDDEN_PRUNABLE = {"llama", "llama_bias_untied", "mistral", "mixtral", "granite", "qwen3", "qwen3_moe", "gemma2",
+                   "gemma3_text"}
+
+# The converter's tensor transforms, restated here: q/k rows permuted for the archs of LlamaModel's
+# subclasses; norms stored as 1 + w where transformers computes (1 + w) * x; an output matrix
+# duplicated from the tied embedding where the arch requires one, dropped where it never reads one.
+PERMUTED_ARCHS = {"llama", "granite"}
+PLUS_ONE_NORMS = {"gemma2", "gemma3_text", "nemotron"}
+OUTPUT_REQUIRED_ARCHS = {"olmo2", "olmoe", "qwen2moe", "nemotron"}
+
+# transformers' GGUF loader can rebuild these tiny configs. It reads no bias switches (llama, nemotron),
+# no head_dim for qwen3, no soft-capping / query_pre_attn_scalar / layer pattern for Gemma (its defaults
+# are used, so the model takes them) and no expert widths for the Qwen MoEs (their defaults likewise).
 LOADER_CASES = {
     "llama": dict(hidden_size=48),                   # hidden != heads * head_dim, as after hidden pruning
     "mistral": {},
     "qwen2": {},
     "qwen3": dict(head_dim=128),                     # the loader's (and Qwen3's) default head_dim
+    "gemma2": dict(head_dim=256, query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+    "gemma3_text": dict(head_dim=256, query_pre_attn_scalar=256, layer_types=None),
+    "nemotron": dict(attention_bias=False, mlp_bias=False),
+    "phi3": {},
+    "qwen3_moe": dict(moe_intermediate_size=768),
+    "qwen2_moe": dict(moe_intermediate_size=1408, shared_expert_intermediate_size=5632),
 }
 
 
@@ -47,6 +90,8 @@ def bpe_dir(tmp_path_factory) -> Path:
 
 
 def _model(family: str, **overrides):
+    overrides = {**EXPORT_CASES.get(family, {}), **overrides}
+    family = family.removesuffix("_tied")
     return make_tiny_model(family, dtype=torch.float32, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, **overrides)
 
 
@@ -67,47 +112,103 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_bias_untied", "mistral", "qwen2", "qwen3"])
+def _expected_tensors(model, arch: str) -> dict[str, np.ndarray]:
+    """What llama.cpp's converter writes for ``model``, from its state_dict by the rules above."""
+    config = model.config
+    name_map = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch),
+                                        config.num_hidden_layers)
+    tied = config.tie_word_embeddings
+    expected = {}
+    for hf_name, tensor in model.state_dict().items():
+        data = tensor.numpy()
+        if hf_name == "lm_head.weight" and (tied or arch == "gemma2"):
+            continue
+        block = hf_name.split(".")[2] if ".layers." in hf_name else None
+        if hf_name.endswith("experts.gate_up_proj"):        # (experts, [gate | up], hidden)
+            half = data.shape[1] // 2
+            expected[f"blk.{block}.ffn_gate_exps.weight"] = data[:, :half]
+            expected[f"blk.{block}.ffn_up_exps.weight"] = data[:, half:]
+            continue
+        if hf_name.endswith("experts.down_proj"):
+            expected[f"blk.{block}.ffn_down_exps.weight"] = data
+            continue
+        if arch in PERMUTED_ARCHS and (".q_proj." in hf_name or ".k_proj." in hf_name):
+            heads = config.num_attention_heads if ".q_proj." in hf_name else config.num_key_value_heads
+            data = permute_for_llamacpp(data, heads)
+        if config.model_type in PLUS_ONE_NORMS and hf_name.endswith("norm.weight"):
+            data = data + np.float32(1)
+        if hf_name.endswith("shared_expert_gate.weight"):  # llama.cpp reads {n_embd}
+            data = data.reshape(-1)
+        expected[name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))] = data
+    if tied and arch in OUTPUT_REQUIRED_ARCHS:
+        expected["output.weight"] = expected["token_embd.weight"]
+    return expected
+
+
+@pytest.mark.parametrize("family", sorted(EXPORT_CASES))
 def test_every_tensor_reads_back_exactly(family, tmp_path, bpe_dir):
-    """f32: each GGUF tensor equals the HF tensor (q/k rows in llama.cpp's order for the llama arch)."""
+    """f32: each GGUF tensor is the HF tensor as llama.cpp's converter lays it out, bit for bit."""
     from gguf import GGUFReader
 
     model = _model(family)
-    path = _export(model, tmp_path, bpe_dir)
-    reader = GGUFReader(path)
+    reader = GGUFReader(_export(model, tmp_path, bpe_dir))
     arch = reader.fields["general.architecture"].contents()
     assert arch == FAMILIES[model.config.model_type].arch
-    name_map = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), 4)
     stored = {t.name: np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
-    expected = {}
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue
-        data = tensor.numpy()
-        if arch == "llama" and (".q_proj." in hf_name or ".k_proj." in hf_name):
-            heads = model.config.num_attention_heads if ".q_proj." in hf_name else model.config.num_key_value_heads
-            data = permute_for_llamacpp(data, heads)
-        expected[name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))] = data
+    expected = _expected_tensors(model, arch)
     assert set(stored) == set(expected)
     for name, data in expected.items():
         np.testing.assert_array_equal(stored[name], data, err_msg=name)
 
 
-def test_metadata_has_every_key_llamacpp_requires(tmp_path, bpe_dir):
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+def test_metadata_has_every_key_llamacpp_requires(family, tmp_path, bpe_dir):
     from gguf import GGUFReader
 
-    for family in ("llama", "qwen2", "qwen3"):
-        model = _model(family, hidden_size=48)
-        path = _export(model, tmp_path, bpe_dir, quant="q8_0", name=family)
-        fields = GGUFReader(path).fields
-        arch = fields["general.architecture"].contents()
-        missing = [k.format(arch=arch) for k in REQUIRED_KEYS if k.format(arch=arch) not in fields]
-        assert not missing, f"{family}: missing {missing}"
-        assert fields[f"{arch}.attention.key_length"].contents() == 16     # head_dim, not hidden / heads = 12
-        assert fields[f"{arch}.embedding_length"].contents() == 48
-        assert fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
-        assert fields["tokenizer.chat_template"].contents().startswith("{% for m in messages")
-        assert len(fields["tokenizer.ggml.tokens"].data) == VOCAB
+    hidden = 48 if family in HIDDEN_PRUNABLE else 64      # 48: hidden-pruned, != 4 heads x head_dim 16
+    model = _model(family, hidden_size=hidden)
+    fields = GGUFReader(_export(model, tmp_path, bpe_dir, quant="q8_0")).fields
+    arch = fields["general.architecture"].contents()
+    missing = [k.format(arch=arch) for k in REQUIRED_KEYS if k.format(arch=arch) not in fields]
+    missing += [k for k in FAMILY_KEYS.get(family, {}) if k not in fields]
+    assert not missing, f"{family}: missing {missing}"
+    assert fields[f"{arch}.attention.key_length"].contents() == 16     # head_dim, not hidden / heads = 12
+    assert fields[f"{arch}.embedding_length"].contents() == hidden
+    for key, value in FAMILY_KEYS.get(family, {}).items():
+        assert fields[key].contents() == pytest.approx(value), key
+    assert fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    assert fields["tokenizer.chat_template"].contents().startswith("{% for m in messages")
+    assert len(fields["tokenizer.ggml.tokens"].data) == VOCAB
+
+
+def test_experts_take_the_type_routers_and_norms_stay_f32(tmp_path, bpe_dir):
+    """As llama.cpp's converter: stacked 3-D experts are quantized, routers (ffn_gate_inp) never are."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(_export(_model("qwen3_moe"), tmp_path, bpe_dir, quant="q8_0")).tensors}
+    assert {tensors[f"blk.0.ffn_{w}_exps.weight"].tensor_type.name for w in ("gate", "up", "down")} == {"Q8_0"}
+    assert [int(d) for d in tensors["blk.0.ffn_gate_exps.weight"].shape] == [64, 32, 4]   # {n_embd, n_ff, n_expert}
+    assert [int(d) for d in tensors["blk.0.ffn_down_exps.weight"].shape] == [32, 64, 4]
+    assert tensors["blk.0.ffn_gate_inp.weight"].tensor_type.name == "F32"
+    assert tensors["blk.0.attn_q_norm.weight"].tensor_type.name == "F32"
+
+
+def test_longrope_becomes_factor_tensors_and_attention_factor(tmp_path, bpe_dir):
+    """Phi-3's LongRoPE: llama.cpp's rope_factors_long/short tensors and the cos/sin scale transformers uses."""
+    from gguf import GGUFReader
+
+    long, short = [1.0 + i / 8 for i in range(8)], [1.0 + i / 16 for i in range(8)]
+    model = _model("phi3", original_max_position_embeddings=64,
+                   rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "long_factor": long,
+                                    "short_factor": short, "original_max_position_embeddings": 64})
+    reader = GGUFReader(_export(model, tmp_path, bpe_dir))
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    np.testing.assert_array_equal(tensors["rope_factors_long.weight"], np.float32(long))
+    np.testing.assert_array_equal(tensors["rope_factors_short.weight"], np.float32(short))
+    scale = model.model.rotary_emb.attention_scaling                   # max_position_embeddings 256 / 64
+    assert scale == pytest.approx(math.sqrt(1 + math.log(4) / math.log(64)))
+    assert reader.fields["phi3.rope.scaling.attn_factor"].contents() == pytest.approx(scale)
+    assert reader.fields["phi3.rope.scaling.original_context_length"].contents() == 64
 
 
 @pytest.mark.parametrize("family", sorted(LOADER_CASES))
@@ -226,9 +327,62 @@ def test_unsupported_family_is_a_clear_error(tmp_path, bpe_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2)
-    with pytest.raises(CompactLMError, match="does not support model_type='gpt2'.*Supported: llama, mistral"):
+    with pytest.raises(CompactLMError, match="model_type='gpt2'.*Supported: gemma2, gemma3_text, granite, llama"):
         export_gguf(AutoModelForCausalLM.from_config(config), tmp_path / "g.gguf", hf_dir=bpe_dir)
     assert list(tmp_path.iterdir()) == []
+
+
+# What a llama.cpp graph hard-codes that transformers reads from the config: such a model is refused
+# with the reason, and no file is written.
+LLAMACPP_REFUSES = [
+    ("qwen2", dict(hidden_size=48), "sizes q and o as hidden x hidden"),       # hidden-pruned Qwen2
+    ("olmoe", dict(num_key_value_heads=2), "as many KV heads as query heads"),
+    ("gemma2", dict(tie_word_embeddings=False), "untied lm_head"),
+    ("gemma2", dict(query_pre_attn_scalar=256), "query_pre_attn_scalar=256"),
+    ("gemma2", dict(attn_logit_softcapping=None), "attn_logit_softcapping is unset"),
+    ("gemma3_text", dict(attn_logit_softcapping=50.0), "no attention soft-capping"),
+    ("qwen3_moe", dict(norm_topk_prob=False), "always renormalises"),
+    ("qwen2_moe", dict(norm_topk_prob=True), "never renormalises"),
+    ("qwen3", dict(attention_bias=True), "o_proj biases"),
+    ("llama", dict(hidden_act="gelu"), "activation 'gelu'"),
+    ("qwen2", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+     "rope_type 'llama3' has no qwen2 GGUF encoding"),
+]
+
+
+@pytest.mark.parametrize("family, overrides, fragment", LLAMACPP_REFUSES,
+                         ids=[f"{f}-{next(iter(o))}" for f, o, _ in LLAMACPP_REFUSES])
+def test_what_llamacpp_would_run_differently_is_refused(family, overrides, fragment, tmp_path, bpe_dir):
+    with pytest.raises(CompactLMError, match="cannot run this") as error:
+        export_gguf(_model(family, **overrides), tmp_path / "s.gguf", quant="f32", hf_dir=bpe_dir)
+    assert fragment in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sliding_window_llamacpp_ignores_is_warned(tmp_path, bpe_dir, caplog):
+    """llama.cpp's llama arch attends over the whole context (as its converter leaves Mistral): said, not refused."""
+    _export(_model("mistral", sliding_window=16), tmp_path, bpe_dir)
+    assert "16-token sliding window that llama.cpp's llama does not apply" in caplog.text
+
+
+def test_file_transformers_cannot_load_is_said_and_skipped_by_the_eval(tmp_path, bpe_dir, caplog):
+    """An olmo2 file is sound for llama.cpp; transformers' loader has no olmo2: a clear error, and `run` skips
+    scoring it instead of failing."""
+    from types import SimpleNamespace
+
+    from compactlm.models import load_model
+    from compactlm.recipes.gguf_stage import gguf_entries
+    from compactlm.recipes.records import ExportRecord, GGUFFile
+
+    path = _export(_model("olmo2"), tmp_path, bpe_dir)
+    with pytest.raises(CompactLMError, match="run it with llama.cpp"):
+        load_model(str(path), with_tokenizer=False)
+    recipe = SimpleNamespace(export=SimpleNamespace(evaluate=True), steps=[SimpleNamespace(name="student")])
+    files = [GGUFFile(path=str(path), quant="f32", bytes=1, tokenizer="bpe", student="s", arch="olmo2"),
+             GGUFFile(path="q.gguf", quant="q8_0", bytes=1, tokenizer="bpe", student="s", arch="qwen3moe")]
+    assert gguf_entries(recipe, ExportRecord(files=files)) == [("student: GGUF q8_0", "q.gguf")]
+    assert "no 'olmo2' architecture" in caplog.text
 
 
 def test_failure_mid_write_leaves_no_file(tmp_path, bpe_dir, monkeypatch):

@@ -1,20 +1,23 @@
 """GGUF export: a student as a single file that llama.cpp (Ollama, LM Studio) runs, optionally quantized.
 
 Written with the ``gguf`` package, the reference writer llama.cpp maintains, following what
-llama.cpp's own ``convert_hf_to_gguf.py`` does for each family:
+llama.cpp's own ``convert_hf_to_gguf.py`` does for each family (:mod:`.gguf_families` holds the
+per-family differences, and refuses what llama.cpp would run differently):
 
 - metadata: ``general.*``, the architecture's hyperparameters (``{arch}.block_count``,
   ``embedding_length``, ``feed_forward_length``, ``attention.head_count(_kv)``,
   ``attention.key_length``/``value_length`` = ``head_dim`` — explicit, because a hidden-pruned
-  student has ``hidden_size != heads * head_dim`` — ``rope.*``, ``layer_norm_rms_epsilon``);
-- tensors named by the package's ``TensorNameMap`` (``blk.3.attn_q.weight``); for the ``llama``
-  architecture the q/k rows are permuted into llama.cpp's interleaved rotary layout (the
-  inverse of what transformers' GGUF loader undoes); Llama 3 rope scaling becomes the
-  ``rope_freqs`` tensor;
+  student has ``hidden_size != heads * head_dim`` — ``rope.*``, the norms' epsilon, expert counts),
+  then the family's own keys (soft-capping, sliding windows, Granite's multipliers, ...);
+- tensors named by the package's ``TensorNameMap`` (``blk.3.attn_q.weight``), transformed as the
+  family's converter class does: q/k rows permuted into llama.cpp's interleaved rotary layout for
+  the ``llama``/``granite`` archs (the inverse of what transformers' GGUF loader undoes), Gemma's
+  and Nemotron's ``(1 + w)`` norms stored as ``1 + w``, fused experts split into ``ffn_gate_exps``/
+  ``ffn_up_exps``/``ffn_down_exps``; generated tensors (Llama 3 ``rope_freqs``, LongRoPE factors);
 - the tokenizer (:mod:`.gguf_vocab`);
-- quantization by the package's quantizers: every 2-D weight in the chosen type, 1-D tensors
-  (norms, biases) in F32, and a weight whose row length is not a multiple of the type's block
-  falls back to F16 (logged), as llama.cpp's converter does.
+- quantization by the package's quantizers: every 2-D and 3-D weight in the chosen type; 1-D
+  tensors (norms, biases), norms and MoE routers in F32; a weight whose row length is not a
+  multiple of the type's block falls back to F16 (logged), as llama.cpp's converter does.
 
 The file is written under a temporary name next to the target and renamed when complete.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,28 +38,16 @@ import torch
 from gguf import GGMLQuantizationType, LlamaFileType, quants
 from gguf import GGMLQuantizationType as Q
 
+from ..arch import adapter_for
 from ..errors import CompactLMError, unknown_name
 from ..io import check_output_file
+from .gguf_families import FAMILIES, GGUFFamily, llama3_rope_factors, problems, rope_dimensions, rope_parameters, sliding_layers
 from .gguf_vocab import add_tokenizer
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class GGUFFamily:
-    """How one transformers ``model_type`` maps to a llama.cpp architecture."""
-
-    arch: str               # llama.cpp's general.architecture
-    permute_qk: bool        # llama.cpp's llama arch uses interleaved (GPT-J style) rotary pairs
-
-
-# model_type -> llama.cpp architecture. Mistral is llama.cpp's "llama" (as its converter does).
-FAMILIES: dict[str, GGUFFamily] = {
-    "llama": GGUFFamily("llama", permute_qk=True),
-    "mistral": GGUFFamily("llama", permute_qk=True),
-    "qwen2": GGUFFamily("qwen2", permute_qk=False),
-    "qwen3": GGUFFamily("qwen3", permute_qk=False),
-}
+__all__ = ["FAMILIES", "GGUFExport", "GGUFFamily", "check_family", "check_gguf_output", "check_quant", "export_gguf",
+           "gguf_path", "llama3_rope_factors", "llamacpp_tensors", "permute_for_llamacpp", "quant_types"]
 
 
 @cache
@@ -92,17 +82,25 @@ def check_quant(name: str) -> str:
 
 
 def check_family(config) -> GGUFFamily:
-    """The llama.cpp architecture for ``config``; a clear error for a family it cannot express."""
+    """The llama.cpp layout for ``config``; a clear error for a family, or a model of one, that llama.cpp
+    cannot run as transformers does (:func:`.gguf_families.problems` lists why)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
         raise CompactLMError(
             f"GGUF export does not support model_type='{model_type}'. Supported: {', '.join(sorted(FAMILIES))}. "
             f"Save the Hugging Face checkpoint and convert it with llama.cpp's convert_hf_to_gguf.py if it knows the family.")
-    rope = _rope_parameters(config)
-    if rope.get("rope_type", "default") not in ("default", "linear", "llama3", "yarn"):
-        raise CompactLMError(f"GGUF export: rope_type '{rope['rope_type']}' has no GGUF encoding here; supported: "
-                             f"default, linear, llama3, yarn.")
-    return FAMILIES[model_type]
+    family = FAMILIES[model_type]
+    adapter = adapter_for(config)
+    found = problems(family, config, adapter.architecture(config), adapter.biases(config))
+    if found:
+        raise CompactLMError(f"GGUF export: llama.cpp's {family.arch} cannot run this {model_type} model as "
+                             f"transformers does: {'; '.join(found)}.")
+    window = getattr(config, "sliding_window", None)
+    if not family.sliding_window and any(sliding_layers(config)):
+        logger.warning("GGUF export: %s uses a %s-token sliding window that llama.cpp's %s does not apply; "
+                       "its outputs equal transformers' only on sequences up to %s tokens",
+                       model_type, window, family.arch, window)
+    return family
 
 
 def check_gguf_output(out: str | Path, overwrite: bool, quant: str = "q8_0", inputs: Iterable = ()) -> Path:
@@ -160,7 +158,8 @@ def export_gguf(model, out: str | Path, *, quant: str = "q8_0", name: str | None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, family.arch)
     try:
-        _add_metadata(writer, config, family, name or str(getattr(config, "_name_or_path", "") or "student"))
+        arch = adapter_for(config).architecture(config)
+        _add_metadata(writer, config, family, arch, name or str(getattr(config, "_name_or_path", "") or "student"))
         writer.add_file_type(int(gguf.LlamaFileType["ALL_F32" if quant == "f32" else f"MOSTLY_{quant.upper()}"]))
         source = add_tokenizer(writer, config.vocab_size, gguf_source=gguf_source, hf_dir=hf_dir,
                                tokenizer_pre=tokenizer_pre)
@@ -186,38 +185,38 @@ def export_gguf(model, out: str | Path, *, quant: str = "q8_0", name: str | None
 
 # ---- metadata --------------------------------------------------------------------------------
 
-def _rope_parameters(config) -> dict:
-    """transformers 5 keeps rope settings in ``rope_parameters``; older configs in rope_theta/rope_scaling."""
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    scaling = getattr(config, "rope_scaling", None)
-    if isinstance(scaling, dict):
-        params = {**scaling, **params}
-        params.setdefault("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if "rope_theta" not in params and getattr(config, "rope_theta", None) is not None:
-        params["rope_theta"] = config.rope_theta
-    params.setdefault("rope_type", "default")
-    return params
+def _add_metadata(writer, config, family: GGUFFamily, arch, name: str) -> None:
+    """The keys every converter writes (``TextModel.set_gguf_parameters``), then the family's own.
 
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _add_metadata(writer, config, family: GGUFFamily, name: str) -> None:
+    ``key_length``/``value_length`` and ``rope.dimension_count`` are explicit: a hidden-pruned
+    student has ``hidden_size != heads * head_dim``, and llama.cpp would otherwise derive them from
+    ``hidden_size / heads``.
+    """
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-    writer.add_key_length(_head_dim(config))
-    writer.add_value_length(_head_dim(config))
-    writer.add_rope_dimension_count(_head_dim(config))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    rope = _rope_parameters(config)
+    if getattr(config, "intermediate_size", None) is not None:
+        writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(arch.num_attention_heads)
+    writer.add_head_count_kv(arch.num_key_value_heads)
+    writer.add_key_length(arch.head_dim)
+    writer.add_value_length(arch.head_dim)
+    writer.add_rope_dimension_count(rope_dimensions(config))
+    writer.add_layer_norm_rms_eps(float(getattr(config, family.eps)))
+    _add_rope_scaling(writer, config)
+    if arch.is_moe:
+        writer.add_expert_count(arch.num_experts)
+        writer.add_expert_used_count(arch.num_experts_per_tok)
+    if family.keys is not None:
+        family.keys(writer, config, arch)
+
+
+def _add_rope_scaling(writer, config) -> None:
+    """Rope base and linear/YaRN scaling of the (global) attention layers, as ``TextModel`` writes them."""
+    rope = rope_parameters(config)
     writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -227,28 +226,12 @@ def _add_metadata(writer, config, family: GGUFFamily, name: str) -> None:
         writer.add_rope_scaling_factor(float(rope["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings",
                                                           config.max_position_embeddings)))
-
-
-def llama3_rope_factors(config) -> np.ndarray:
-    """Per-frequency divisors of Llama 3 rope scaling, as llama.cpp's ``rope_freqs`` tensor holds them."""
-    rope = _rope_parameters(config)
-    dim = _head_dim(config)
-    base = float(rope.get("rope_theta", 10000.0))
-    factor = float(rope.get("factor", 8.0))
-    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
-    old_context = float(rope.get("original_max_position_embeddings", 8192))
-    low_wavelen, high_wavelen = old_context / low, old_context / high
-    factors = []
-    for freq in 1.0 / base ** (np.arange(0, dim, 2, dtype=np.float64) / dim):
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_wavelen:
-            factors.append(1.0)
-        elif wavelen > low_wavelen:
-            factors.append(factor)
-        else:
-            smooth = (old_context / wavelen - low) / (high - low)
-            factors.append(1.0 / ((1 - smooth) / factor + smooth))
-    return np.asarray(factors, dtype=np.float32)
+        for key, add in (("extrapolation_factor", writer.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", writer.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", writer.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", writer.add_rope_scaling_yarn_beta_slow)):
+            if rope.get(key) is not None:
+                add(float(rope[key]))
 
 
 # ---- tensors ---------------------------------------------------------------------------------
@@ -271,35 +254,74 @@ def _gguf_name(name_map, hf_name: str) -> str:
     return new
 
 
-def _add_tensors(writer, model, family: GGUFFamily, qtype) -> list[str]:
+def _transformed(family: GGUFFamily, config, hf_name: str, data: np.ndarray) -> np.ndarray:
+    """One tensor as llama.cpp reads it: q/k rows permuted for "NORM" rope, ``1 + w`` norms pre-added."""
+    if family.permute_qk and (".q_proj." in hf_name or ".k_proj." in hf_name):
+        heads = config.num_attention_heads if ".q_proj." in hf_name else \
+            (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        data = permute_for_llamacpp(data, heads)
+    if family.norm_offset and hf_name.endswith("norm.weight"):
+        data = data + np.float32(family.norm_offset)
+    return data
+
+
+def _split_experts(hf_name: str, data: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """transformers 5's fused experts as llama.cpp's three stacked tensors (``Qwen2MoeModel.modify_tensors``).
+
+    ``gate_up_proj`` (experts, 2 * I, hidden) is [gate | up] along its rows; ``down_proj`` is already
+    (experts, hidden, I), which GGUF's reversed shape makes llama.cpp's {I, hidden, experts}.
+    """
+    prefix = hf_name.rsplit(".", 1)[0]
+    if hf_name.endswith(".gate_up_proj"):
+        gate, up = np.split(data, 2, axis=1)
+        return [(f"{prefix}.gate_proj.weight", gate), (f"{prefix}.up_proj.weight", up)]
+    return [(f"{prefix}.down_proj.weight", data)]
+
+
+def llamacpp_tensors(model, family: GGUFFamily) -> list[tuple[str, np.ndarray]]:
+    """Every tensor of ``model`` as llama.cpp's converter writes it: (GGUF name, float32 array)."""
     config = model.config
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == family.arch)
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    fallback = []
-    if _rope_parameters(config)["rope_type"] == "llama3":
-        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(config))
+    out = list(family.tensors(config).items()) if family.tensors else []
     for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
-            continue
-        if hf_name.endswith("rotary_emb.inv_freq"):
+        if hf_name.endswith("rotary_emb.inv_freq") or (hf_name == "lm_head.weight" and (tied or family.output == "none")):
             continue
         data = tensor.detach().to(torch.float32).cpu().numpy()
-        if family.permute_qk and (".q_proj." in hf_name or ".k_proj." in hf_name):
-            data = permute_for_llamacpp(data, heads if ".q_proj." in hf_name else kv_heads)
-        new_name = _gguf_name(name_map, hf_name)
-        target = qtype if data.ndim == 2 else Q.F32
+        if hf_name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+            out += [(_gguf_name(name_map, name), part) for name, part in _split_experts(hf_name, data)]
+            continue
+        if hf_name.endswith(".shared_expert_gate.weight"):
+            # (1, hidden) -> (hidden,): llama.cpp reads {n_embd}, published files and transformers' loader have
+            # it 1-D (older converters squeezed every tensor); the bytes are the same
+            data = data.reshape(-1)
+        out.append((_gguf_name(name_map, hf_name), _transformed(family, config, hf_name, data)))
+    if tied and family.output == "required":   # the arch loads no output without the tensor: duplicate it
+        embedding = next(data for name, data in out if name == "token_embd.weight")
+        out.append(("output.weight", embedding))
+    return out
+
+
+def _keeps_f32(name: str, data: np.ndarray) -> bool:
+    """Tensors llama.cpp's converter never quantizes: 1-D ones, norms, and MoE routers."""
+    return data.ndim <= 1 or name.endswith("_norm.weight") or name.split(".")[-2] in ("ffn_gate_inp",
+                                                                                        "ffn_gate_inp_shexp")
+
+
+def _add_tensors(writer, model, family: GGUFFamily, qtype) -> list[str]:
+    fallback = []
+    for name, data in llamacpp_tensors(model, family):
+        target = Q.F32 if _keeps_f32(name, data) else qtype
         if target != Q.F32 and data.shape[-1] % gguf.GGML_QUANT_SIZES[target][0] != 0:
-            fallback.append(new_name)
+            fallback.append(name)
             target = Q.F16
         if target == Q.F32:
-            writer.add_tensor(new_name, np.ascontiguousarray(data))
+            writer.add_tensor(name, np.ascontiguousarray(data))
         elif target == Q.F16:
-            writer.add_tensor(new_name, data.astype(np.float16), raw_dtype=Q.F16)
+            writer.add_tensor(name, data.astype(np.float16), raw_dtype=Q.F16)
         else:
-            writer.add_tensor(new_name, gguf.quants.quantize(data, target), raw_dtype=target)
+            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data), target), raw_dtype=target)
     if fallback:
         logger.warning("GGUF export: %d tensor(s) kept in F16: row length not a multiple of the %s block (%s)",
                        len(fallback), qtype.name, ", ".join(fallback[:4]) + (" ..." if len(fallback) > 4 else ""))

@@ -34,12 +34,30 @@ def export_stage(recipe, layout: RunLayout, student: Path) -> ExportRecord:
     return ExportRecord(files=files)
 
 
+def transformers_reads(arch: str | None) -> bool:
+    """Whether transformers' GGUF loader knows the llama.cpp architecture ``arch`` (it spells the MoE ones
+    ``qwen2_moe`` where llama.cpp writes ``qwen2moe``)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return arch is None or arch in GGUF_SUPPORTED_ARCHITECTURES or arch.replace("moe", "_moe") in \
+        GGUF_SUPPORTED_ARCHITECTURES
+
+
 def gguf_entries(recipe, export: ExportRecord | None) -> list[tuple[str, str]]:
-    """(label, path) of each exported file for the eval table, if the recipe asks to score them."""
+    """(label, path) of each exported file for the eval table, if the recipe asks to score them; a file of an
+    architecture transformers cannot load (olmo2, granite, olmoe) is skipped with the reason."""
     if not recipe.export.evaluate or export is None:
         return []
     step = recipe.steps[-1].name
-    return [(f"{step}: {GGUF_LABEL}{f.quant}", f.path) for f in export.files]
+    entries = []
+    for f in export.files:
+        label = f"{step}: {GGUF_LABEL}{f.quant}"
+        if transformers_reads(f.arch):
+            entries.append((label, f.path))
+        else:
+            logger.warning("eval %s: skipped: transformers' GGUF loader has no '%s' architecture; score this file "
+                           "with llama.cpp (benchmarks/gguf_llamacpp.py)", label, f.arch)
+    return entries
 
 
 def loader_mismatch(label: str, info: dict, rows: list[EvalRow]) -> str | None:
