@@ -110,8 +110,8 @@ def test_qwen_heads_are_pruned_within_their_kv_groups(real):
     model = real("qwen2.5-coder-0.5b")
     plan = random_plan(model, seed=1, heads=8)                  # 14 heads in 2 groups of 7 -> 2 groups of 4
     per_group = model.config.num_attention_heads // model.config.num_key_value_heads
-    for heads, groups in zip(plan.heads, plan.kv_groups):
-        assert [sum(h // per_group == g for h in heads) for g in groups] == [4, 4]
+    for layer, heads in plan.heads.items():
+        assert [sum(h // per_group == g for h in heads) for g in plan.kv_groups[layer]] == [4, 4]
     student = apply_plan(model, plan)
     attention = student.model.layers[0].self_attn
     assert attention.q_proj.bias.shape == (8 * 64,) and attention.k_proj.bias.shape == (2 * 64,)
