@@ -34,6 +34,7 @@ import re
 
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.initialization import no_init_weights
 
 from ..arch import ArchAdapter, adapter_for
 from ..errors import CompactLMError
@@ -218,7 +219,11 @@ def apply_plan(model, plan: PrunePlan):
     config = adapter.pruned_config(model.config, plan.target, plan.layers)
     state = prune_state_dict(model.state_dict(), plan, adapter)
     param = next(model.parameters())
-    student = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
+    # Every parameter comes from ``state`` (checked below): skip the random init, which for a 262K-token
+    # embedding costs seconds per candidate of the search. Buffers (rotary frequencies, Gemma's embedding
+    # scale) are computed in the modules' constructors and are kept.
+    with no_init_weights():
+        student = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
     missing, unexpected = student.load_state_dict(state, strict=False)
     # Tied models may list lm_head.weight as missing: it shares embed_tokens' storage.
     missing = [k for k in missing if not (config.tie_word_embeddings and k == f"{adapter.lm_head}.weight")]
