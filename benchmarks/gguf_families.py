@@ -12,13 +12,15 @@ samples its own token windows (longer than the Gemma sliding window of 6), is ex
 :func:`compactlm.export.gguf.export_gguf`, loaded by llama.cpp (llama-cpp-python, built by
 ``benchmarks/gguf_llamacpp.py``) and scored on those windows; the reference is the HF model in
 float32 on the same ids. :data:`VARIANTS` add one model per rope scaling (Llama 3, YaRN, LongRoPE,
-Gemma 3's linear global rope). A family llama.cpp fails to load is recorded with its error. Writes
-``benchmarks/results/gguf_families.json``.
+Gemma 3's linear global rope) and a hidden-pruned Qwen2 (written as llama.cpp's llama arch). A family
+llama.cpp fails to load is recorded with its error. Writes ``benchmarks/results/gguf_families.json``;
+a run of some ``--families`` replaces their rows there and keeps the others'.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -55,6 +57,9 @@ VARIANTS = {
     "gemma3_text+linear": ("gemma3_text", dict(rope_parameters={
         "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    # hidden 96 != 4 heads x head_dim 32, as after hidden pruning: llama.cpp's qwen2 sizes q/o as hidden x hidden,
+    # so the export writes llama arch, its q/k rows and biases permuted for llama's interleaved rotary pairs
+    "qwen2+hidden_pruned": ("qwen2", dict(hidden_size=96)),
 }
 
 
@@ -176,6 +181,15 @@ def print_table(rows: list[dict], target: float) -> None:
               f"{r['llamacpp_ppl']:>15.3f}{r['rel_diff']:>+12.4%}{r['max_logit_diff']:>14.2e}  {ok}")
 
 
+def merged_rows(out: Path, rows: list[dict]) -> list[dict]:
+    """The results file's rows with those of the families in ``rows`` replaced (in their place; new families
+    last), so that rerunning a few ``--families`` updates the table without dropping the others."""
+    old = json.loads(out.read_text())["rows"] if out.is_file() else []
+    fresh = {r["family"] for r in rows}
+    order = list(dict.fromkeys([r["family"] for r in old] + [r["family"] for r in rows]))
+    return [r for family in order for r in (rows if family in fresh else old) if r["family"] == family]
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -206,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nperplexity on {args.windows} x {args.window} tokens each model sampled, random models (initializer_range "
           f"{args.init_std}), {cpu_name()}, {args.threads} thread(s), {time.time() - start:.0f} s")
     print_table(rows, args.target)
-    write_json_atomic(args.out, {"rows": rows, "window": args.window, "windows": args.windows,
+    write_json_atomic(args.out, {"rows": merged_rows(Path(args.out), rows) if args.families else rows,
+                                 "window": args.window, "windows": args.windows,
                                  "init_std": args.init_std, "seed": args.seed, "shape": SHAPE,
                                  "family_shape": FAMILY_SHAPE, "variants": VARIANTS, "target": args.target, "cpu": cpu_name(),
                                  "threads": args.threads, "llama_cpp_python": module.__version__})

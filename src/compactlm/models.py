@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -128,6 +129,42 @@ def _drop_gguf_quantization(model) -> None:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
+
+
+def llama_with_biases(path: str | Path) -> bool:
+    """Whether the GGUF file ``path`` is llama.cpp's ``llama`` arch with bias tensors.
+
+    compactlm writes a hidden-pruned Qwen2 that way (llama.cpp's qwen2 cannot size it), and a Llama with
+    ``attention_bias`` too. transformers' GGUF loader builds its llama config without bias switches and
+    drops those tensors, so it would load a network that computes something else. The answer is kept per
+    file version: ``GGUFReader`` parses every metadata field, seconds for a 150k-token vocabulary.
+    """
+    stat = Path(path).stat()
+    return _llama_with_biases(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _llama_with_biases(path: str, size: int, mtime_ns: int) -> bool:
+    from gguf import GGUFReader  # here: only a GGUF load pays its import
+
+    reader = GGUFReader(path)
+    arch = reader.fields.get("general.architecture")
+    return arch is not None and arch.contents() == "llama" and any(t.name.endswith(".bias") for t in reader.tensors)
+
+
+def _check_transformers_reads(source: ModelSource) -> None:
+    """Refuse a GGUF file that transformers' loader would read as another network (:func:`llama_with_biases`).
+
+    A cached de-quantised copy was built from a file that passed, so only a file transformers is about
+    to parse is read here.
+    """
+    if dequantized_copy(source, build=False) is not None:
+        return
+    path = Path(source.path) / source.gguf_file
+    if llama_with_biases(path):
+        raise CompactLMError(f"Cannot load GGUF file '{path}' with transformers: written as llama arch with biases, "
+                             f"which transformers' GGUF loader cannot read; run it with llama.cpp, or use the "
+                             f"Hugging Face checkpoint it was exported from.")
 
 
 def _hub_error(source: ModelSource, err: Exception) -> CompactLMError:
@@ -277,6 +314,8 @@ def load_model(
     _check_local_checkpoint(source, allow_pickle)
     safe = None if source.gguf_file or allow_pickle else True
     try:
+        if source.gguf_file:
+            _check_transformers_reads(source)
         copy = dequantized_copy(source) if source.gguf_file else None
         path, gguf_file = (str(copy), None) if copy else (source.path, source.gguf_file)
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -284,6 +323,8 @@ def load_model(
             use_safetensors=safe, weights_only=True, output_loading_info=True,
             **({} if device_map is None else {"device_map": device_map}),
         )
+    except CompactLMError:
+        raise
     except Exception as err:  # noqa: BLE001 - the file boundary: truncated weights, a bad GGUF, the Hub
         raise _load_error(source, err, trust_remote_code) from err
     wrong = {k: sorted(info.get(k) or [])[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}

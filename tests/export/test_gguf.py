@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import pytest
 import torch
 from gguf_fixtures import VOCAB, save_bpe_tokenizer
 from helpers import FAMILIES as TINY_FAMILIES
-from helpers import make_tiny_model
+from helpers import make_tiny_model, random_plan
 
 from compactlm.cli import main
 from compactlm.errors import CompactLMError
 from compactlm.export.gguf import FAMILIES, export_gguf, llama3_rope_factors, permute_for_llamacpp, quant_types
 from compactlm.export.gguf_vocab import find_gguf_source
+from compactlm.prune import apply_plan
 
 gguf = pytest.importorskip("gguf")
 
@@ -56,9 +58,10 @@ FAMILY_KEYS = {
 # Every tiny family, as llama.cpp can run it: OLMoE's graph needs as many KV heads as query heads.
 EXPORT_CASES = {name: {} for name in TINY_FAMILIES} | {"olmoe": dict(num_key_value_heads=4),
                                                        "olmo2_tied": dict(tie_word_embeddings=True)}
-# Families whose llama.cpp graph sizes q/o by head_dim (not hidden x hidden): exported hidden-pruned.
-HIDDEN_PRUNABLE = {"llama", "llama_bias_untied", "mistral", "mixtral", "granite", "qwen3", "qwen3_moe", "gemma2",
-                   "gemma3_text"}
+# Families whose llama.cpp graph sizes q/o by head_dim (not hidden x hidden), or that move to one that
+# does (a hidden-pruned Qwen2 is written as llama): exported hidden-pruned.
+HIDDEN_PRUNABLE = {"llama", "llama_bias_untied", "mistral", "mixtral", "granite", "qwen2", "qwen3", "qwen3_moe",
+                   "gemma2", "gemma3_text"}
 
 # The converter's tensor transforms, restated here: q/k rows permuted for the archs of LlamaModel's
 # subclasses; norms stored as 1 + w where transformers computes (1 + w) * x; an output matrix
@@ -335,7 +338,7 @@ def test_unsupported_family_is_a_clear_error(tmp_path, bpe_dir):
 # What a llama.cpp graph hard-codes that transformers reads from the config: such a model is refused
 # with the reason, and no file is written.
 LLAMACPP_REFUSES = [
-    ("qwen2", dict(hidden_size=48), "sizes q and o as hidden x hidden"),       # hidden-pruned Qwen2
+    ("olmo2", dict(hidden_size=48), "sizes q and o as hidden x hidden"),       # hidden-pruned OLMo 2
     ("olmoe", dict(num_key_value_heads=2), "as many KV heads as query heads"),
     ("gemma2", dict(tie_word_embeddings=False), "untied lm_head"),
     ("gemma2", dict(query_pre_attn_scalar=256), "query_pre_attn_scalar=256"),
@@ -383,6 +386,69 @@ def test_file_transformers_cannot_load_is_said_and_skipped_by_the_eval(tmp_path,
              GGUFFile(path="q.gguf", quant="q8_0", bytes=1, tokenizer="bpe", student="s", arch="qwen3moe")]
     assert gguf_entries(recipe, ExportRecord(files=files)) == [("student: GGUF q8_0", "q.gguf")]
     assert "no 'olmo2' architecture" in caplog.text
+
+
+def _hidden_pruned_qwen2():
+    """A Qwen2 hidden-pruned as compactlm prunes it: hidden 64 -> 40, still 4 heads x head_dim 16."""
+    model = _model("qwen2")
+    return apply_plan(model, random_plan(model, hidden=40))
+
+
+def test_hidden_pruned_qwen2_is_written_as_llama_with_permuted_biases(tmp_path, bpe_dir, caplog):
+    """llama.cpp's qwen2 sizes q/o as hidden x hidden, its llama arch by heads x head_dim: the student becomes
+    llama, whose interleaved rotary layout permutes q/k rows and biases. Undoing that as transformers' loader
+    does gives every tensor of the student back, bit for bit."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    student = _hidden_pruned_qwen2()
+    config = student.config
+    out = tmp_path / "student.f32.gguf"
+    with caplog.at_level(logging.INFO, logger="compactlm.export.gguf"):
+        result = export_gguf(student, out, quant="f32", hf_dir=bpe_dir, tokenizer_pre="qwen2")
+    assert result.arch == "llama"
+    assert ("qwen2 with hidden_size=40 != 4 heads x head_dim 16, which llama.cpp's qwen2 sizes as hidden x hidden: "
+            "written as llama.cpp's llama arch") in caplog.text
+    reader = GGUFReader(out)
+    stored = {t.name: np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)]) for t in reader.tensors}
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    hf = {name_map.get_name(n, try_suffixes=(".weight", ".bias")): t.numpy() for n, t in student.state_dict().items()}
+    assert set(stored) == set(hf) and {"blk.0.attn_q.bias", "blk.0.attn_k.bias", "blk.0.attn_v.bias"} <= set(stored)
+    unpermute = LlamaTensorProcessor(config={"num_attention_heads": config.num_attention_heads,
+                                             "num_key_value_heads": config.num_key_value_heads})
+    for name, data in stored.items():
+        np.testing.assert_array_equal(unpermute.process(data, name).weights, hf[name], err_msg=name)
+    expected = {"llama.embedding_length": 40, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+                "llama.attention.key_length": 16, "llama.attention.value_length": 16, "llama.rope.dimension_count": 16,
+                "llama.rope.freq_base": config.rope_parameters["rope_theta"], "tokenizer.ggml.pre": "qwen2"}
+    assert {key: reader.fields[key].contents() for key in expected} == expected
+
+
+def test_unpruned_qwen2_keeps_the_qwen2_arch(tmp_path, bpe_dir):
+    """As llama.cpp's converter: hidden = heads x head_dim stays qwen2 (its q/k in NEOX layout, unpermuted)."""
+    assert export_gguf(_model("qwen2"), tmp_path / "s.gguf", quant="f32", hf_dir=bpe_dir).arch == "qwen2"
+
+
+def test_llama_file_with_biases_is_refused_and_skipped_by_the_eval(tmp_path, bpe_dir, caplog):
+    """transformers' GGUF loader reads no bias switches for llama: it would load the hidden-pruned Qwen2 without its
+    biases. load_model says so instead, and `run` skips scoring the file; a llama file without biases still loads."""
+    from types import SimpleNamespace
+
+    from compactlm.models import load_model
+    from compactlm.recipes.gguf_stage import gguf_entries
+    from compactlm.recipes.records import ExportRecord, GGUFFile
+
+    biased = _export(_hidden_pruned_qwen2(), tmp_path, bpe_dir, name="pruned")
+    plain = _export(_model("llama"), tmp_path, bpe_dir, name="plain")
+    with pytest.raises(CompactLMError, match="written as llama arch with biases, which transformers' GGUF loader "
+                                             "cannot read; run it with llama.cpp"):
+        load_model(str(biased), with_tokenizer=False)
+    assert load_model(str(plain), with_tokenizer=False).config.model_type == "llama"
+    recipe = SimpleNamespace(export=SimpleNamespace(evaluate=True), steps=[SimpleNamespace(name="student")])
+    files = [GGUFFile(path=str(path), quant=quant, bytes=1, tokenizer="bpe", student="s", arch="llama")
+             for path, quant in ((biased, "f32"), (plain, "q8_0"))]
+    assert gguf_entries(recipe, ExportRecord(files=files)) == [("student: GGUF q8_0", str(plain))]
+    assert "eval student: GGUF f32: skipped: written as llama arch with biases" in caplog.text
 
 
 def test_failure_mid_write_leaves_no_file(tmp_path, bpe_dir, monkeypatch):

@@ -54,13 +54,14 @@ def test_run_exports_and_scores_gguf(tmp_path, text_file, capsys):
 
 
 def test_gguf_the_loader_misreads_is_not_scored(tmp_path, text_file, capsys):
-    """transformers' GGUF loader drops Llama biases; such a row would score another network, so it is skipped."""
+    """transformers' GGUF loader drops Llama biases; such a row would score another network, so it is skipped
+    (seen in the file, before loading it)."""
     out = tmp_path / "run"
     assert main(["run", str(_recipe(tmp_path, text_file, attention_bias=True)), "--out", str(out),
                  "--no-report"]) == 0
     models = [r["model"] for r in json.loads((out / "eval.json").read_text())["rows"]]
     assert models == ["teacher", "student: pruned", "student: distilled"]
-    assert "transformers' GGUF loader rebuilds it" in capsys.readouterr().err
+    assert "written as llama arch with biases, which transformers' GGUF loader cannot read" in capsys.readouterr().err
     assert (out / "student.q8_0.gguf").is_file()
 
 

@@ -10,8 +10,9 @@ per-family differences, and refuses what llama.cpp would run differently):
   student has ``hidden_size != heads * head_dim`` — ``rope.*``, the norms' epsilon, expert counts),
   then the family's own keys (soft-capping, sliding windows, Granite's multipliers, ...);
 - tensors named by the package's ``TensorNameMap`` (``blk.3.attn_q.weight``), transformed as the
-  family's converter class does: q/k rows permuted into llama.cpp's interleaved rotary layout for
-  the ``llama``/``granite`` archs (the inverse of what transformers' GGUF loader undoes), Gemma's
+  family's converter class does: q/k rows (and biases) permuted into llama.cpp's interleaved rotary
+  layout for the ``llama``/``granite`` archs (the inverse of what transformers' GGUF loader undoes;
+  a hidden-pruned Qwen2 is written as ``llama``, which sizes q by ``head_dim``), Gemma's
   and Nemotron's ``(1 + w)`` norms stored as ``1 + w``, fused experts split into ``ffn_gate_exps``/
   ``ffn_up_exps``/``ffn_down_exps``; generated tensors (Llama 3 ``rope_freqs``, LongRoPE factors);
 - the tokenizer (:mod:`.gguf_vocab`);
@@ -41,7 +42,16 @@ from gguf import GGMLQuantizationType as Q
 from ..arch import adapter_for
 from ..errors import CompactLMError, unknown_name
 from ..io import check_output_file
-from .gguf_families import FAMILIES, GGUFFamily, llama3_rope_factors, problems, rope_dimensions, rope_parameters, sliding_layers
+from .gguf_families import (
+    FAMILIES,
+    GGUFFamily,
+    layout_for,
+    llama3_rope_factors,
+    problems,
+    rope_dimensions,
+    rope_parameters,
+    sliding_layers,
+)
 from .gguf_vocab import add_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -89,9 +99,14 @@ def check_family(config) -> GGUFFamily:
         raise CompactLMError(
             f"GGUF export does not support model_type='{model_type}'. Supported: {', '.join(sorted(FAMILIES))}. "
             f"Save the Hugging Face checkpoint and convert it with llama.cpp's convert_hf_to_gguf.py if it knows the family.")
-    family = FAMILIES[model_type]
     adapter = adapter_for(config)
-    found = problems(family, config, adapter.architecture(config), adapter.biases(config))
+    arch = adapter.architecture(config)
+    family = layout_for(FAMILIES[model_type], arch)
+    if family is not FAMILIES[model_type]:
+        logger.info("GGUF export: %s with hidden_size=%d != %d heads x head_dim %d, which llama.cpp's %s sizes as "
+                    "hidden x hidden: written as llama.cpp's %s arch", model_type, arch.hidden_size,
+                    arch.num_attention_heads, arch.head_dim, FAMILIES[model_type].arch, family.arch)
+    found = problems(family, config, arch, adapter.biases(config))
     if found:
         raise CompactLMError(f"GGUF export: llama.cpp's {family.arch} cannot run this {model_type} model as "
                              f"transformers does: {'; '.join(found)}.")
@@ -255,7 +270,8 @@ def _gguf_name(name_map, hf_name: str) -> str:
 
 
 def _transformed(family: GGUFFamily, config, hf_name: str, data: np.ndarray) -> np.ndarray:
-    """One tensor as llama.cpp reads it: q/k rows permuted for "NORM" rope, ``1 + w`` norms pre-added."""
+    """One tensor as llama.cpp reads it: q/k rows (weights and biases) permuted for "NORM" rope, ``1 + w`` norms
+    pre-added."""
     if family.permute_qk and (".q_proj." in hf_name or ".k_proj." in hf_name):
         heads = config.num_attention_heads if ".q_proj." in hf_name else \
             (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)

@@ -7,7 +7,9 @@ the architecture requires or never reads, family metadata keys and generated ten
 what the architecture's C++ graph hard-codes (activation, which biases it reads, whether q/o are
 ``hidden x hidden``, whether the router renormalises its top-k weights, the attention scale), so that
 a model llama.cpp would run differently from transformers is refused with the reason
-(:func:`problems`) instead of being written as a file that loads and computes something else.
+(:func:`problems`) instead of being written as a file that loads and computes something else — or,
+where another arch runs it exactly (a hidden-pruned Qwen2 as ``llama``), written as that arch
+(:func:`layout_for`).
 
 Checked against llama.cpp's converter (``conversion/{llama,qwen,gemma,phi,olmo,granite,nemotron}.py``)
 and loader (``src/models/<arch>.cpp``) as vendored by llama-cpp-python 0.3.36.
@@ -43,6 +45,7 @@ class GGUFFamily:
     keys: Callable | None = None                # (writer, config, arch) -> None: family metadata
     tensors: Callable | None = None             # (config) -> {gguf name: f32 array}: generated tensors
     checks: Callable | None = None              # (config, arch) -> [reason]: what else the arch hard-codes
+    hidden_pruned: GGUFFamily | None = None     # hidden_is_heads archs: the layout a hidden-pruned model gets
 
 
 # ---- config readers ---------------------------------------------------------------------------
@@ -237,18 +240,21 @@ def _olmoe_checks(config, arch) -> list[str]:
 
 _LLAMA_ROPE = ("default", "linear", "yarn", "llama3")
 
+# llama.cpp's llama arch: q/o sized by heads x head_dim (key_length), every bias optional.
+_LLAMA = GGUFFamily("llama", permute_qk=True, biases=(True, True, True), rope_types=_LLAMA_ROPE, tensors=_rope_freqs)
+
 # model_type -> llama.cpp layout. Mistral and Mixtral are llama.cpp's "llama" (as its converter
-# registers them); Mixtral's experts go into the same arch's ffn_*_exps tensors.
+# registers them); Mixtral's experts go into the same arch's ffn_*_exps tensors. A hidden-pruned
+# Qwen2 (hidden_size != heads x head_dim, which llama.cpp's qwen2 cannot size) is written as llama
+# with its q/k/v biases: the same network in llama.cpp's other rotary layout.
 FAMILIES: dict[str, GGUFFamily] = {
-    "llama": GGUFFamily("llama", permute_qk=True, biases=(True, True, True), rope_types=_LLAMA_ROPE,
-                        tensors=_rope_freqs),
-    "mistral": GGUFFamily("llama", permute_qk=True, biases=(True, True, True), rope_types=_LLAMA_ROPE,
-                          tensors=_rope_freqs),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
     "mixtral": GGUFFamily("llama", permute_qk=True, biases=(True, True, False), norm_topk=True,
                           rope_types=_LLAMA_ROPE, tensors=_rope_freqs),
     "granite": GGUFFamily("granite", permute_qk=True, biases=(True, True, True), rope_types=_LLAMA_ROPE,
                           keys=_granite_keys, tensors=_rope_freqs),
-    "qwen2": GGUFFamily("qwen2", hidden_is_heads=True),
+    "qwen2": GGUFFamily("qwen2", hidden_is_heads=True, hidden_pruned=_LLAMA),
     "qwen3": GGUFFamily("qwen3"),
     "qwen2_moe": GGUFFamily("qwen2moe", hidden_is_heads=True, output="required", norm_topk=False,
                             keys=_qwen_moe_keys),
@@ -268,6 +274,22 @@ FAMILIES: dict[str, GGUFFamily] = {
 }
 
 
+def heads_fill_hidden(arch) -> bool:
+    """Whether q and o are ``hidden x hidden`` (``heads x head_dim == hidden_size``), as before hidden pruning."""
+    return arch.num_attention_heads * arch.head_dim == arch.hidden_size
+
+
+def layout_for(family: GGUFFamily, arch) -> GGUFFamily:
+    """``family``, or its ``hidden_pruned`` layout when the model's q/o are not ``hidden x hidden``.
+
+    Like llama.cpp's converter, a model whose family arch can hold it keeps that arch (Qwen2 stays
+    qwen2); only a shape the arch cannot size moves to the fallback.
+    """
+    if family.hidden_pruned is not None and not heads_fill_hidden(arch):
+        return family.hidden_pruned
+    return family
+
+
 def problems(family: GGUFFamily, config, arch, biases: tuple[bool, bool, bool]) -> list[str]:
     """Why llama.cpp would compute something else than transformers for ``config`` (empty: it would not).
 
@@ -284,7 +306,7 @@ def problems(family: GGUFFamily, config, arch, biases: tuple[bool, bool, bool]) 
     for part, has, read in zip(("q/k/v", "o_proj", "MLP"), biases, family.biases):
         if has and not read:
             found.append(f"{part} biases, which llama.cpp's {family.arch} does not read")
-    if family.hidden_is_heads and arch.num_attention_heads * arch.head_dim != arch.hidden_size:
+    if family.hidden_is_heads and not heads_fill_hidden(arch):
         found.append(f"hidden_size={arch.hidden_size} != num_attention_heads x head_dim = {arch.num_attention_heads} "
                      f"x {arch.head_dim}; llama.cpp's {family.arch} sizes q and o as hidden x hidden (prune heads "
                      f"and hidden together, or keep both)")

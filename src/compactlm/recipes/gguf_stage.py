@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..export.gguf import export_gguf
 from ..export.gguf_vocab import find_gguf_source
-from ..models import load_model
+from ..models import llama_with_biases, load_model
 from .records import GGUF_LABEL, EvalRow, ExportRecord, GGUFFile
 from .run_dir import RunLayout
 
@@ -43,29 +43,42 @@ def transformers_reads(arch: str | None) -> bool:
         GGUF_SUPPORTED_ARCHITECTURES
 
 
+def transformers_problem(f: GGUFFile) -> str | None:
+    """Why transformers' GGUF loader cannot read ``f`` as the student (None: it can): an architecture it lacks
+    (olmo2, granite, olmoe), or a llama file with biases (a hidden-pruned Qwen2), whose biases it would drop."""
+    if not transformers_reads(f.arch):
+        return f"transformers' GGUF loader has no '{f.arch}' architecture"
+    # a missing file is left to the loader, which names it
+    if f.arch == "llama" and Path(f.path).is_file() and llama_with_biases(f.path):
+        return "written as llama arch with biases, which transformers' GGUF loader cannot read"
+    return None
+
+
 def gguf_entries(recipe, export: ExportRecord | None) -> list[tuple[str, str]]:
-    """(label, path) of each exported file for the eval table, if the recipe asks to score them; a file of an
-    architecture transformers cannot load (olmo2, granite, olmoe) is skipped with the reason."""
+    """(label, path) of each exported file for the eval table, if the recipe asks to score them; a file
+    transformers cannot read (:func:`transformers_problem`) is skipped with the reason."""
     if not recipe.export.evaluate or export is None:
         return []
     step = recipe.steps[-1].name
     entries = []
     for f in export.files:
         label = f"{step}: {GGUF_LABEL}{f.quant}"
-        if transformers_reads(f.arch):
+        problem = transformers_problem(f)
+        if problem is None:
             entries.append((label, f.path))
         else:
-            logger.warning("eval %s: skipped: transformers' GGUF loader has no '%s' architecture; score this file "
-                           "with llama.cpp (benchmarks/gguf_llamacpp.py)", label, f.arch)
+            logger.warning("eval %s: skipped: %s; score this file with llama.cpp (benchmarks/gguf_llamacpp.py)",
+                           label, problem)
     return entries
 
 
 def loader_mismatch(label: str, info: dict, rows: list[EvalRow]) -> str | None:
     """Why a GGUF file's transformers reading does not stand for the student, or ``None``.
 
-    transformers' GGUF loader rebuilds the config from a few keys (it reads no bias switches for
-    Llama and no ``head_dim`` for Qwen3); when the rebuilt model differs from the student, its
-    scores would describe a different network, so the row is skipped with this reason.
+    transformers' GGUF loader rebuilds the config from a few keys (it reads no ``head_dim`` for Qwen3,
+    and no bias switches for Llama: those files are skipped before loading, :func:`transformers_problem`);
+    when the rebuilt model differs from the student, its scores would describe a different network, so
+    the row is skipped with this reason.
     """
     if GGUF_LABEL not in label:
         return None
