@@ -55,10 +55,12 @@ def text_file(tmp_path) -> Path:
     return path
 
 
-LONGEST = "test_smollm2_run.py"   # ~2 min on one core: started first, it never runs last and alone
+# ~2 min each on one core (the second de-quantises two built-in teachers on a fresh machine): started first,
+# they never run last and alone
+LONGEST = ("test_smollm2_run.py", "test_real_weights.py")
 
 
 def pytest_collection_modifyitems(items):
-    """The longest file, then the other tests of the real teacher, first: under `make test`'s workers (whole files
+    """The longest files, then the other tests of the real teacher, first: under `make test`'s workers (whole files
     each) they must not be the last ones running while the other cores idle."""
-    items.sort(key=lambda item: (item.path.name != LONGEST, item.get_closest_marker("slow") is None))
+    items.sort(key=lambda item: (item.path.name not in LONGEST, item.get_closest_marker("slow") is None))
