@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-real test-fast lint clean
 
 $(BIN)/compactlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,10 @@ $(BIN)/compactlm: pyproject.toml
 
 setup: $(BIN)/compactlm
 
+# `make run RECIPE=gemma3-270m` (or qwen2.5-coder-0.5b, or a YAML path): another shipped recipe, into runs/<name>.
+RECIPE ?= default
 run: setup
-	$(BIN)/compactlm run --out runs/default --overwrite
+	$(BIN)/compactlm run $(RECIPE) --out runs/$(patsubst %.yaml,%,$(notdir $(RECIPE))) --overwrite
 
 # One worker per core (at most 4: each may hold the real teacher), whole files per worker so module fixtures run once.
 test: setup
@@ -39,6 +41,10 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+# The second real teacher (Gemma 3 270M) through exactness and its shipped recipe; CI runs these within `make test`.
+test-real: setup
+	$(BIN)/python -m pytest -q tests/prune/test_real_weights.py tests/slow/test_real_teacher_run.py
 
 test-fast: setup
 	COMPACTLM_SKIP_SLOW=1 $(BIN)/python -m pytest -q -m "not slow"
