@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from compactlm.cli import main as cli
     from compactlm.data import read_documents
     from compactlm.hardware import device_kind
+    from compactlm.errors import CompactLMError
     from compactlm.io import write_json_atomic
     from compactlm.models import load_model
 
@@ -152,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                 llm.create_completion(q, max_tokens=args.new_tokens, temperature=0.0)["choices"][0]["text"]
                 for q in PROMPTS]
             del llm
-            loaded = load_model(str(path), with_tokenizer=False)
+            try:
+                loaded = load_model(str(path), with_tokenizer=False)
+            except CompactLMError as err:   # e.g. a hidden-pruned Qwen2 written as llama with biases
+                print(f"transformers' GGUF loader cannot read {quant}: {err}")
+                continue
             nll, count = hf_nll(loaded, windows)
             rows.append({"model": f"GGUF {quant}", "runtime": "transformers GGUF loader", "file_mb": mb,
                          "ppl": math.exp(nll / count)})
