@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from compactlm.cli import main as cli
     from compactlm.data import read_documents
-    from compactlm.hardware import device_kind
     from compactlm.errors import CompactLMError
+    from compactlm.hardware import device_kind
     from compactlm.io import write_json_atomic
     from compactlm.models import load_model
 
