@@ -57,7 +57,7 @@ def text_file(tmp_path) -> Path:
 
 # ~2 min each on one core (the second de-quantises two built-in teachers on a fresh machine): started first,
 # they never run last and alone
-LONGEST = ("test_smollm2_run.py", "test_real_weights.py")
+LONGEST = ("test_smollm2_run.py", "test_real_weights.py", "test_real_teacher_run.py")
 
 
 def pytest_collection_modifyitems(items):

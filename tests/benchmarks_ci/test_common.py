@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 
 import pytest
@@ -37,11 +38,14 @@ def test_run_child_reads_the_last_line_and_reports_failure(tmp_path, monkeypatch
 
 
 def test_peak_rss_sees_a_transient_allocation():
+    # Fresh anonymous pages: a bytearray may reuse heap memory that earlier tests in this worker freed but
+    # the allocator kept resident, and then the resident set does not grow at all.
     with PeakRSS(interval=0.001) as rss:
-        block = bytearray(64 * 2**20)
-        block[::4096] = b"x" * len(block[::4096])   # touch every page
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), 4096):    # touch every page
+            block[offset] = 1
         time.sleep(0.05)                             # then hold it for a few samples
-        del block
+        block.close()
     assert rss.peak - rss.base > 48 * 2**20
 
 

@@ -3,7 +3,8 @@
 The budgets are shrunk by --set overrides as in test_smollm2_run.py; what is checked is what the
 random tiny models cannot show: the student reaches ~60% of 268M parameters through hidden-size
 pruning, reloads with plain transformers with a `layer_types` that follows the kept layers, generates
-the same with and without the KV cache, and its q8_0 GGUF (llama.cpp arch gemma3) scores like it.
+the same with and without the KV cache. (Its GGUF export is measured in llama.cpp by
+benchmarks/gguf_llamacpp.py, docs/real-teachers.md; the tiny-model export tests cover the gemma3 layout.)
 `make test-real` runs this file (CI runs it with the rest of the slow tests).
 """
 
@@ -25,9 +26,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(builtin_missing("gemma3-270m"
 
 TINY_BUDGETS = [
     "data.seq_len=256", "data.heldout_samples=2", "importance.samples=8", "importance.layer_loss_samples=0",
-    "steps.0.search.max_candidates=3", "steps.0.search.top_k=1", "steps.0.search.distill_tokens=1024",
+    "steps.0.search.max_candidates=2", "steps.0.search.top_k=0",
     "steps.0.distill.tokens=2048", "steps.0.distill.train.val_every=0", "steps.0.distill.train.checkpoint_every=0",
-    "eval.tasks=[ppl:exllamav2:c4]", "eval.limit=2", "eval.max_new_tokens=4",
+    "eval.tasks=[]", "eval.prompts=[]", "export.gguf=[]",
 ]
 
 
@@ -39,10 +40,10 @@ def test_gemma_recipe_with_tiny_budgets(tmp_path, capsys):
         args += ["--set", item]
     assert main(args) == 0
     rows = {r["model"]: r for r in json.loads(layout.eval.read_text())["rows"]}
-    teacher, student, gguf = rows["teacher"], rows["student: distilled"], rows["student: GGUF q8_0"]
+    teacher, pruned, student = rows["teacher"], rows["student: pruned"], rows["student: distilled"]
     assert 0.57 < student["parameters"] / teacher["parameters"] < 0.63
     assert student["architecture"]["hidden_size"] < 640            # the embedding is 63%: only hidden reaches 60%
-    assert gguf["metrics"]["heldout_ppl"] == pytest.approx(student["metrics"]["heldout_ppl"], rel=0.05)
+    assert student["metrics"]["heldout_ppl"] < pruned["metrics"]["heldout_ppl"]      # measured: 66K vs 1.4M
 
     path = out / "student" / "distilled"
     plan = PrunePlan.load(path)
