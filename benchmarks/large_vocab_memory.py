@@ -1,6 +1,6 @@
 """The memory of a 262K-token vocabulary's logits, chunked as compactlm computes them vs all at once.
 
-    python -m benchmarks.large_vocab_memory [--model gemma3-270m] [--batch 4] [--micro-batch 2] [--seq-len 512]
+    python -m benchmarks.large_vocab_memory [--model gemma3-270m] [--batch 4] [--seq-len 512]
 
 On the real teacher (Gemma 3 270M by default: 262,144 x 640 tied embedding), in one process, the
 peak resident memory above the loaded model (sampled every 2 ms) of:
@@ -8,11 +8,8 @@ peak resident memory above the loaded model (sampled every 2 ms) of:
 - the held-out LM loss of ``--batch`` blocks (``lm_loss``; used by the search proxy, the layer-loss
   importance metric and the run's evaluation): ``logit_chunk_tokens(V)`` tokens of logits at a time
   vs the whole batch's logits;
-- one distillation loss + backward on ``--micro-batch`` blocks with the teacher's final hidden
-  states (``ChunkedLogitLoss``, forward KL): ``--chunk`` tokens at a time vs all at once
-  (``chunk_size: null``);
-
 plus the analytic size of one batch's float32 logits, so the table says what the chunking saves.
+(The distillation loss is chunked by ``loss.chunk_size``; its memory is in ``compactlm plan``'s model.)
 Writes ``benchmarks/results/large_vocab_memory.json``. Nothing here runs in CI.
 """
 
@@ -39,29 +36,6 @@ def _lm_loss_peak(model, blocks, batch: int, chunked: bool) -> tuple[float, floa
     return (m.peak - m.base) / MB, value
 
 
-def _kd_peak(model, ids, chunk: int | None) -> tuple[float, float]:
-    import torch
-
-    from compactlm.arch import LogitTransform
-    from compactlm.distill.losses import ChunkedLogitLoss, make_loss
-
-    body, head = model.model, model.get_output_embeddings()
-    transform = LogitTransform.of(model.config)
-    with torch.no_grad():
-        teacher_hidden = body(input_ids=ids).last_hidden_state[:, :-1].flatten(0, 1)
-    labels = ids[:, 1:].flatten()
-    mask = torch.ones_like(labels, dtype=torch.float32)
-    loss = ChunkedLogitLoss(make_loss("forward_kl"), chunk)
-    gc.collect()
-    with PeakRSS() as m:
-        hidden = body(input_ids=ids).last_hidden_state[:, :-1].flatten(0, 1)
-        terms = loss(hidden, head, teacher_hidden, head, labels, mask, 1 / len(labels), 0.0,
-                     None if transform.identity else transform, None if transform.identity else transform)
-        terms.total.backward()
-    model.zero_grad(set_to_none=True)
-    return (m.peak - m.base) / MB, float(terms.kd) / len(labels)
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -74,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--batch", type=int, default=4, help="blocks per LM-loss batch")
-    p.add_argument("--micro-batch", type=int, default=2, help="blocks per distillation micro-batch")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--chunk", type=int, default=512, help="tokens per chunk of the distillation loss")
     p.add_argument("--out", default=str(RESULTS / "large_vocab_memory.json"))
     args = p.parse_args(argv)
 
@@ -90,15 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         tokens = logit_chunk_tokens(vocab) if chunked else args.batch * args.seq_len
         rows.append({"stage": "held-out LM loss", "batch": f"{args.batch} x {args.seq_len}",
                      "logits_at_once": f"{min(tokens, args.batch * args.seq_len)} tokens",
-                     "peak_mb": peak, "value": value})
-    model.train()
-    for p_ in model.parameters():
-        p_.requires_grad_(True)
-    ids = blocks[: args.micro_batch]
-    for chunk in (args.chunk, None):
-        peak, value = _kd_peak(model, ids, chunk)
-        rows.append({"stage": "distillation loss + backward", "batch": f"{args.micro_batch} x {args.seq_len}",
-                     "logits_at_once": f"{chunk or args.micro_batch * args.seq_len} tokens",
                      "peak_mb": peak, "value": value})
     logits_mb = args.batch * args.seq_len * vocab * 4 / MB
     machine = device_kind("cpu")
