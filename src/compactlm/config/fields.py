@@ -103,4 +103,17 @@ def _path_text(value):
 
 
 PathText = Annotated[str, BeforeValidator(_path_text)]
+
+
+def _bytes(value):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a size such as 300MB, 2GB or 1.5GiB, got {clip(repr(value), 40)}")
+    try:
+        return parse_bytes(value)
+    except CompactLMError as err:
+        raise ValueError(str(err)) from None
+
+
+Bytes = Annotated[int, BeforeValidator(_bytes)]
+"""a size in bytes: 300MB, 2GB (powers of 1000), 1.5GiB (powers of 1024) or a plain byte count"""
 """a file or folder path (a ``str`` or ``pathlib.Path``), kept as text"""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import Field, Strict
+from pydantic import BeforeValidator, Field, Strict
 from pydantic.dataclasses import dataclass
 
 from .fields import (
@@ -31,6 +31,7 @@ from .fields import (
     DEFAULT_MODEL,
     DEFAULT_PROMPTS,
     Bool,
+    Bytes,
     Count,
     Fraction,
     Int,
@@ -173,16 +174,107 @@ class SearchSpaceArgs:
         return {a: v for a, v in dataclasses.asdict(self).items() if v is not None}
 
 
+FLOAT_WEIGHTS = ("float32", "bfloat16", "float16")
+
+
+@dataclass(config=CONFIG)
+class MemoryBudget:
+    """Deployed memory: the weights in the deployed type, the KV cache at ``seq_len`` x ``batch`` and any recurrent state
+    (analytic, docs/search.md)."""
+
+    limit: Bytes
+    """the budget: 300MB, 2GB (powers of 1000), 1.5GiB (powers of 1024) or bytes"""
+    weights: str = "bfloat16"
+    """the deployed type: float32, bfloat16, float16 (transformers) or a GGUF type such as q8_0, q4_0 (llama.cpp)"""
+    kv_cache: Literal["float32", "bfloat16", "float16"] | None = None
+    """the KV cache's type (default: float16 for a GGUF type, as llama.cpp; else the weights' type)"""
+    seq_len: Count = 2048
+    """tokens of context the cache holds (prompt + generated)"""
+    batch: Count = 1
+    """sequences decoded at once"""
+
+    @property
+    def gguf(self) -> bool:
+        return self.weights not in FLOAT_WEIGHTS
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.kv_cache or ("float16" if self.gguf else self.weights)
+
+
+def _memory_shorthand(value):
+    """``memory: 300MB`` is ``memory: {limit: 300MB}``."""
+    return {"limit": value} if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+LATENCY_BOUNDS = ("decode_ms", "decode_tokens_per_s", "prefill_tokens_per_s")
+
+
+@dataclass(config=CONFIG)
+class LatencyBudget:
+    """Speed on a target runtime, measured on randomly initialised weights of each candidate's shape (docs/search.md)."""
+
+    runtime: Literal["llamacpp", "hf"] = "llamacpp"
+    """llamacpp (a GGUF file of the candidate in llama.cpp, through llama-cpp-python) or hf (transformers' generate)"""
+    weights: str | None = None
+    """the measured type: a GGUF type for llamacpp (default q8_0), float32/bfloat16/float16 for hf (default float32)"""
+    device: str = "cpu"
+    """hf: cpu, cuda or cuda:N (llama.cpp runs on the CPU)"""
+    threads: Count | None = None
+    """CPU threads (default: one per core)"""
+    prompt: Count = 128
+    """prompt tokens (the prefill)"""
+    batch: Count = 1
+    """sequences at once (llamacpp: 1)"""
+    new_tokens: Count = 32
+    """decoded tokens timed after the prefill"""
+    repeats: Annotated[int, Strict(), Field(ge=2)] = 5
+    """timed runs per candidate (after one warm-up); their spread decides ties"""
+    decode_ms: Positive | None = None
+    """at most this many milliseconds per decoding step (one token of each sequence)"""
+    decode_tokens_per_s: Positive | None = None
+    """at least this many decoded tokens per second, all sequences together"""
+    prefill_tokens_per_s: Positive | None = None
+    """at least this many prompt tokens per second, all sequences together"""
+
+    def __post_init__(self):
+        if all(getattr(self, b) is None for b in LATENCY_BOUNDS):
+            raise ValueError(f"give at least one bound: {', '.join(LATENCY_BOUNDS)}")
+        if self.runtime == "llamacpp" and self.batch != 1:
+            raise ValueError(f"batch={self.batch}: the llamacpp runtime decodes one sequence; use runtime hf for "
+                             f"batches")
+        if self.runtime == "hf" and self.weights is not None and self.weights not in FLOAT_WEIGHTS:
+            raise ValueError(f"weights={self.weights!r}: the hf runtime runs {', '.join(FLOAT_WEIGHTS)}; GGUF types "
+                             f"are for runtime llamacpp")
+        if self.runtime == "llamacpp" and self.weights in FLOAT_WEIGHTS:
+            raise ValueError(f"weights={self.weights!r}: the llamacpp runtime measures a GGUF type (f32, f16, q8_0, "
+                             f"q4_0, ...)")
+
+    @property
+    def measured_type(self) -> str:
+        return self.weights or ("q8_0" if self.runtime == "llamacpp" else "float32")
+
+    @property
+    def metric(self) -> str:
+        """The bound the frontier is drawn against: the first one given."""
+        return next(b for b in LATENCY_BOUNDS if getattr(self, b) is not None)
+
+
 @dataclass(config=CONFIG)
 class SearchArgs:
     """What to search and how to rank."""
 
-    target_params: ParamTarget = "0.667"
-    """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667)"""
+    target_params: ParamTarget | None = "0.667"
+    """parameter budget: a count (90M, 1.5B) or a fraction of the teacher (0.667); None with a memory budget: the
+    largest candidates that fit it"""
     tolerance: Fraction = 0.05
     """candidates lie within target x (1 ± tolerance) (paper: 5%)"""
     active_params: ParamTarget | None = None
     """MoE models: also a budget of parameters touched per token (a count, or a fraction of the teacher's), ± tolerance"""
+    memory: Annotated[MemoryBudget | None, BeforeValidator(_memory_shorthand)] = None
+    """deployed-memory budget: 300MB, or {limit: 2GB, weights: q4_0, seq_len: 8192, batch: 4}"""
+    latency: LatencyBudget | None = None
+    """speed budget measured on a runtime: {runtime: llamacpp, weights: q4_0, decode_ms: 10, prompt: 128}"""
     space: SearchSpaceArgs | None = None
     """explicit sizes per axis ({hidden_size: [...], ...}); axes left out keep the teacher's size; None derives one"""
     max_depth_cut: Fraction = 0.2
