@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Iterable
 
+import yaml
 from pydantic import ValidationError
 
 from ..config import TokenCount, parse_tokens
@@ -88,6 +89,20 @@ class _Deprecated(argparse.Action):
         print(f"compactlm: {option_string} is deprecated; use {self.new} (the Hugging Face config name). "
               f"The old spelling will be removed in the next release.", file=sys.stderr)
         setattr(namespace, self.dest, values)
+
+
+def section_flag(text: str) -> str | dict:
+    """``limit=2GB,seq_len=8192,batch=4`` → a mapping (values read as YAML scalars: 8192 is an int, q4_0 text); text
+    without ``=`` (``300MB``) is returned as is, for a section with a shorthand."""
+    if "=" not in text:
+        return text
+    values = {}
+    for item in (i for i in text.split(",") if i.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs separated by commas, got '{clip(item, 40)}'")
+        values[key.strip()] = yaml.safe_load(value.strip())
+    return values
 
 
 def add_flags(parser, cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (),

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from ..data import load_blocks
+from ..deploy import tokenizer_source
 from ..distill import TrainArgs, distill, finetune
 from ..distill.checkpoint import latest_checkpoint
 from ..distill.checks import blocks_fingerprint, check_blocks_fit
@@ -316,7 +317,8 @@ def _compress(step, teacher_path, step_dir: StepLayout, state: _State, models: _
                             train_blocks=train_blocks, tokenizer=tokenizer,
                             train_args=dataclasses.replace(train, device=train.device if train.device != "auto"
                                                            else recipe.device),
-                            loss=step.distill.loss, resume=resume)
+                            loss=step.distill.loss, resume=resume,
+                            tokenizer_source=tokenizer_source(str(teacher_path)) if args.latency else None)
             winner = result.winner
             retrained = step_dir.search.retrained(winner["name"])
             return SearchRecord(winner={a: winner[a] for a in AXES if a in winner}, name=winner["name"], params=winner["params"],

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from ..arch import Architecture, adapter_named
 from ..arch.params import ParamLayout, count_active_parameters, count_parameters
 from ..config import AXES, SHORT
+from ..config.options import MemoryBudget
+from ..deploy import deployed_memory
 from ..errors import CompactLMError
 from ..readers import clip
 
@@ -165,33 +167,57 @@ def _family_accepts(arch: Architecture, model_type: str) -> bool:
 
 
 def enumerate_candidates(space: SearchSpace, source: Architecture, layout: ParamLayout, model_type: str,
-                         target_params: int, tolerance: float = 0.05,
-                         max_candidates: int | None = None, active_params: int | None = None) -> list[Candidate]:
+                         target_params: int | None, tolerance: float = 0.05,
+                         max_candidates: int | None = None, active_params: int | None = None,
+                         memory: MemoryFit | None = None) -> list[Candidate]:
     """Every valid architecture of ``space`` within ``target_params * (1 ± tolerance)``.
 
     With ``active_params`` (MoE models) a candidate must also touch ``active_params * (1 ± tolerance)``
-    parameters per token. Sorted by distance to the target(s), relative. With ``max_candidates``
+    parameters per token; with ``memory`` its deployed memory must fit the budget. Without
+    ``target_params`` (a memory budget alone) the target is the largest parameter count that fits
+    and the candidates lie within ``target * (1 - 2 tolerance)`` of it, the same width of band.
+    Sorted by distance to the target(s), relative. With ``max_candidates``
     only the nearest are kept. Raises with the nearest misses when nothing fits.
     """
     if not 0 <= tolerance < 1:
         raise CompactLMError(f"tolerance={tolerance!r}: expected a fraction in [0, 1), e.g. 0.05 for ±5%.")
+    if target_params is None and memory is None:
+        raise CompactLMError("A search needs a budget: target_params, or a memory budget (search.memory).")
+    combos = []
+    for values in itertools.product(*(getattr(space, a) for a in AXES)):
+        arch = source.replace(**dict(zip(AXES, values)))
+        if _fits_the_heads(arch, source):
+            active = count_active_parameters(arch, layout) if source.is_moe else None
+            combos.append(Candidate(arch, count_parameters(arch, layout), active))
+    band = (1 - tolerance, 1 + tolerance)
+    if target_params is None:   # the largest that fits the memory budget sets the target
+        target_params = max((c.params for c in combos if memory.fits(c.arch)), default=None)
+        band = (1 - 2 * tolerance, 1.0)
+        if target_params is None:
+            smallest = min(combos, key=lambda c: memory.bytes(c.arch))
+            raise CompactLMError(f"No architecture in the search space fits the memory budget "
+                                 f"({memory.describe(smallest.arch)}); the smallest is {smallest.name}. Raise the "
+                                 f"budget, shorten seq_len or batch, quantize the weights, or widen the search space.")
 
     def within(count: int, target: int) -> bool:
-        return target * (1 - tolerance) <= count <= target * (1 + tolerance)
+        return target * band[0] <= count <= target * band[1]
 
     def distance(c: Candidate) -> float:
         d = abs(c.params / target_params - 1)
         return d + (abs(c.active_params / active_params - 1) if active_params else 0.0)
 
     inside, outside = [], []
-    for values in itertools.product(*(getattr(space, a) for a in AXES)):
-        arch = source.replace(**dict(zip(AXES, values)))
-        if not _fits_the_heads(arch, source):
-            continue
-        params = count_parameters(arch, layout)
-        active = count_active_parameters(arch, layout) if source.is_moe else None
-        fits = within(params, target_params) and (not active_params or within(active, active_params))
-        (inside if fits else outside).append(Candidate(arch, params, active))
+    for c in combos:
+        fits = within(c.params, target_params) and (not active_params or within(c.active_params, active_params))
+        (inside if fits else outside).append(c)
+    if memory is not None:
+        over = [c for c in inside if not memory.fits(c.arch)]
+        if over and len(over) == len(inside):
+            closest = min(over, key=lambda c: memory.bytes(c.arch))
+            raise CompactLMError(f"No architecture within the parameter budget fits the memory budget: the closest is "
+                                 f"{closest.name} ({memory.describe(closest.arch)}). Raise the memory budget, lower "
+                                 f"target_params, shorten seq_len or batch, or quantize the weights.")
+        inside = [c for c in inside if memory.fits(c.arch)]
     inside.sort(key=distance)
     accepted = _spread_over_hidden_sizes(inside, max_candidates or len(inside), lambda c: _family_accepts(c.arch, model_type))
     if max_candidates and len(inside) > max_candidates:
@@ -241,15 +267,41 @@ def _spread_over_hidden_sizes(ranked: list[Candidate], keep: int, accepts: Calla
     return [c for c in ranked if id(c) in chosen]
 
 
+@dataclass(frozen=True)
+class MemoryFit:
+    """The deployed memory of a candidate against a :class:`~compactlm.config.options.MemoryBudget`."""
+
+    budget: MemoryBudget
+    config: object          # the teacher's transformers config: family, biases, tied embeddings, layer kinds
+
+    def bytes(self, arch: Architecture) -> int:
+        return deployed_memory(arch, self.config, self.budget).total
+
+    def fits(self, arch: Architecture) -> bool:
+        return self.bytes(arch) <= self.budget.limit
+
+    def describe(self, arch: Architecture) -> str:
+        b = self.budget
+        return (f"{self.bytes(arch) / 1e6:,.1f} MB in {b.weights} with a {b.kv_dtype} KV cache of {b.seq_len:,} tokens "
+                f"x {b.batch} against {b.limit / 1e6:,.1f} MB")
+
+
 def candidates_of(args, source: Architecture, layout: ParamLayout, model_type: str,
-                  target_params=None) -> tuple[SearchSpace, list[Candidate], int, int | None]:
+                  target_params=None, config=None) -> tuple[SearchSpace, list[Candidate], int, int | None]:
     """(space, candidates, target, active target) of :class:`~compactlm.config.SearchArgs` ``args`` for a teacher.
 
-    ``target_params`` overrides ``args.target_params`` (a recipe step's budget). The one place the
-    search and the planner turn settings into candidates.
+    ``target_params`` overrides ``args.target_params`` (a recipe step's budget). ``config`` (the
+    teacher's) is needed for a memory budget. With a latency budget twice ``max_candidates`` are
+    returned: the search measures them and keeps ``max_candidates`` of those that meet it. The one
+    place the search and the planner turn settings into candidates.
     """
-    target = parse_param_target(args.target_params if target_params is None else target_params,
-                                count_parameters(source, layout))
+    given = args.target_params if target_params is None else target_params
+    target = None if given is None else parse_param_target(given, count_parameters(source, layout))
+    memory = None
+    if args.memory is not None:
+        if config is None:
+            raise CompactLMError("A memory budget needs the teacher's config (candidates_of(..., config=...)).")
+        memory = MemoryFit(args.memory, config)
     active = None
     if args.active_params is not None:
         if not source.is_moe:
@@ -259,9 +311,11 @@ def candidates_of(args, source: Architecture, layout: ParamLayout, model_type: s
         active = parse_param_target(args.active_params, count_active_parameters(source, layout))
     space = (SearchSpace.from_dict(args.space.given(), source) if args.space else
              SearchSpace.derive(source, max_depth_cut=args.max_depth_cut, prune_kv_heads=args.prune_kv_heads))
-    candidates = enumerate_candidates(space, source, layout, model_type, target, args.tolerance, args.max_candidates,
-                                      active)
+    pool = args.max_candidates * 2 if args.latency is not None and args.max_candidates else args.max_candidates
+    candidates = enumerate_candidates(space, source, layout, model_type, target, args.tolerance, pool, active, memory)
+    if target is None:   # the memory budget set it: the largest that fits
+        target = max(c.params for c in candidates)
     return space, candidates, target, active
 
 
-__all__ = ["AXES", "Candidate", "SearchSpace", "candidates_of", "enumerate_candidates", "parse_param_target"]
+__all__ = ["AXES", "Candidate", "MemoryFit", "SearchSpace", "candidates_of", "enumerate_candidates", "parse_param_target"]
