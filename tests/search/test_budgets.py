@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -164,3 +165,47 @@ def test_memory_budget_without_a_parameter_target_takes_the_largest_that_fits(tm
     assert candidates and all(deployed_memory(c.arch, config, args.memory).total <= limit for c in candidates)
     assert max(c.params for c in candidates) == target
     assert all(c.params >= target * 0.9 for c in candidates)
+
+
+def test_llamacpp_runtime_times_a_gguf_file_of_the_shape(tmp_path, monkeypatch):
+    """Skipped where llama-cpp-python is not built (`make llamacpp`); CI does not build it (6 minutes)."""
+    from export.gguf_fixtures import VOCAB, save_bpe_tokenizer
+    from transformers import LlamaConfig
+
+    from compactlm.deploy import import_llama_cpp
+
+    try:
+        import_llama_cpp()
+    except CompactLMError as err:
+        pytest.skip(str(err))
+    monkeypatch.setattr(latency_module, "cache_dir", lambda: tmp_path / "cache")
+    tokenizer = save_bpe_tokenizer(tmp_path / "bpe")
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=128)
+    budget = validate(SearchArgs, {"latency": {"weights": "q8_0", "decode_ms": 1000, "prompt": 16, "new_tokens": 4,
+                                               "repeats": 2}}).latency
+    lat = measure(config, budget, tokenizer_source=tokenizer)
+    assert len(lat.runs) == 2 and lat.median("prefill_tokens_per_s") > 0 and meets(lat, budget)
+    deeper = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": 8, "intermediate_size": 1024})
+    assert measure(deeper, budget, tokenizer_source=tokenizer).median("decode_ms") > lat.median("decode_ms")
+    with pytest.raises(CompactLMError, match="tokenizer"):
+        measure(config, dataclasses.replace(budget, repeats=3), tokenizer_source=None)
+
+
+def test_run_recipe_with_budgets_records_them(tmp_path, tiny_checkpoint, text_file, capsys, monkeypatch):
+    from recipes.run_fixtures import write_tiny_recipe
+
+    from compactlm.recipes.run_dir import RunLayout
+
+    monkeypatch.setattr(latency_module, "cache_dir", lambda: tmp_path / "cache")
+    recipe = write_tiny_recipe(tmp_path, tiny_checkpoint("llama"), text_file)
+    out = tmp_path / "run"
+    assert main(["-q", "run", str(recipe), "--out", str(out), "--set",
+                 "steps.0.search.latency={runtime: hf, decode_tokens_per_s: 1, prompt: 8, new_tokens: 4, repeats: 2}",
+                 "--set", "steps.0.search.memory={limit: 20MB, weights: float32, seq_len: 64}"]) == 0
+    step = RunLayout(out).step("student")
+    table = json.loads(step.search.candidates_json.read_text())
+    assert table["latency"]["metric"] == "decode_tokens_per_s" and table["memory"]["limit"] == 20_000_000
+    assert all("latency_rank" in r and r["memory_bytes"] <= 20_000_000 for r in table["candidates"])
+    report = RunLayout(out).report.read_text()
+    assert "quality/speed frontier" in report

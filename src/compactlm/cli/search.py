@@ -6,7 +6,7 @@ import argparse
 import shutil
 
 from ..config import AXES, SearchArgs, SearchSpaceArgs, TrainArgs
-from ..deploy import tokenizer_source
+from ..deploy import check_budgets, tokenizer_source
 from ..importance import ImportanceScores
 from ..io import check_output_dir
 from ..parallel import barrier
@@ -52,6 +52,7 @@ def run_search(args: argparse.Namespace) -> int:
     space = from_flags(SearchSpaceArgs, args)
     settings = from_flags(SearchArgs, args, space=space if space.given() else None, memory=args.memory,
                           latency=args.latency)
+    check_budgets(settings)   # a GGUF type, llama.cpp, the GPU: before anything is loaded
     train = from_flags(TrainArgs, args, only=SEARCH_TRAIN, device=args.device)
     scores = ImportanceScores.load(args.scores)
     model, tokenizer = model_from_args(args)

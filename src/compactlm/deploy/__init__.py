@@ -7,7 +7,7 @@
 
 from .latency import Latency, measure, meets, pareto, shortfall, tied_ranks
 from .memory import DeployedMemory, deployed_memory
-from .runtimes import import_llama_cpp, tokenizer_source
+from .runtimes import budget_problems, check_budgets, import_llama_cpp, tokenizer_source
 
-__all__ = ["DeployedMemory", "Latency", "deployed_memory", "import_llama_cpp", "measure", "meets", "pareto",
-           "shortfall", "tied_ranks", "tokenizer_source"]
+__all__ = ["DeployedMemory", "Latency", "budget_problems", "check_budgets", "deployed_memory", "import_llama_cpp",
+           "measure", "meets", "pareto", "shortfall", "tied_ranks", "tokenizer_source"]

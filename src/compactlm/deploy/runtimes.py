@@ -125,8 +125,9 @@ def _llamacpp_runs(config, budget: LatencyBudget, runs: int, tokenizer_source: P
     model = random_model(config)
     with tempfile.TemporaryDirectory(prefix="compactlm-latency-") as tmp:
         path = Path(tmp) / f"shape.{quant}.gguf"
-        export_gguf(model, path, quant=quant, gguf_source=gguf_source,
-                    hf_dir=None if gguf_source else tokenizer_source, name="latency probe")
+        export_gguf(model, path, quant=quant, gguf_source=gguf_source, hf_dir=None if gguf_source else tokenizer_source,
+                    tokenizer_pre=None if gguf_source else "default",   # how text splits does not change the speed
+                    name="latency probe")
         del model
         llm = llama_cpp.Llama(str(path), n_ctx=budget.prompt + budget.new_tokens + 8, n_batch=max(budget.prompt, 32),
                               n_ubatch=max(budget.prompt, 32), n_threads=budget.threads or torch.get_num_threads(),
@@ -158,6 +159,39 @@ def tokenizer_source(model: str) -> Path | None:
     return found
 
 
+def budget_problems(args) -> list[str]:
+    """What is wrong with the memory and latency budgets of :class:`~compactlm.config.SearchArgs` ``args`` before any
+    work starts: GGUF types this ``gguf`` package cannot write, a llama.cpp runtime that is not installed, a GPU that
+    is not there."""
+    problems = []
+    for where, kind, gguf in (("memory.weights", args.memory and args.memory.weights, args.memory and args.memory.gguf),
+                              ("latency.weights", args.latency and args.latency.measured_type,
+                               args.latency and args.latency.runtime == "llamacpp")):
+        if gguf:
+            try:
+                check_quant(kind)
+            except CompactLMError as err:
+                problems.append(f"{where}: {err}".rstrip("."))
+    if args.latency is not None and args.latency.runtime == "llamacpp":
+        try:
+            import_llama_cpp()
+        except CompactLMError as err:
+            problems.append(f"latency.runtime: {err}".rstrip("."))
+    if args.latency is not None and args.latency.runtime == "hf":
+        device = args.latency.device
+        if not (device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available())):
+            problems.append(f"latency.device={device!r}: expected cpu, or cuda/cuda:N on a machine with a GPU "
+                            f"(CUDA available: {torch.cuda.is_available()})")
+    return problems
+
+
+def check_budgets(args) -> None:
+    """Raise once with every :func:`budget_problems` of ``args``."""
+    problems = budget_problems(args)
+    if problems:
+        raise CompactLMError("Search budget: " + "; ".join(problems) + ".")
+
+
 def time_runs(config, budget: LatencyBudget, *, tokenizer_source: Path | None = None) -> list[Run]:
     """``budget.repeats`` timed runs of ``config``'s shape on ``budget.runtime``, after one warm-up (dropped)."""
     with _threads(budget.threads):
@@ -177,5 +211,5 @@ def runtime_version(budget: LatencyBudget) -> str:
     return f"llama-cpp-python {import_llama_cpp().__version__}"
 
 
-__all__ = ["LLAMA_CPP_BUILD", "LLAMA_CPP_DIR", "Run", "import_llama_cpp", "random_model", "runtime_version",
-           "time_runs", "tokenizer_source"]
+__all__ = ["LLAMA_CPP_BUILD", "LLAMA_CPP_DIR", "Run", "budget_problems", "check_budgets", "import_llama_cpp",
+           "random_model", "runtime_version", "time_runs", "tokenizer_source"]

@@ -7,6 +7,7 @@ from the exact parameter arithmetic. A step planned by budget is sized by its la
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -59,14 +60,14 @@ def recipe_workload(recipe: Recipe, step: StepSection, device: DeviceSpec, teach
                     eval_window=recipe.eval.window, device_type=device.type)
 
 
-def _student(step: StepSection, teacher: ModelShape, model_type: str, where: str = ""):
+def _student(step: StepSection, teacher: ModelShape, model_type: str, where: str = "", config=None):
     """(student shape, space, candidates, target) of one step: its fixed architecture (refused as ``prune`` refuses
     it: larger than the teacher, heads that do not divide, sizes the family cannot hold) or its largest candidate."""
     if step.architecture is not None:
         arch = PruneTarget.of(step.architecture).check(teacher.arch, model_type, where)
         return ModelShape(arch, teacher.layout), None, [], None
-    space, candidates, target, _ = candidates_of(step.search, teacher.arch, teacher.layout, model_type,
-                                                 step.target_params)
+    args = dataclasses.replace(step.search, target_params=step.target_params)   # None: a memory budget alone
+    space, candidates, target, _ = candidates_of(args, teacher.arch, teacher.layout, model_type, config=config)
     largest = max(candidates, key=lambda c: c.params)
     return ModelShape(largest.arch, teacher.layout), space, candidates, target
 
@@ -79,7 +80,7 @@ def plan_recipe(recipe: Recipe, device: DeviceSpec | None = None, config=None) -
     teacher, where = model_shape(config), f" (the teacher '{recipe.teacher}')"
     plans = []
     for step in recipe.steps:
-        student, space, candidates, target = _student(step, teacher, config.model_type, where)
+        student, space, candidates, target = _student(step, teacher, config.model_type, where, config)
         work = recipe_workload(recipe, step, device, teacher, student)
         plans.append(StepPlan(step.name, space, candidates, target, build_plan(teacher, student, work, device,
                                                                               label=f"step {step.name}")))

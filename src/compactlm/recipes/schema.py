@@ -25,6 +25,7 @@ from ..config import (
     StepSection,
     validate,
 )
+from ..deploy import budget_problems
 from ..errors import CompactLMError
 from ..evaluate import get_task
 from ..export.gguf import quant_types
@@ -87,8 +88,10 @@ def _check(recipe: Recipe) -> None:
             problems.append(f"steps[{i}].name={clip(step.name, 60)}: a step name is a folder of the run directory, so it "
                             f"must be a plain name of letters, digits, '_' and '-' (at most 64, not "
                             f"{'/'.join(RESERVED_NAMES)}), e.g. 'student' or 'step_90m'")
-        if step.architecture is None and step.target_params is None:
-            problems.append(f"steps[{i}]: give 'target_params' (search) or 'architecture' (fixed)")
+        if step.architecture is None and step.target_params is None and step.search.memory is None:
+            problems.append(f"steps[{i}]: give 'target_params' or 'search.memory' (search) or 'architecture' (fixed)")
+        if step.architecture is None:
+            problems += [f"steps[{i}].search.{p}" for p in budget_problems(step.search)]
     problems += _name_problems(recipe)
 
     for quant in recipe.export.gguf:

@@ -161,7 +161,9 @@ def _search_section(search: dict) -> list[str]:
     rows = search["candidates"]
     retrained = sum(r["retrained_loss"] is not None for r in rows)
     rho = search["rank_correlation"]
-    columns = ["name", "params", "proxy_loss", "proxy_rank", "retrained_loss", "retrained_rank"]
+    columns = ["name", "params", *(c for c in ("memory_bytes", "latency_median", "latency_rank", "pareto")
+                                    if any(c in r for r in rows)),
+               "proxy_loss", "proxy_rank", "retrained_loss", "retrained_rank"]
     return [f"<h3>Search</h3><p>{len(rows)} candidates within {search['tolerance']:.0%} of "
             f"{search['target_params'] / 1e6:.2f}M parameters (teacher {search['teacher_params'] / 1e6:.2f}M); "
             f"proxy = held-out LM loss after pruning, no retraining; the best "
@@ -169,8 +171,30 @@ def _search_section(search: dict) -> list[str]:
             f"({search['distill_tokens']:,} tokens). Spearman rank correlation proxy vs retrained: "
             f"{format(rho, '.3f') if rho is not None else 'n/a'}"
             f"{' (±1 by definition with two retrained candidates)' if retrained == 2 else ''}.</p>",
+            *_budgets(search),
             _table(columns, [[r[c] for c in columns] for r in rows], [r["selected"] for r in rows]),
-            _png(plots.search_scatter(rows))]
+            _png(plots.search_scatter(rows)),
+            *([_png(plots.speed_frontier(rows, search["latency"]["metric"], search["latency"]["unit"]))]
+              if search.get("latency") else [])]
+
+
+def _budgets(search: dict) -> list[str]:
+    """The deployment budgets of the search, in words (docs/search.md)."""
+    out = []
+    if search.get("memory"):
+        m = search["memory"]
+        out.append(f"deployed memory at most {m['limit'] / 1e6:,.1f} MB: {m['weights']} weights + a "
+                   f"{m['kv_cache'] or ('float16' if m['weights'] not in ('float32', 'bfloat16', 'float16') else m['weights'])} "
+                   f"KV cache of {m['seq_len']:,} tokens x {m['batch']} (memory_bytes)")
+    if search.get("latency"):
+        b = search["latency"]
+        bounds = ", ".join(f"{k} {'<=' if k == 'decode_ms' else '>='} {b[k]:,}" for k in
+                           ("decode_ms", "decode_tokens_per_s", "prefill_tokens_per_s") if b.get(k) is not None)
+        out.append(f"{bounds} measured on {b['runtime']} ({b['weights'] or 'default type'}, prompt {b['prompt']}, batch "
+                   f"{b['batch']}, {b['new_tokens']} decoded tokens, median of {b['repeats']} runs on random weights of "
+                   f"each shape; latency_median in {b['unit']}; candidates whose middle halves of runs overlap share "
+                   f"a latency_rank; pareto: on the quality/speed frontier by proxy loss)")
+    return [f"<p>Budgets: {html.escape('; '.join(out))}.</p>"] if out else []
 
 
 def _step_section(layout: RunLayout, name: str, state: RunState) -> str:

@@ -114,6 +114,33 @@ def search_scatter(rows: list[dict]) -> Figure:
     return fig
 
 
+def speed_frontier(rows: list[dict], metric: str, unit: str) -> Figure:
+    """Proxy loss against measured speed (median, bars: the middle half of the runs); the frontier and the winner marked.
+
+    ``rows`` carry ``latency_median``/``latency_q1``/``latency_q3`` in ``metric`` and ``pareto``.
+    """
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    x = [r["latency_median"] for r in rows]
+    ax.errorbar(x, [r["proxy_loss"] for r in rows], xerr=[[r["latency_median"] - r["latency_q1"] for r in rows],
+                                                          [r["latency_q3"] - r["latency_median"] for r in rows]],
+                fmt="o", color="#999999", ecolor="#cccccc", label="candidate (bars: middle half of the timed runs)")
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["latency_median"])
+    if front:
+        ax.plot([r["latency_median"] for r in front], [r["proxy_loss"] for r in front], "-o", color=KEPT,
+                label="frontier (no faster-or-tied candidate has a lower loss)")
+    for r in rows:
+        if r.get("selected"):
+            ax.scatter([r["latency_median"]], [r["proxy_loss"]], s=160, facecolors="none", edgecolors=DROPPED,
+                       linewidths=2, label=f"selected: {r['name']}")
+    ax.set_xlabel(f"measured {metric} ({unit}; {'higher' if unit == 'tok/s' else 'lower'} is faster)")
+    ax.set_ylabel("proxy: held-out LM loss after pruning (nats)")
+    ax.set_title("quality/speed frontier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(runs: dict[str, tuple[list[dict], int]]) -> Figure:
     """Training loss and held-out LM loss against tokens seen, per named run.
 
