@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 
-.PHONY: setup run test test-real test-fast lint clean
+.PHONY: setup run test test-real test-fast lint llamacpp clean
 
 $(BIN)/compactlm: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,12 @@ lint: setup
 # The second real teacher (Gemma 3 270M) through exactness and its shipped recipe; CI runs these within `make test`.
 test-real: setup
 	$(BIN)/python -m pytest -q tests/prune/test_real_weights.py tests/slow/test_real_teacher_run.py
+
+# llama.cpp's Python bindings for the llamacpp latency budget and benchmarks/gguf_llamacpp.py: a portable AVX2 build
+# from the PyPI source into compactlm's cache folder, outside the venv (a native build segfaulted on an AMX CPU);
+# about 6 minutes on 2 cores. Not part of `make test` (its test is skipped where the bindings are absent).
+llamacpp: setup
+	$(BIN)/python -c "from compactlm.deploy.runtimes import build_llama_cpp; build_llama_cpp()"
 
 test-fast: setup
 	COMPACTLM_SKIP_SLOW=1 $(BIN)/python -m pytest -q -m "not slow"

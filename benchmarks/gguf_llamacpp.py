@@ -10,7 +10,7 @@ GGUF loader; the HF checkpoint itself is the reference. Greedy continuations of 
 are printed side by side, and llama.cpp's own tokenisation of the text is compared with the
 HF tokenizer's. Writes ``benchmarks/results/gguf_llamacpp.json``.
 
-llama.cpp's bindings are built once from the PyPI source distribution into
+llama.cpp's bindings are built once (`make llamacpp`) from the PyPI source distribution into
 ``~/.cache/compactlm/llama_cpp_py`` (a portable AVX2 build: a native build segfaulted on an
 AMX CPU here), outside the repository and the project's virtual environment; about 6 minutes
 on 2 cores. Nothing here is run in CI.
@@ -19,41 +19,27 @@ on 2 cores. Nothing here is run in CI.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, run_script
-from compactlm.io import cache_dir
+from compactlm.deploy.runtimes import build_llama_cpp, import_llama_cpp
+from compactlm.errors import CompactLMError
 
-LLAMA_CPP_VERSION = "0.3.36"
-CACHE = cache_dir()
-TARGET = CACHE / "llama_cpp_py"
-PORTABLE = ("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
-            "-DGGML_OPENMP=OFF")
 PROMPTS = ["Photosynthesis is the process by which", "The capital of France is", "def fibonacci(n):"]
 
 
 def llama_cpp():
-    """Import ``llama_cpp``, building and installing it into the cache folder the first time."""
-    sys.path.append(str(TARGET))   # llama-cpp-python is built outside the venv (above); appended: the venv's numpy/jinja2 win
+    """Import ``llama_cpp``, building it into the cache folder the first time (``make llamacpp``)."""
     try:
-        import llama_cpp as module
-        return module
-    except ImportError:
-        pass
-    print(f"building llama-cpp-python {LLAMA_CPP_VERSION} into {TARGET} (once; several minutes)...", flush=True)
-    env = {**os.environ, "CMAKE_ARGS": PORTABLE}
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
-                    f"llama-cpp-python=={LLAMA_CPP_VERSION}", "diskcache"], check=True, env=env)
-    importlib.invalidate_caches()   # forget that TARGET did not exist at the first import attempt
-    import llama_cpp as module
-    return module
+        return import_llama_cpp()
+    except CompactLMError:
+        print("building llama-cpp-python into the cache (once; several minutes)...", flush=True)
+        build_llama_cpp()
+        return import_llama_cpp()
 
 
 def llamacpp_nll(llm, windows: list[list[int]]) -> tuple[float, int]:

@@ -34,8 +34,10 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 HIGHER_IS_BETTER = {"decode_ms": False, "decode_tokens_per_s": True, "prefill_tokens_per_s": True}
 UNITS = {"decode_ms": "ms/step", "decode_tokens_per_s": "tok/s", "prefill_tokens_per_s": "tok/s"}
-_NOT_SHAPE = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "quantization_config",
-              "bos_token_id", "eos_token_id", "pad_token_id", "_commit_hash")
+# Config keys that do not change what a runtime computes (private "_..." keys are skipped too): names, token ids, labels.
+_NOT_SHAPE = ("transformers_version", "architectures", "dtype", "torch_dtype", "quantization_config", "bos_token_id",
+              "eos_token_id", "pad_token_id", "unk_token_id", "id2label", "label2id", "problem_type", "initializer_range",
+              "output_attentions", "output_hidden_states", "return_dict")
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,7 @@ class Latency:
 
 
 def _shape(config) -> dict:
-    shape = config.to_dict()
-    for key in _NOT_SHAPE:
-        shape.pop(key, None)
-    return shape
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k not in _NOT_SHAPE}
 
 
 def cache_key(config, budget: LatencyBudget) -> str:
