@@ -121,10 +121,31 @@ def _summary(run: Path, pool: dict[str, dict]) -> dict:
             "teacher_heldout_ppl": rows["teacher"].get("heldout_ppl")}
 
 
+def _stability_only() -> int:
+    """Two fresh timing passes of the pool (no cache), added to the saved result as ``stability_quiet``."""
+    path = RESULTS / "latency_search.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"machine": _cpu(), "settings": SETTINGS}
+    print("pool, pass 1 (not cached):", flush=True)
+    first = _pool(use_cache=False)
+    print("pool, pass 2 (not cached):", flush=True)
+    second = _pool(use_cache=False)
+    stability = _stability(first, second)
+    print(f"\nranking stability over {len(first)} shapes, two timing passes: Spearman {stability['spearman']:.3f}; "
+          f"{stability['tied_pairs']} of {stability['pairs']} pairs tied; {stability['flipped_untied_pairs']} untied "
+          f"pairs flipped; median change of a median {stability['median_relative_change']:.1%}")
+    result["stability_quiet"] = {**stability, "passes": [first, second], "machine": _cpu()}
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--skip-runs", action="store_true", help="only time the pool (twice)")
+    parser.add_argument("--skip-runs", action="store_true",
+                        help="only time the pool twice without the cache (nothing else running), kept beside the runs")
     args = parser.parse_args()
+    if args.skip_runs:
+        return _stability_only()
     print("pool, timed in llama.cpp (cached):", flush=True)
     first = _pool(use_cache=True)
     budget = statistics.median(r["decode_ms"] for r in first)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import AXES, ArchitectureArgs, DataSection, DistillSection, LossArgs, Recipe, StepSection, TrainArgs
+from ..config.options import MemoryBudget
+from ..deploy import deployed_memory, describe
 from ..errors import CompactLMError
 from ..recipes import load_recipe, plan_recipe
 from ..sizing import device_spec, load_config, meta_model, model_shape, render
@@ -71,17 +73,33 @@ def run_plan(args: argparse.Namespace) -> int:
         total = sum(p.numel() for p in meta_model(config).parameters())
         print(f"meta-device skeleton: {total:,} parameters ({'equal to' if total == shape.params else 'DIFFERS from'} "
               f"the arithmetic)")
-    for step in plan_recipe(recipe, spec, config):
+    for section, step in zip(recipe.steps, plan_recipe(recipe, spec, config)):
+        budget = section.search.memory
         print(f"\n== step {step.name} ==")
         if step.space is not None:
             print(f"target {step.target_params:,} parameters; search space: "
                   + "; ".join(f"{a} {v}" for a, v in step.space.to_dict().items()))
             print(f"{len(step.candidates)} candidates (nearest the target first):")
-            print(f"  {'name':<28}{'params':>16}{'of teacher':>12}")
+            deployed = f"{f'deployed MB ({budget.weights})':>22}" if budget else ""
+            print(f"  {'name':<28}{'params':>16}{'of teacher':>12}{deployed}")
             for c in step.candidates[:args.show]:
-                print(f"  {c.name:<28}{c.params:>16,}{c.params / step.plan.teacher.params:>12.1%}")
+                deployed = f"{deployed_memory(c.arch, config, budget).total / 1e6:>22,.1f}" if budget else ""
+                print(f"  {c.name:<28}{c.params:>16,}{c.params / step.plan.teacher.params:>12.1%}{deployed}")
         else:
             print("fixed architecture: " + ", ".join(f"{a} {getattr(step.plan.student.arch, a)}" for a in AXES))
+        print(_deployed_line(step, config, budget, recipe.data.seq_len))
         print()
         print(render(step.plan))
     return 0
+
+
+def _deployed_line(step, config, budget: MemoryBudget | None, seq_len: int) -> str:
+    """The deployed memory of the step's fixed student, or of its first candidate: under the step's memory budget,
+    else bfloat16 weights at the recipe's seq_len x 1 (the teacher's ``config`` gives family and layer kinds)."""
+    arch = step.candidates[0].arch if step.space is not None else step.plan.student.arch
+    shown = budget or MemoryBudget(limit=2**62, seq_len=seq_len)   # no budget: its limit is never read
+    memory = deployed_memory(arch, config, shown)
+    line = f"deployed: {describe(memory, shown)}"
+    if budget is not None:
+        line += f" (limit {budget.limit / 1e6:,.1f} MB: {'fits' if memory.total <= budget.limit else 'over'})"
+    return line + (f" for {step.candidates[0].name}, the first candidate" if step.space is not None else "")

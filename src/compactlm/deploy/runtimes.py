@@ -156,7 +156,9 @@ def _llamacpp_runs(config, budget: LatencyBudget, runs: int, tokenizer_source: P
         del model
         llm = llama_cpp.Llama(str(path), n_ctx=budget.prompt + budget.new_tokens + 8, n_batch=max(budget.prompt, 32),
                               n_ubatch=max(budget.prompt, 32), n_threads=budget.threads or torch.get_num_threads(),
-                              n_threads_batch=budget.threads or torch.get_num_threads(), verbose=False)
+                              n_threads_batch=budget.threads or torch.get_num_threads(),
+                              swa_full=False,   # llama-cli's and llama-server's default: a window-sized SWA cache
+                              verbose=False)
         generator = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, config.vocab_size, (budget.prompt,), generator=generator).tolist()
         following = torch.randint(0, config.vocab_size, (budget.new_tokens,), generator=generator).tolist()

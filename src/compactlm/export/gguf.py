@@ -57,7 +57,8 @@ from .gguf_vocab import add_tokenizer
 logger = logging.getLogger(__name__)
 
 __all__ = ["FAMILIES", "GGUFExport", "GGUFFamily", "check_family", "check_gguf_output", "check_quant", "export_gguf",
-           "gguf_path", "llama3_rope_factors", "llamacpp_tensors", "permute_for_llamacpp", "quant_types"]
+           "gguf_path", "gguf_tensor_type", "llama3_rope_factors", "llamacpp_tensors", "permute_for_llamacpp",
+           "quant_types"]
 
 
 @cache
@@ -287,11 +288,17 @@ def _split_experts(hf_name: str, data: np.ndarray) -> list[tuple[str, np.ndarray
     ``gate_up_proj`` (experts, 2 * I, hidden) is [gate | up] along its rows; ``down_proj`` is already
     (experts, hidden, I), which GGUF's reversed shape makes llama.cpp's {I, hidden, experts}.
     """
+    parts = np.split(data, 2, axis=1) if hf_name.endswith(".gate_up_proj") else [data]
+    return list(zip(expert_parts(hf_name), parts))
+
+
+def expert_parts(hf_name: str) -> list[str]:
+    """The per-projection names a fused expert tensor is split into: ``gate_up_proj`` -> gate and up (each half of
+    its rows, dimension 1), ``down_proj`` -> down (whole)."""
     prefix = hf_name.rsplit(".", 1)[0]
     if hf_name.endswith(".gate_up_proj"):
-        gate, up = np.split(data, 2, axis=1)
-        return [(f"{prefix}.gate_proj.weight", gate), (f"{prefix}.up_proj.weight", up)]
-    return [(f"{prefix}.down_proj.weight", data)]
+        return [f"{prefix}.gate_proj.weight", f"{prefix}.up_proj.weight"]
+    return [f"{prefix}.down_proj.weight"]
 
 
 def llamacpp_tensors(model, family: GGUFFamily) -> list[tuple[str, np.ndarray]]:
@@ -319,19 +326,28 @@ def llamacpp_tensors(model, family: GGUFFamily) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _keeps_f32(name: str, data: np.ndarray) -> bool:
+def _keeps_f32(name: str, ndim: int) -> bool:
     """Tensors llama.cpp's converter never quantizes: 1-D ones, norms, and MoE routers."""
-    return data.ndim <= 1 or name.endswith("_norm.weight") or name.split(".")[-2] in ("ffn_gate_inp",
-                                                                                        "ffn_gate_inp_shexp")
+    return ndim <= 1 or name.endswith("_norm.weight") or name.split(".")[-2] in ("ffn_gate_inp", "ffn_gate_inp_shexp")
+
+
+def gguf_tensor_type(name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> GGMLQuantizationType:
+    """The type :func:`export_gguf` writes the tensor ``name`` (its GGUF name) of ``shape`` in, for the chosen
+    ``qtype``: F32 for 1-D tensors, norms and MoE routers; F16 for a weight whose row length (last dimension) is not a
+    multiple of ``qtype``'s block; else ``qtype``. The one rule the exporter and :mod:`.gguf_size` share."""
+    if _keeps_f32(name, len(shape)):
+        return Q.F32
+    if shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] != 0:
+        return Q.F16
+    return qtype
 
 
 def _add_tensors(writer, model, family: GGUFFamily, qtype) -> list[str]:
     fallback = []
     for name, data in llamacpp_tensors(model, family):
-        target = Q.F32 if _keeps_f32(name, data) else qtype
-        if target != Q.F32 and data.shape[-1] % gguf.GGML_QUANT_SIZES[target][0] != 0:
+        target = gguf_tensor_type(name, data.shape, qtype)
+        if target == Q.F16 and qtype != Q.F16:
             fallback.append(name)
-            target = Q.F16
         if target == Q.F32:
             writer.add_tensor(name, np.ascontiguousarray(data))
         elif target == Q.F16:
